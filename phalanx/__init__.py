@@ -1,0 +1,3 @@
+"""phalanx: scalable Byzantine-fault-tolerant state-machine replication."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Protocol-independent building blocks: ids, quorums, messages, effects, crypto interfaces."""

@@ -1,0 +1,83 @@
+"""Effects: what a sans-I/O protocol core asks its driver to do.
+
+A core never performs I/O. Each input (message, request, timer) returns a list of effects;
+the driver (asyncio runtime or simulator) carries them out in this order: every ``Persist``
+of the step is made durable first, then messages are sent — so nothing is answered before
+it is on disk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Send(msgspec.Struct, frozen=True):
+    """Send ``msg`` to replica ``dest``."""
+
+    dest: int
+    msg: Any
+
+
+class Broadcast(msgspec.Struct, frozen=True):
+    """Send ``msg`` to every other replica (encoded once by the driver)."""
+
+    msg: Any
+
+
+class ToClient(msgspec.Struct, frozen=True):
+    """Send ``msg`` to the client identified by its public key."""
+
+    client: bytes
+    msg: Any
+
+
+class SetTimer(msgspec.Struct, frozen=True):
+    """(Re)arm timer ``name`` to fire after ``delay`` seconds; re-arming replaces it."""
+
+    name: str
+    delay: float
+
+
+class CancelTimer(msgspec.Struct, frozen=True):
+    name: str
+
+
+class Persist(msgspec.Struct, frozen=True):
+    """Durably write ``value`` under ``key`` (``None`` deletes) before the step's sends."""
+
+    key: bytes
+    value: bytes | None
+
+
+class Executed(msgspec.Struct, frozen=True):
+    """Observation: the batch at ``seq`` was executed. Checkers and metrics consume it."""
+
+    instance: int
+    seq: int
+    digest: bytes
+    requests: list[tuple[bytes, int]]  # (client, timestamp) of each executed request
+    state_root: bytes
+
+
+class Dropped(msgspec.Struct, frozen=True):
+    """Observation: an input was rejected. ``reason`` names the metric it is counted in."""
+
+    reason: str
+    src: int
+
+
+Effect = Send | Broadcast | ToClient | SetTimer | CancelTimer | Persist | Executed | Dropped
+
+
+class Completed(msgspec.Struct, frozen=True):
+    """Client-side observation: request ``timestamp`` finished with ``result``
+    (accepted on f+1 matching replies), or failed with ``error``."""
+
+    timestamp: int
+    result: bytes
+    error: str | None = None
+
+
+ClientEffect = Send | Broadcast | SetTimer | CancelTimer | Completed

@@ -1,0 +1,73 @@
+"""Client-facing messages shared by every protocol, and the canonical encoding.
+
+All messages are msgspec Structs encoded as msgpack arrays with an integer tag. The
+msgpack encoding of an array-like Struct is canonical (fields in declaration order,
+integers in their shortest form, no maps), so the bytes that are hashed or signed are the
+same on every replica.
+
+Tag ranges: 1-9 client messages (here), 10-39 PBFT, 40+ later protocols.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from phalanx.core.hashing import digest_parts
+
+MAX_OP_BYTES = 1 << 20
+
+
+class Request(msgspec.Struct, tag=1, array_like=True, frozen=True, gc=False):
+    """A client operation. ``(client, timestamp)`` identifies it for exactly-once execution.
+
+    ``client`` is the client's Ed25519 public key (self-certifying id). ``auth`` is an
+    authenticator: entry ``j`` is the MAC of :meth:`digest` under the pairwise key of
+    the client and replica ``j``; a replica checks only its own entry.
+    """
+
+    client: bytes
+    timestamp: int
+    op: bytes
+    auth: list[bytes] = []
+
+    def digest(self) -> bytes:
+        return digest_parts(self.client, self.timestamp.to_bytes(8, "big"), self.op)
+
+
+class Reply(msgspec.Struct, tag=2, array_like=True, frozen=True, gc=False):
+    """A replica's answer to the request ``timestamp`` of the receiving client."""
+
+    view: int
+    timestamp: int
+    replica: int
+    result: bytes
+
+
+class Error(msgspec.Struct, tag=3, array_like=True, frozen=True, gc=False):
+    """A replica's refusal of a client request, with a reason the client can show."""
+
+    timestamp: int
+    replica: int
+    reason: str
+
+
+CLIENT_MESSAGES = (Request, Reply, Error)
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    """Canonical bytes of a message."""
+    return _encoder.encode(msg)
+
+
+_batch_decoder = msgspec.msgpack.Decoder(list[Request])
+
+
+def encode_batch(requests: list[Request]) -> bytes:
+    return _encoder.encode(requests)
+
+
+def decode_batch(payload: bytes) -> list[Request]:
+    """Decode a batch payload; raises ``msgspec.DecodeError`` (or ValidationError) on garbage."""
+    return _batch_decoder.decode(payload)

@@ -1,0 +1,61 @@
+"""The interfaces between protocol cores and their drivers.
+
+Both drivers — the asyncio runtime (``phalanx.runtime``) and the deterministic simulator
+(``phalanx.runtime.sim``) — know protocols only through these two classes. Replica ids
+are ``0..n-1``; clients are named by their public key (bytes).
+
+Driver obligations:
+- Call ``recover(records)`` with every persisted record (key order) before ``start()``
+  when a replica restarts from its data dir; a fresh replica gets no records.
+- Carry out each call's effects in order, except that every ``Persist`` of a call is made
+  durable before any message of that call is sent.
+- ``Broadcast`` from a replica goes to every *other* replica; from a client, to all replicas.
+- Timers are named; ``SetTimer`` re-arms (replaces) a timer of the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from phalanx.core.effects import ClientEffect, Effect
+
+
+class ReplicaCore(Protocol):
+    replica_id: int
+
+    def recover(self, records: Iterable[tuple[bytes, bytes]]) -> None:
+        """Rebuild in-memory state from persisted records (before ``start``)."""
+        ...
+
+    def start(self) -> list[Effect]:
+        ...
+
+    def on_message(self, src: int, msg: Any) -> list[Effect]:
+        """A message from replica ``src`` (already authenticated by the link)."""
+        ...
+
+    def on_client_message(self, client: bytes, msg: Any) -> list[Effect]:
+        """A message from the client with public key ``client`` (authenticated link)."""
+        ...
+
+    def on_timer(self, name: str) -> list[Effect]:
+        ...
+
+    def state_root(self) -> bytes:
+        """Commitment to the executed state (for checkers and status)."""
+        ...
+
+
+class ClientCore(Protocol):
+    client_id: bytes
+
+    def submit(self, op: bytes) -> tuple[int, list[ClientEffect]]:
+        """Start a request; returns its timestamp and the effects."""
+        ...
+
+    def on_message(self, src: int, msg: Any) -> list[ClientEffect]:
+        ...
+
+    def on_timer(self, name: str) -> list[ClientEffect]:
+        ...

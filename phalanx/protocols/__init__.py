@@ -1,0 +1,1 @@
+"""Protocol cores: pure state machines, no I/O."""

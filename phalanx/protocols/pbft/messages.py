@@ -1,0 +1,157 @@
+"""PBFT messages (Castro & Liskov), with an ``instance`` id on each so that several
+independent PBFT instances can share one replica process (DQBFT runs one per replica plus
+an ordering instance).
+
+Authentication: every message travels on a MAC-authenticated link, so the receiver knows
+its sender. Only the messages that end up inside proofs forwarded to third parties are
+signed: CHECKPOINT (stable-checkpoint proofs) and VIEW-CHANGE (NEW-VIEW's proof). The
+view change therefore uses the summary (P/Q) selection rule of the TOCS paper, with
+signed VIEW-CHANGEs standing in for its VIEW-CHANGE-ACKs.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from phalanx.core.messages import CLIENT_MESSAGES, encode
+
+_opts = dict(array_like=True, frozen=True, gc=False)
+
+
+class PrePrepare(msgspec.Struct, tag=10, **_opts):
+    """The primary of ``view`` proposes ``payload`` (digest ``digest``) for slot ``seq``."""
+
+    instance: int
+    view: int
+    seq: int
+    digest: bytes
+    payload: bytes
+
+
+class Prepare(msgspec.Struct, tag=11, **_opts):
+    instance: int
+    view: int
+    seq: int
+    digest: bytes
+
+
+class Commit(msgspec.Struct, tag=12, **_opts):
+    instance: int
+    view: int
+    seq: int
+    digest: bytes
+
+
+class Checkpoint(msgspec.Struct, tag=13, **_opts):
+    """Replica ``replica`` has executed up to ``seq`` and its state digest is ``state_digest``."""
+
+    instance: int
+    seq: int
+    state_digest: bytes
+    replica: int
+    sig: bytes = b""
+
+    def signed_bytes(self) -> bytes:
+        return encode(msgspec.structs.replace(self, sig=b""))
+
+
+class SlotSummary(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """``digest`` was prepared (P set) or pre-prepared (Q set) at ``seq`` in ``view``."""
+
+    seq: int
+    digest: bytes
+    view: int
+
+
+class ViewChange(msgspec.Struct, tag=14, **_opts):
+    """Replica ``replica`` moves to ``new_view``.
+
+    ``checkpoint_proof`` holds 2f+1 signed CHECKPOINTs for its stable checkpoint
+    ``checkpoint_seq`` (empty for the initial checkpoint 0). ``prepared`` has, per slot
+    above it, the prepared digest of the highest view; ``preprepared`` every digest it
+    pre-prepared with the latest view it did so.
+    """
+
+    instance: int
+    new_view: int
+    replica: int
+    checkpoint_seq: int
+    checkpoint_digest: bytes
+    checkpoint_proof: list[Checkpoint]
+    prepared: list[SlotSummary]
+    preprepared: list[SlotSummary]
+    sig: bytes = b""
+
+    def signed_bytes(self) -> bytes:
+        return encode(msgspec.structs.replace(self, sig=b""))
+
+
+class NewView(msgspec.Struct, tag=15, **_opts):
+    """The new primary's proof: the VIEW-CHANGEs it decided from. Backups recompute the
+    decisions from them, so a primary that drops a prepared request is caught."""
+
+    instance: int
+    view: int
+    view_changes: list[ViewChange]
+
+
+class FetchPayload(msgspec.Struct, tag=16, **_opts):
+    """Ask for the payload with ``digest`` (needed after a view change)."""
+
+    instance: int
+    digest: bytes
+
+
+class PayloadData(msgspec.Struct, tag=17, **_opts):
+    instance: int
+    payload: bytes
+
+
+class FetchCommitted(msgspec.Struct, tag=18, **_opts):
+    """A lagging replica asks for committed slots ``first..last``."""
+
+    instance: int
+    first: int
+    last: int
+
+
+class CommittedSlot(msgspec.Struct, tag=19, **_opts):
+    """The sender committed ``digest`` at ``seq``. f+1 matching claims prove it."""
+
+    instance: int
+    seq: int
+    digest: bytes
+    payload: bytes
+
+
+class FetchState(msgspec.Struct, tag=20, **_opts):
+    """Ask for the snapshot of stable checkpoint ``seq``."""
+
+    instance: int
+    seq: int
+
+
+class StateData(msgspec.Struct, tag=21, **_opts):
+    """The snapshot of a checkpoint; checked against the stable checkpoint's digest."""
+
+    instance: int
+    seq: int
+    snapshot: bytes
+
+
+PBFT_MESSAGES = (
+    PrePrepare,
+    Prepare,
+    Commit,
+    Checkpoint,
+    ViewChange,
+    NewView,
+    FetchPayload,
+    PayloadData,
+    FetchCommitted,
+    CommittedSlot,
+    FetchState,
+    StateData,
+)
+
+ALL_MESSAGES = CLIENT_MESSAGES + PBFT_MESSAGES
