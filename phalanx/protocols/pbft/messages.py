@@ -132,11 +132,13 @@ class FetchState(msgspec.Struct, tag=20, **_opts):
 
 
 class StateData(msgspec.Struct, tag=21, **_opts):
-    """The snapshot of a checkpoint; checked against the stable checkpoint's digest."""
+    """The snapshot of the sender's latest stable checkpoint (at or above the one asked
+    for), with its proof; the receiver checks the snapshot against the proven digest."""
 
     instance: int
     seq: int
     snapshot: bytes
+    proof: list[Checkpoint]
 
 
 PBFT_MESSAGES = (

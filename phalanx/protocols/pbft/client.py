@@ -1,0 +1,93 @@
+"""The PBFT client as a sans-I/O core (implements ``phalanx.core.node.ClientCore``).
+
+One outstanding request at a time. It sends the request to the primary it believes in,
+and on a timeout retransmits it to every replica (backups then forward it and start
+their view-change timers). A result is accepted once f+1 replicas (so at least one
+correct) sent the same result for the request's timestamp; f+1 matching refusals
+end it with an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from phalanx.core.crypto import ClientCrypto
+from phalanx.core.effects import Broadcast, CancelTimer, Completed, Dropped, Send, SetTimer
+from phalanx.core.messages import Error, Reply, Request
+from phalanx.core.quorum import Quorums
+
+RETRY_TIMER = "client.retry"
+
+
+class PbftClient:
+    def __init__(
+        self,
+        crypto: ClientCrypto,
+        quorums: Quorums,
+        retransmit_timeout: float = 1.0,
+        max_retransmit_timeout: float = 8.0,
+        first_timestamp: int = 1,
+    ) -> None:
+        self.crypto = crypto
+        self.client_id = crypto.public_key
+        self.q = quorums
+        self.timeout = retransmit_timeout
+        self.max_timeout = max_retransmit_timeout
+        self.next_timestamp = first_timestamp
+        self.view = 0  # the client's guess, learned from replies
+        self.request: Request | None = None
+        self.current_timeout = retransmit_timeout
+        self.replies: dict[int, bytes] = {}  # replica -> result for the current request
+        self.errors: dict[int, str] = {}
+        self.views: dict[int, int] = {}  # replica -> view it last reported
+
+    def submit(self, op: bytes) -> tuple[int, list[Any]]:
+        if self.request is not None:
+            raise RuntimeError("one request at a time: wait for the previous one to complete")
+        ts = self.next_timestamp
+        self.next_timestamp += 1
+        unsigned = Request(self.client_id, ts, op)
+        self.request = Request(self.client_id, ts, op, self.crypto.authenticate(unsigned.digest()))
+        self.replies.clear()
+        self.errors.clear()
+        self.current_timeout = self.timeout
+        primary = self.q.primary(self.view)
+        return ts, [Send(primary, self.request), SetTimer(RETRY_TIMER, self.current_timeout)]
+
+    def on_message(self, src: int, msg: Any) -> list[Any]:
+        req = self.request
+        if not 0 <= src < self.q.n:
+            return [Dropped("unknown_sender", src)]
+        if isinstance(msg, Reply):
+            self.views[src] = max(self.views.get(src, 0), msg.view)
+            self._learn_view()
+            if req is None or msg.timestamp != req.timestamp or msg.replica != src:
+                return []
+            self.replies[src] = msg.result
+            if sum(1 for r in self.replies.values() if r == msg.result) >= self.q.reply:
+                return self._complete(Completed(req.timestamp, msg.result))
+            return []
+        if isinstance(msg, Error):
+            if req is None or msg.timestamp != req.timestamp or msg.replica != src:
+                return []
+            self.errors[src] = msg.reason
+            if sum(1 for r in self.errors.values() if r == msg.reason) >= self.q.reply:
+                return self._complete(Completed(req.timestamp, b"", error=msg.reason))
+            return []
+        return [Dropped("unexpected_message", src)]
+
+    def on_timer(self, name: str) -> list[Any]:
+        if name != RETRY_TIMER or self.request is None:
+            return []
+        self.current_timeout = min(self.current_timeout * 2, self.max_timeout)
+        return [Broadcast(self.request), SetTimer(RETRY_TIMER, self.current_timeout)]
+
+    def _complete(self, done: Completed) -> list[Any]:
+        self.request = None
+        return [CancelTimer(RETRY_TIMER), done]
+
+    def _learn_view(self) -> None:
+        """Believe a view once f+1 replicas report it or a later one."""
+        views = sorted(self.views.values(), reverse=True)
+        if len(views) >= self.q.weak:
+            self.view = max(self.view, views[self.q.weak - 1])

@@ -1,0 +1,50 @@
+"""PBFT tunables, with defaults that suit a LAN cluster of a few replicas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True, slots=True)
+class PbftConfig:
+    checkpoint_interval: int = 128
+    """K: a checkpoint every K sequence numbers."""
+    window: int = 256
+    """L: the high watermark is the last stable checkpoint + L (must be >= 2K so that the
+    primary can keep proposing while the next checkpoint becomes stable)."""
+    max_batch: int = 512
+    """Most requests in one pre-prepare."""
+    batch_delay: float = 0.0
+    """Seconds the primary may wait for a batch to fill when the pipeline has room."""
+    max_inflight: int = 8
+    """Pre-prepared but undecided slots the primary keeps in flight; batches grow while
+    the pipeline is full (adaptive batching)."""
+    view_change_timeout: float = 1.0
+    """Seconds without progress on known work before a backup suspects the primary;
+    doubled on each consecutive failed view change."""
+    max_request_bytes: int = 1 << 20
+    single_shot: bool = False
+    """Decide exactly one value, at seq 1 (the consensus service of leaderless SMR)."""
+    state_root_every_batch: bool = False
+    """Report the state root with every executed batch (simulator checkers); otherwise
+    only at checkpoints, where it is needed anyway."""
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_interval < 1 or self.window < 2 * self.checkpoint_interval:
+            raise ValueError("need checkpoint_interval >= 1 and window >= 2 * checkpoint_interval")
+        if self.max_batch < 1 or self.max_inflight < 1 or self.view_change_timeout <= 0:
+            raise ValueError("max_batch, max_inflight and view_change_timeout must be positive")
+
+    @classmethod
+    def from_options(cls, options: dict[str, object]) -> PbftConfig:
+        """Build from a config file's ``[pbft]`` table (``*_ms`` keys in milliseconds)."""
+        known = {f.name for f in fields(cls)}
+        kwargs: dict[str, object] = {}
+        for key, value in options.items():
+            name = key
+            if key.endswith("_ms"):
+                name, value = key[:-3], float(value) / 1000.0  # type: ignore[arg-type]
+            if name not in known:
+                raise ValueError(f"unknown pbft option {key!r}")
+            kwargs[name] = value
+        return cls(**kwargs)  # type: ignore[arg-type]

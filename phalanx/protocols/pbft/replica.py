@@ -1,0 +1,361 @@
+"""A PBFT state-machine-replication replica: one ordering instance plus clients,
+batching, execution, exactly-once semantics, checkpoints and state transfer.
+
+Implements ``phalanx.core.node.ReplicaCore``. The ordering lives in
+:class:`~phalanx.protocols.pbft.instance.PbftInstance`; this class is its host: it turns
+client requests into batch payloads, validates other primaries' batches, executes decided
+batches against a :class:`~phalanx.statemachine.StateMachine`, and answers clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from phalanx.core.crypto import NodeCrypto
+from phalanx.core.effects import Broadcast, Dropped, Executed, Persist, Send, ToClient
+from phalanx.core.hashing import digest as sha256
+from phalanx.core.hashing import digest_parts
+from phalanx.core.messages import Error, Reply, Request, decode_batch, encode_batch
+from phalanx.core.quorum import Quorums
+from phalanx.protocols.pbft.config import PbftConfig
+from phalanx.protocols.pbft.instance import (
+    Decided,
+    NeedState,
+    PbftInstance,
+    StableCheckpoint,
+    ViewInstalled,
+)
+from phalanx.protocols.pbft.messages import FetchState, StateData
+from phalanx.statemachine.base import StateMachine
+
+MAX_PENDING_REQUESTS = 100_000
+"""Requests waiting to be ordered; beyond this new clients are refused (bounded memory)."""
+
+_SNAPSHOT_KEY = b"Rsnap"
+
+
+class ClientRecord(msgspec.Struct, array_like=True, gc=False):
+    """Exactly-once state of one client: its last executed request and the reply."""
+
+    timestamp: int
+    result: bytes
+
+
+class Snapshot(msgspec.Struct, array_like=True, gc=False):
+    """Everything a checkpoint's digest covers: application state and client table."""
+
+    seq: int
+    app: bytes
+    clients: list[tuple[bytes, int, bytes]]
+
+
+def checkpoint_digest(state_root: bytes, clients: list[tuple[bytes, int, bytes]]) -> bytes:
+    return digest_parts(state_root, msgspec.msgpack.encode(clients))
+
+
+class PbftReplica:
+    """One PBFT replica (instance 0) serving clients over a replicated state machine."""
+
+    INSTANCE = 0
+
+    def __init__(
+        self,
+        replica_id: int,
+        quorums: Quorums,
+        crypto: NodeCrypto,
+        make_state_machine: Callable[[], StateMachine],
+        config: PbftConfig | None = None,
+    ) -> None:
+        self.replica_id = replica_id
+        self.q = quorums
+        self.crypto = crypto
+        self.config = config or PbftConfig()
+        self.make_state_machine = make_state_machine
+        self.app = make_state_machine()
+        self.clients: dict[bytes, ClientRecord] = {}
+        self.pending: dict[bytes, Request] = {}  # client -> newest unexecuted request
+        self.proposed: set[tuple[bytes, int]] = set()  # (client, timestamp) in flight
+        self.validated: dict[bytes, list[Request]] = {}  # digest -> decoded batch
+        self.snapshots: dict[int, Snapshot] = {}  # own checkpoints not yet stable
+        self.stable_snapshot: Snapshot | None = None
+        self.state_target: tuple[int, bytes] | None = None
+        self.instance = PbftInstance(
+            self.INSTANCE, replica_id, quorums, crypto, self.config, self._validate_batch
+        )
+
+    # -- ReplicaCore ---------------------------------------------------------------------
+
+    def recover(self, records: Iterable[tuple[bytes, bytes]]) -> None:
+        records = list(records)
+        for key, value in records:
+            if key == _SNAPSHOT_KEY:
+                self._install_snapshot(msgspec.msgpack.decode(value, type=Snapshot))
+        self.instance.recover(records)
+
+    def start(self) -> list[Any]:
+        return self._host(self.instance.start())
+
+    def on_message(self, src: int, msg: Any) -> list[Any]:
+        if isinstance(msg, Request):
+            # A backup forwards a client's request to the primary.
+            return self._on_request(msg, None, src)
+        if isinstance(msg, FetchState):
+            return self._on_fetch_state(src, msg)
+        if isinstance(msg, StateData):
+            return self._on_state_data(src, msg)
+        return self._host(self.instance.on_message(src, msg))
+
+    def on_client_message(self, client: bytes, msg: Any) -> list[Any]:
+        if not isinstance(msg, Request):
+            return [Dropped("unexpected_message", -1)]
+        if msg.client != client:
+            return [Dropped("client_mismatch", -1)]
+        return self._on_request(msg, client, None)
+
+    def on_timer(self, name: str) -> list[Any]:
+        return self._host(self.instance.on_timer(name))
+
+    def state_root(self) -> bytes:
+        return self.app.state_root()
+
+    @property
+    def view(self) -> int:
+        return self.instance.view
+
+    @property
+    def last_executed(self) -> int:
+        return self.instance.last_decided
+
+    # -- requests and batching ---------------------------------------------------------
+
+    def _on_request(self, req: Request, client: bytes | None, forwarder: int | None) -> list[Any]:
+        out: list[Any] = []
+        src = -1 if forwarder is None else forwarder
+        record = self.clients.get(req.client)
+        if record is not None and req.timestamp <= record.timestamp:
+            if req.timestamp == record.timestamp and client is not None:
+                # A retransmission: the reply may have been lost.
+                out.append(ToClient(client, self._reply(req.timestamp, record.result)))
+            else:
+                out.append(Dropped("stale_request", src))
+            return out
+        reason = self._request_error(req)
+        if reason is not None:
+            out.append(Dropped(reason, src))
+            if client is not None:
+                out.append(ToClient(client, Error(req.timestamp, self.replica_id, reason)))
+            return out
+        waiting = self.pending.get(req.client)
+        if waiting is not None and waiting.timestamp >= req.timestamp:
+            if forwarder is None and not self.instance.is_primary:
+                # A client retransmits to everyone: make sure the primary has it too.
+                out.append(Send(self.instance.primary, req))
+            return self._host(out)
+        if waiting is None and len(self.pending) >= MAX_PENDING_REQUESTS:
+            if client is not None:
+                out.append(ToClient(client, Error(req.timestamp, self.replica_id, "overloaded")))
+            out.append(Dropped("overloaded", src))
+            return out
+        self.pending[req.client] = req
+        if not self.instance.is_primary and forwarder is None:
+            out.append(Send(self.instance.primary, req))
+        out.extend(self.instance.set_waiting(True))
+        return self._host(out)
+
+    def _request_error(self, req: Request) -> str | None:
+        if len(req.op) > self.config.max_request_bytes:
+            return "request_too_large"
+        if len(req.client) != 32 or req.timestamp < 1:
+            return "malformed_request"
+        if not self.crypto.check_request(req):
+            return "bad_authenticator"
+        return None
+
+    def _propose(self) -> list[Any]:
+        out: list[Any] = []
+        while self.instance.can_propose():
+            batch = [
+                req
+                for req in self.pending.values()
+                if (req.client, req.timestamp) not in self.proposed
+            ][: self.config.max_batch]
+            if not batch:
+                break
+            for req in batch:
+                self.proposed.add((req.client, req.timestamp))
+            payload = encode_batch(batch)
+            self.validated[sha256(payload)] = batch
+            out.extend(self.instance.propose(payload))
+        return out
+
+    def _validate_batch(self, payload: bytes) -> bool:
+        """External validity of a pre-prepared payload: a well-formed batch of requests
+        whose authenticator entry for this replica is valid. A primary cannot make us
+        execute requests that clients did not send."""
+        if payload == b"":
+            return True  # the null request
+        try:
+            batch = decode_batch(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        if not batch or len(batch) > self.config.max_batch:
+            return False
+        if any(self._request_error(req) is not None for req in batch):
+            return False
+        self.validated[sha256(payload)] = batch
+        return True
+
+    # -- execution ----------------------------------------------------------------------
+
+    def _host(self, effects: list[Any]) -> list[Any]:
+        """Consume the instance's host events (recursively: executing may checkpoint),
+        pass every other effect through, then propose if we are the primary."""
+        out: list[Any] = []
+        queue = list(effects)
+        i = 0
+        while i < len(queue):
+            e = queue[i]
+            i += 1
+            if isinstance(e, Decided):
+                queue[i:i] = self._execute(e)
+            elif isinstance(e, StableCheckpoint):
+                out.extend(self._on_stable(e))
+            elif isinstance(e, NeedState):
+                out.extend(self._need_state(e))
+            elif isinstance(e, ViewInstalled):
+                # Requests proposed by a failed primary may never commit: offer them again.
+                self.proposed.clear()
+                if not self.instance.is_primary:
+                    for req in self.pending.values():
+                        out.append(Send(e.primary, req))
+            else:
+                out.append(e)
+        if self.instance.is_primary and self.pending and self.instance.can_propose():
+            proposed = self._propose()
+            if proposed:
+                out.extend(self._host(proposed))
+        return out
+
+    def _execute(self, decided: Decided) -> list[Any]:
+        batch = self.validated.pop(decided.digest, None)
+        if batch is None and decided.payload:
+            try:
+                batch = decode_batch(decided.payload)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                batch = []  # cannot happen for a validated payload; never crash on it
+        batch = batch or []
+        fresh: list[Request] = []
+        latest: dict[bytes, int] = {}
+        for req in batch:
+            # Exactly once at execution time: a request may be ordered twice (e.g. proposed
+            # again after a view change), but only its first ordering executes.
+            last = latest.get(req.client)
+            if last is None:
+                record = self.clients.get(req.client)
+                last = 0 if record is None else record.timestamp
+            if req.timestamp > last:
+                fresh.append(req)
+                latest[req.client] = req.timestamp
+        results = self.app.apply([req.op for req in fresh]) if fresh else []
+        out: list[Any] = []
+        for req, result in zip(fresh, results, strict=True):
+            self.clients[req.client] = ClientRecord(req.timestamp, result)
+            waiting = self.pending.get(req.client)
+            if waiting is not None and waiting.timestamp <= req.timestamp:
+                del self.pending[req.client]
+            self.proposed.discard((req.client, req.timestamp))
+            out.append(ToClient(req.client, self._reply(req.timestamp, result)))
+        seq = decided.seq
+        is_checkpoint = seq % self.config.checkpoint_interval == 0
+        root = self.app.state_root() if is_checkpoint or self.config.state_root_every_batch else b""
+        out.append(
+            Executed(
+                self.INSTANCE,
+                seq,
+                decided.digest,
+                [(r.client, r.timestamp) for r in fresh],
+                root,
+            )
+        )
+        if not self.pending:
+            out.extend(self.instance.set_waiting(False))
+        if is_checkpoint and not self.config.single_shot:
+            snapshot = self._snapshot(seq)
+            self.snapshots[seq] = snapshot
+            out.extend(self.instance.make_checkpoint(seq, checkpoint_digest(root, snapshot.clients)))
+        return out
+
+    def _reply(self, timestamp: int, result: bytes) -> Reply:
+        return Reply(self.instance.view, timestamp, self.replica_id, result)
+
+    # -- checkpoints and state transfer -------------------------------------------------
+
+    def _snapshot(self, seq: int) -> Snapshot:
+        clients = [(c, r.timestamp, r.result) for c, r in sorted(self.clients.items())]
+        return Snapshot(seq, self.app.snapshot(), clients)
+
+    def _on_stable(self, stable: StableCheckpoint) -> list[Any]:
+        snapshot = self.snapshots.pop(stable.seq, None)
+        for seq in [s for s in self.snapshots if s < stable.seq]:
+            del self.snapshots[seq]
+        # Batches validated but never decided (a faulty primary's, or ones a view change
+        # replaced) would otherwise accumulate.
+        for digest in [d for d in self.validated if d not in self.instance.payloads]:
+            del self.validated[digest]
+        if snapshot is None:
+            return []  # we are behind: the snapshot comes by state transfer
+        self.stable_snapshot = snapshot
+        return [Persist(_SNAPSHOT_KEY, msgspec.msgpack.encode(snapshot))]
+
+    def _need_state(self, need: NeedState) -> list[Any]:
+        self.state_target = (need.seq, need.digest)
+        fetch = FetchState(self.INSTANCE, need.seq)
+        holders = [r for r in need.holders if r != self.replica_id]
+        if not holders:
+            return [Broadcast(fetch)]
+        return [Send(r, fetch) for r in holders]
+
+    def _on_fetch_state(self, src: int, msg: FetchState) -> list[Any]:
+        snap = self.stable_snapshot
+        if snap is None or snap.seq < msg.seq or snap.seq != self.instance.low:
+            return [Dropped("state_unavailable", src)]
+        data = StateData(
+            self.INSTANCE, snap.seq, msgspec.msgpack.encode(snap), self.instance.stable_proof
+        )
+        return [Send(src, data)]
+
+    def _on_state_data(self, src: int, msg: StateData) -> list[Any]:
+        target = self.state_target
+        if target is None or msg.seq < target[0]:
+            return [Dropped("unwanted_state", src)]
+        try:
+            snap = msgspec.msgpack.decode(msg.snapshot, type=Snapshot)
+            app = self.make_state_machine()
+            app.restore(snap.app)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+            return [Dropped("bad_state", src)]
+        digest = checkpoint_digest(app.state_root(), snap.clients)
+        if snap.seq != msg.seq or not self.instance.checkpoint_proof_valid(
+            msg.seq, digest, msg.proof
+        ):
+            return [Dropped("bad_state", src)]
+        self._install_snapshot(snap, app)
+        self.state_target = None
+        out: list[Any] = [Persist(_SNAPSHOT_KEY, msgspec.msgpack.encode(snap))]
+        out.extend(self.instance.state_transferred(snap.seq, digest, msg.proof))
+        return self._host(out)
+
+    def _install_snapshot(self, snap: Snapshot, app: StateMachine | None = None) -> None:
+        if app is None:
+            app = self.make_state_machine()
+            app.restore(snap.app)
+        self.app = app
+        self.clients = {c: ClientRecord(ts, result) for c, ts, result in snap.clients}
+        self.stable_snapshot = snap
+        for client, req in list(self.pending.items()):
+            record = self.clients.get(client)
+            if record is not None and record.timestamp >= req.timestamp:
+                del self.pending[client]
