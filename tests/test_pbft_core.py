@@ -1,0 +1,219 @@
+"""The PBFT instance and replica driven directly, message by message: admission rules,
+bad input, the new-view rule, single-shot mode and several instances side by side."""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+import pytest
+
+from phalanx.core.effects import Broadcast, Dropped
+from phalanx.core.hashing import digest
+from phalanx.core.quorum import Quorums
+from phalanx.protocols.pbft.config import PbftConfig
+from phalanx.protocols.pbft.instance import Decided, PbftInstance
+from phalanx.protocols.pbft.messages import (
+    Checkpoint,
+    Commit,
+    NewView,
+    PrePrepare,
+    Prepare,
+    SlotSummary,
+    ViewChange,
+)
+from phalanx.protocols.pbft.viewchange import NULL_DIGEST, decide_new_view
+from phalanx.runtime.sim.crypto import SymbolicOracle
+
+Q = Quorums(4, 1)
+CONFIG = PbftConfig(checkpoint_interval=4, window=8, view_change_timeout=1.0)
+
+
+def oracle() -> SymbolicOracle:
+    return SymbolicOracle(random.Random(7), 4)
+
+
+def instance(me: int = 1, validate=lambda p: True, config: PbftConfig = CONFIG, inst: int = 0):
+    return PbftInstance(inst, me, Q, oracle().node_crypto(me), config, validate)
+
+
+def dropped(effects) -> list[str]:
+    return [e.reason for e in effects if isinstance(e, Dropped)]
+
+
+def sent(effects, kind) -> list:
+    return [e.msg for e in effects if isinstance(e, Broadcast) and isinstance(e.msg, kind)]
+
+
+def pp(seq: int, payload: bytes = b"x", view: int = 0) -> PrePrepare:
+    return PrePrepare(0, view, seq, digest(payload), payload)
+
+
+def test_backup_prepares_a_valid_preprepare():
+    inst = instance()
+    out = inst.on_message(0, pp(1))
+    assert sent(out, Prepare) == [Prepare(0, 0, 1, digest(b"x"))]
+
+
+@pytest.mark.parametrize(
+    ("src", "msg", "reason"),
+    [
+        (2, pp(1), "preprepare_not_from_primary"),
+        (9, pp(1), "unknown_sender"),
+        (-1, pp(1), "unknown_sender"),
+        (0, PrePrepare(0, 0, 1, digest(b"other"), b"x"), "bad_digest"),
+        (0, pp(9), "outside_watermarks"),
+        (0, pp(0), "outside_watermarks"),
+        (0, pp(1, view=7), "future_view"),
+        (0, PrePrepare(5, 0, 1, digest(b"x"), b"x"), "wrong_instance"),
+        (0, Prepare(0, 0, 1, digest(b"x")), "prepare_from_primary"),
+        (2, Checkpoint(0, 4, b"d", 2, b"forged"), "bad_signature"),
+        (2, "not a message", "unexpected_message"),
+    ],
+)
+def test_bad_input_is_dropped_and_counted(src, msg, reason):
+    inst = instance()
+    out = inst.on_message(src, msg)
+    assert dropped(out) == [reason]
+    assert not sent(out, Prepare) and inst.last_decided == 0
+
+
+def test_invalid_payload_is_not_prepared():
+    inst = instance(validate=lambda p: p != b"evil")
+    assert dropped(inst.on_message(0, pp(1, b"evil"))) == ["invalid_payload"]
+
+
+def test_conflicting_preprepare_is_equivocation_not_a_crash():
+    inst = instance()
+    inst.on_message(0, pp(1, b"a"))
+    out = inst.on_message(0, pp(1, b"b"))
+    assert dropped(out) == ["equivocation"]
+    assert inst.slots[1].digest == digest(b"a")
+
+
+def test_duplicate_and_conflicting_votes_count_once():
+    inst = instance()
+    inst.on_message(0, pp(1))
+    d = digest(b"x")
+    inst.on_message(2, Prepare(0, 0, 1, d))
+    assert dropped(inst.on_message(2, Prepare(0, 0, 1, d))) == ["duplicate_vote"]
+    assert dropped(inst.on_message(2, Prepare(0, 0, 1, digest(b"y")))) == ["equivocation"]
+    # 2f = 2 prepares needed: own + replica 2 -> prepared, commit sent.
+    assert inst.slots[1].prepared_view == 0
+    inst.on_message(2, Commit(0, 0, 1, d))
+    inst.on_message(2, Commit(0, 0, 1, d))  # duplicate does not make a quorum
+    assert inst.last_decided == 0
+    out = inst.on_message(3, Commit(0, 0, 1, d))
+    assert [e for e in out if isinstance(e, Decided)] == [Decided(1, d, b"x")]
+
+
+def _vc(o, replica, new_view, prepared=(), preprepared=()):
+    vc = ViewChange(0, new_view, replica, 0, b"", [], list(prepared), list(preprepared))
+    return msgspec.structs.replace(vc, sig=o.node_crypto(replica).sign(vc.signed_bytes()))
+
+
+def test_new_view_keeps_a_value_prepared_by_a_quorum():
+    o = oracle()
+    d = digest(b"x")
+    vcs = [
+        _vc(o, r, 1, [SlotSummary(1, d, 0)], [SlotSummary(1, d, 0)]) for r in (0, 1)
+    ] + [_vc(o, 2, 1, [], [SlotSummary(1, d, 0)])]
+    decision = decide_new_view(vcs, Q)
+    assert decision is not None and decision.slots == {1: d}
+
+
+def test_new_view_rejects_a_prepared_claim_nobody_vouches_for():
+    o = oracle()
+    fake = digest(b"fake")
+    # A Byzantine replica claims it prepared `fake`; no one pre-prepared it.
+    vcs = [_vc(o, 3, 1, [SlotSummary(1, fake, 0)], [SlotSummary(1, fake, 0)])]
+    vcs += [_vc(o, r, 1) for r in (0, 1, 2)]
+    decision = decide_new_view(vcs, Q)
+    assert decision is not None and decision.slots == {}  # a trailing null is dropped
+
+
+def test_new_view_fills_gaps_with_null_and_waits_when_undecidable():
+    o = oracle()
+    d = digest(b"x")
+    vcs = [_vc(o, r, 1, [SlotSummary(2, d, 0)], [SlotSummary(2, d, 0)]) for r in (0, 1)]
+    vcs.append(_vc(o, 2, 1, [], [SlotSummary(2, d, 0)]))
+    decision = decide_new_view(vcs, Q)
+    assert decision.slots == {1: NULL_DIGEST, 2: d}
+    # With only two consistent messages nothing can be decided yet.
+    assert decide_new_view(vcs[:2], Q) is None
+
+
+def test_backup_rejects_new_view_that_drops_a_prepared_request():
+    o = oracle()
+    d = digest(b"x")
+    vcs = [_vc(o, r, 1, [SlotSummary(1, d, 0)], [SlotSummary(1, d, 0)]) for r in (1, 2, 3)]
+    inst = instance(me=2)
+    inst.on_message(0, pp(1))  # so that it knows the payload
+    # A forged VIEW-CHANGE (bad signature) inside NEW-VIEW makes the whole message invalid.
+    forged = msgspec.structs.replace(vcs[0], prepared=[])
+    out = inst.on_message(1, NewView(0, 1, [forged, vcs[1], vcs[2]]))
+    assert dropped(out) == ["bad_new_view"]
+    assert inst.view == 0
+    out = inst.on_message(1, NewView(0, 1, vcs))
+    assert inst.view == 1 and not inst.in_view_change
+    assert sent(out, Prepare) == [Prepare(0, 1, 1, d)]
+
+
+def test_view_change_from_unknown_or_forged_signer_is_rejected():
+    o = oracle()
+    inst = instance(me=2)
+    vc = _vc(o, 3, 1)
+    forged = msgspec.structs.replace(vc, replica=1)
+    assert dropped(inst.on_message(3, forged)) == ["bad_view_change"]
+
+
+def test_f_plus_one_view_changes_make_a_replica_join():
+    o = oracle()
+    inst = instance(me=2)
+    inst.on_message(3, _vc(o, 3, 1))
+    assert inst.view == 0
+    out = inst.on_message(0, _vc(o, 0, 1))
+    assert inst.view == 1 and inst.in_view_change
+    assert sent(out, ViewChange)
+
+
+def _wire(instances, effects_by_replica):
+    """Deliver broadcasts among directly driven instances until quiet."""
+    queue = [(r, e) for r, effs in effects_by_replica.items() for e in effs]
+    decided = {r: [] for r in instances}
+    while queue:
+        src, e = queue.pop(0)
+        if isinstance(e, Decided):
+            decided[src].append(e)
+        if isinstance(e, Broadcast):
+            for r, inst in instances.items():
+                if r != src:
+                    queue.extend((r, x) for x in inst.on_message(src, e.msg))
+    return decided
+
+
+def test_single_shot_decides_one_valid_value_and_nothing_more():
+    o = oracle()
+    config = PbftConfig(single_shot=True, checkpoint_interval=1, window=2)
+    valid = lambda p: p.startswith(b"ok")  # noqa: E731 - the external validity predicate
+    insts = {r: PbftInstance(7, r, Q, o.node_crypto(r), config, valid) for r in range(4)}
+    assert insts[0].can_propose()
+    decided = _wire(insts, {0: insts[0].propose(b"ok:value")})
+    assert {r: [d.payload for d in ds] for r, ds in decided.items()} == {
+        r: [b"ok:value"] for r in range(4)
+    }
+    assert not insts[0].can_propose()
+
+
+def test_independent_instances_share_a_process_without_interference():
+    o = oracle()
+    a = {r: PbftInstance(1, r, Q, o.node_crypto(r), CONFIG, lambda p: True) for r in range(4)}
+    b = {r: PbftInstance(2, r, Q, o.node_crypto(r), CONFIG, lambda p: True) for r in range(4)}
+    da = _wire(a, {0: a[0].propose(b"A")})
+    db = _wire(b, {0: b[0].propose(b"B")})
+    assert all(d[0].payload == b"A" for d in da.values())
+    assert all(d[0].payload == b"B" for d in db.values())
+    # A message of instance 2 is rejected by instance 1.
+    assert dropped(a[1].on_message(0, PrePrepare(2, 0, 2, digest(b"B"), b"B"))) == [
+        "wrong_instance"
+    ]
