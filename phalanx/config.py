@@ -1,0 +1,415 @@
+"""Cluster configuration: one TOML file for the cluster, one private-key file per replica.
+
+The cluster file names the protocol, f, protocol tunables (a table named after the
+protocol) and every replica's addresses and Ed25519 public key::
+
+    protocol = "pbft"
+    f = 1
+    [pbft]
+    checkpoint_interval = 128
+    [[replicas]]
+    id = 0
+    host = "127.0.0.1"
+    port = 7000
+    http_port = 8000
+    public_key = "<64 hex digits>"
+
+Private keys live apart from it, as the hex of the 32-byte Ed25519 seed, in files that
+only their owner may read (mode 0600): the cluster file can be shared, the keys not.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nacl.signing import SigningKey
+
+KEY_BYTES = 32
+CLUSTER_FILE = "cluster.toml"
+
+# Tunables per protocol: name -> (default, smallest allowed value). Every protocol so far
+# orders with PBFT-style checkpoints, windows and batching, so they share one set; a
+# protocol that needs more extends its entry here.
+_PBFT_OPTIONS: dict[str, tuple[int, int]] = {
+    "checkpoint_interval": (128, 1),
+    "window": (256, 1),
+    "max_batch": (512, 1),
+    "batch_delay_ms": (0, 0),
+    "max_inflight": (8, 1),
+    "view_change_timeout_ms": (1000, 1),
+    "max_request_bytes": (1 << 20, 1),
+}
+PROTOCOL_OPTIONS: dict[str, dict[str, tuple[int, int]]] = {
+    "pbft": _PBFT_OPTIONS,
+    "scalable-pbft": _PBFT_OPTIONS,
+    "dqpbft": _PBFT_OPTIONS,
+    "destiny": _PBFT_OPTIONS,
+    "leaderless": _PBFT_OPTIONS,
+}
+
+# Destiny (Linear Hybster) runs on a trusted monotonic counter, which stops equivocation
+# and so needs only 2f+1 replicas; every other protocol needs the Byzantine 3f+1.
+_TRUSTED_COUNTER_PROTOCOLS = frozenset({"destiny"})
+
+_TOP_LEVEL_KEYS = {"protocol", "f", "replicas"}
+_REPLICA_KEYS = ("id", "host", "port", "http_port", "public_key")
+
+
+class ConfigError(ValueError):
+    """The cluster configuration or a key file is invalid; the message says what and where."""
+
+
+def min_replicas(protocol: str, f: int) -> int:
+    """Fewest replicas with which ``protocol`` tolerates ``f`` Byzantine faults."""
+    return 2 * f + 1 if protocol in _TRUSTED_COUNTER_PROTOCOLS else 3 * f + 1
+
+
+def max_faults(protocol: str, n: int) -> int:
+    """Largest f that ``n`` replicas of ``protocol`` tolerate."""
+    return (n - 1) // 2 if protocol in _TRUSTED_COUNTER_PROTOCOLS else (n - 1) // 3
+
+
+def default_options(protocol: str) -> dict[str, int]:
+    """The tunables of ``protocol`` with their default values."""
+    return {name: default for name, (default, _) in _option_spec(protocol).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaInfo:
+    """What every node knows about replica ``id``."""
+
+    id: int
+    host: str
+    port: int  # replica-to-replica and client protocol traffic
+    http_port: int  # HTTP API and /metrics
+    public_key: bytes  # Ed25519 verify key, 32 bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """A validated cluster: construction raises :class:`ConfigError` on any inconsistency.
+
+    ``replicas`` is sorted by id, and ids are exactly ``0..n-1``. ``options`` holds every
+    tunable of the protocol (defaults filled in).
+    """
+
+    protocol: str
+    f: int
+    replicas: tuple[ReplicaInfo, ...]
+    options: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        spec = _option_spec(self.protocol)
+        if not _is_int(self.f) or self.f < 0:
+            raise ConfigError(f"f must be a non-negative integer, got {self.f!r}")
+        replicas = tuple(sorted(self.replicas, key=lambda r: r.id))
+        object.__setattr__(self, "replicas", replicas)
+        _check_replicas(replicas)
+        n, need = len(replicas), min_replicas(self.protocol, self.f)
+        if n < need:
+            raise ConfigError(
+                f"{self.protocol} with f={self.f} needs at least {need} replicas, got n={n}"
+            )
+        options = default_options(self.protocol)
+        for name, value in self.options.items():
+            if name not in spec:
+                raise ConfigError(
+                    f"unknown option {name!r} in [{self.protocol}]; known: {', '.join(spec)}"
+                )
+            minimum = spec[name][1]
+            if not _is_int(value) or value < minimum:
+                raise ConfigError(
+                    f"[{self.protocol}] {name} must be an integer >= {minimum}, got {value!r}"
+                )
+            options[name] = value
+        # The window must hold two checkpoint intervals, so that the primary can keep
+        # proposing while the next checkpoint is still becoming stable.
+        if options["window"] < 2 * options["checkpoint_interval"]:
+            raise ConfigError(
+                f"[{self.protocol}] window ({options['window']}) must be at least "
+                f"2 * checkpoint_interval ({2 * options['checkpoint_interval']})"
+            )
+        object.__setattr__(self, "options", options)
+
+    @property
+    def n(self) -> int:
+        return len(self.replicas)
+
+    def replica(self, replica_id: int) -> ReplicaInfo:
+        """The replica with id ``replica_id`` (ids are list positions)."""
+        if not 0 <= replica_id < self.n:
+            raise KeyError(f"no replica {replica_id} in a cluster of {self.n}")
+        return self.replicas[replica_id]
+
+    @property
+    def public_keys(self) -> list[bytes]:
+        """Verify keys indexed by replica id."""
+        return [r.public_key for r in self.replicas]
+
+    def to_toml(self) -> str:
+        """The configuration as TOML text that :func:`loads` reads back to an equal value."""
+        lines = [f"protocol = {_toml_string(self.protocol)}", f"f = {self.f}", ""]
+        lines.append(f"[{_toml_key(self.protocol)}]")
+        lines += [f"{name} = {value}" for name, value in self.options.items()]
+        for r in self.replicas:
+            lines += [
+                "",
+                "[[replicas]]",
+                f"id = {r.id}",
+                f"host = {_toml_string(r.host)}",
+                f"port = {r.port}",
+                f"http_port = {r.http_port}",
+                f'public_key = "{r.public_key.hex()}"',
+            ]
+        return "\n".join(lines) + "\n"
+
+    def dump(self, path: str | os.PathLike[str]) -> None:
+        """Write the configuration to ``path`` (atomically: readers see old or new file)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_toml(), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def load(path: str | os.PathLike[str]) -> ClusterConfig:
+    """Read and validate a cluster file; every problem raises :class:`ConfigError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read cluster config: {e}") from None
+    return loads(text, source=str(path))
+
+
+def loads(text: str, source: str = "<config>") -> ClusterConfig:
+    """Parse and validate cluster TOML ``text``; ``source`` prefixes error messages."""
+    try:
+        return _parse(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: invalid TOML: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def generate_cluster(
+    out_dir: str | os.PathLike[str],
+    n: int,
+    f: int | None = None,
+    protocol: str = "pbft",
+    host: str = "127.0.0.1",
+    base_port: int = 7000,
+    base_http_port: int = 8000,
+    overwrite: bool = False,
+) -> ClusterConfig:
+    """Create keys and a cluster file for ``n`` replicas on one host.
+
+    Writes ``out_dir/cluster.toml`` and ``out_dir/replica-<id>.key`` (mode 0600). ``f``
+    defaults to the most faults ``n`` replicas of ``protocol`` tolerate. Existing key
+    files are an error unless ``overwrite``: silently replacing a replica's identity is
+    rarely what anyone wants.
+    """
+    if n < 1:
+        raise ConfigError(f"a cluster needs at least one replica, got n={n}")
+    if f is None:
+        f = max_faults(protocol, n)
+    keys = [SigningKey.generate() for _ in range(n)]
+    config = ClusterConfig(
+        protocol=protocol,
+        f=f,
+        replicas=tuple(
+            ReplicaInfo(i, host, base_port + i, base_http_port + i, bytes(key.verify_key))
+            for i, key in enumerate(keys)
+        ),
+    )
+    out = Path(out_dir)
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key_paths = [out / f"replica-{i}.key" for i in range(n)]
+    existing = [str(p) for p in key_paths if p.exists()]
+    if existing and not overwrite:
+        # Checked up front so that a refusal leaves no half-generated cluster behind.
+        raise ConfigError(
+            f"key files already exist ({', '.join(existing)}); refusing to overwrite "
+            "replica keys (pass overwrite=True to replace them)"
+        )
+    for key_path, key in zip(key_paths, keys, strict=True):
+        _write_private_key(key_path, bytes(key), overwrite)
+    config.dump(out / CLUSTER_FILE)
+    return config
+
+
+def load_private_key(path: str | os.PathLike[str], public_key: bytes | None = None) -> bytes:
+    """Read a replica's 32-byte Ed25519 seed from ``path``.
+
+    Refuses a file that group or others may access. If ``public_key`` is given, also
+    checks that the seed belongs to it (catches a node started with another's key).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot open private key: {e}") from None
+    with os.fdopen(fd, "rb") as file:
+        # fstat the open file, not the path, so the checked file is the one we read.
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"{path}: private key file has mode {mode:04o} and is accessible by group "
+                f"or others; restrict it with 'chmod 600 {path}'"
+            )
+        raw = file.read()
+    try:
+        seed = bytes.fromhex(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise ConfigError(f"{path}: private key is not hex") from None
+    if len(seed) != KEY_BYTES:
+        raise ConfigError(
+            f"{path}: private key must be {KEY_BYTES} bytes ({2 * KEY_BYTES} hex digits), "
+            f"got {len(seed)} bytes"
+        )
+    if public_key is not None and bytes(SigningKey(seed).verify_key) != public_key:
+        raise ConfigError(f"{path}: private key does not match the configured public key")
+    return seed
+
+
+# -- parsing -------------------------------------------------------------------------------
+
+
+def _parse(doc: dict[str, Any]) -> ClusterConfig:
+    for name in ("protocol", "f", "replicas"):
+        if name not in doc:
+            raise ConfigError(f"missing field {name!r}")
+    protocol = doc["protocol"]
+    if not isinstance(protocol, str):
+        raise ConfigError(f"protocol must be a string, got {protocol!r}")
+    _option_spec(protocol)  # unknown protocol: fail before the confusing errors below
+    for name in doc:
+        if name in _TOP_LEVEL_KEYS or name == protocol:
+            continue
+        if name in PROTOCOL_OPTIONS:
+            raise ConfigError(f"options table [{name}] given but protocol is {protocol!r}")
+        raise ConfigError(f"unknown field {name!r}")
+    options = doc.get(protocol, {})
+    if not isinstance(options, dict):
+        raise ConfigError(f"{protocol} must be a table of options, got {options!r}")
+    replicas = doc["replicas"]
+    if not isinstance(replicas, list) or not all(isinstance(r, dict) for r in replicas):
+        raise ConfigError("replicas must be an array of tables ([[replicas]])")
+    if not replicas:
+        raise ConfigError("replicas is empty")
+    return ClusterConfig(
+        protocol=protocol,
+        f=doc["f"],
+        replicas=tuple(_parse_replica(i, r) for i, r in enumerate(replicas)),
+        options=dict(options),
+    )
+
+
+def _parse_replica(index: int, table: dict[str, Any]) -> ReplicaInfo:
+    where = f"replicas[{index}]"
+    for name in _REPLICA_KEYS:
+        if name not in table:
+            raise ConfigError(f"{where}: missing field {name!r}")
+    unknown = sorted(set(table) - set(_REPLICA_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r}")
+    for name in ("id", "port", "http_port"):
+        if not _is_int(table[name]):
+            raise ConfigError(f"{where}: {name} must be an integer, got {table[name]!r}")
+    if not isinstance(table["host"], str):
+        raise ConfigError(f"{where}: host must be a string, got {table['host']!r}")
+    key_hex = table["public_key"]
+    try:
+        if not isinstance(key_hex, str):
+            raise ValueError
+        public_key = bytes.fromhex(key_hex)
+    except ValueError:
+        raise ConfigError(f"{where}: public_key is not valid hex: {key_hex!r}") from None
+    if len(public_key) != KEY_BYTES:
+        raise ConfigError(
+            f"{where}: public_key must be {KEY_BYTES} bytes ({2 * KEY_BYTES} hex digits), "
+            f"got {len(public_key)} bytes"
+        )
+    return ReplicaInfo(table["id"], table["host"], table["port"], table["http_port"], public_key)
+
+
+def _check_replicas(replicas: tuple[ReplicaInfo, ...]) -> None:
+    ids = [r.id for r in replicas]
+    if ids != list(range(len(replicas))):
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        detail = f"duplicate {duplicates}" if duplicates else f"got {ids}"
+        raise ConfigError(f"replica ids must be exactly 0..{len(replicas) - 1}: {detail}")
+    endpoints: dict[tuple[str, int], str] = {}
+    keys: dict[bytes, int] = {}
+    for r in replicas:
+        if not r.host:
+            raise ConfigError(f"replica {r.id}: host is empty")
+        if len(r.public_key) != KEY_BYTES:
+            raise ConfigError(f"replica {r.id}: public_key must be {KEY_BYTES} bytes")
+        for name, port in (("port", r.port), ("http_port", r.http_port)):
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"replica {r.id}: {name} {port} is not in 1..65535")
+            owner = endpoints.setdefault((r.host, port), f"replica {r.id} {name}")
+            if owner != f"replica {r.id} {name}":
+                raise ConfigError(
+                    f"duplicate port {r.host}:{port}: replica {r.id} {name} and {owner}"
+                )
+        # Quorums count distinct signers; two replicas with one key would count twice.
+        if r.public_key in keys:
+            raise ConfigError(f"replicas {keys[r.public_key]} and {r.id} share the same public_key")
+        keys[r.public_key] = r.id
+
+
+def _option_spec(protocol: str) -> dict[str, tuple[int, int]]:
+    try:
+        return PROTOCOL_OPTIONS[protocol]
+    except KeyError:
+        known = ", ".join(PROTOCOL_OPTIONS)
+        raise ConfigError(f"unknown protocol {protocol!r}; known: {known}") from None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: escape what TOML forbids raw, keep the rest."""
+    out = ['"']
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch < " " or ch == "\x7f":
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_key(name: str) -> str:
+    bare = name and all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in name)
+    return name if bare else _toml_string(name)
+
+
+def _write_private_key(path: Path, seed: bytes, overwrite: bool) -> None:
+    if overwrite:
+        path.unlink(missing_ok=True)
+    # Mode 0600 is given at creation (a umask can only narrow it), so the key is never
+    # readable by others, not even between creating the file and a later chmod. O_EXCL
+    # refuses to write into a pre-existing file that might carry looser permissions.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(
+            f"{path}: key file already exists; refusing to overwrite a replica's key"
+        ) from None
+    with os.fdopen(fd, "w", encoding="ascii") as file:
+        os.fchmod(fd, 0o600)  # exactly 0600, even under an odd umask
+        file.write(seed.hex() + "\n")
+        file.flush()
+        os.fsync(fd)
