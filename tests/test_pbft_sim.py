@@ -168,3 +168,19 @@ def test_many_seeds_with_faults():
         sim.run(until=120.0, stop_when=sim.all_clients_done)
         assert sim.all_clients_done(), f"seed {seed}: {sim.liveness_report()}"
         assert_consistent(sim)
+
+
+def test_batch_delay_forms_larger_batches_and_still_completes():
+    from dataclasses import replace
+
+    from pbft_harness import FAST
+
+    sizes = {}
+    for delay in (0.0, 0.02):
+        sim = cluster(seed=13, config=replace(FAST, batch_delay=delay, max_inflight=8))
+        sim.add_clients(8, put_op, requests_per_client=10)
+        sim.run(until=30.0, stop_when=sim.all_clients_done)
+        assert sim.all_clients_done(), sim.liveness_report()
+        log = sim.executed_log(1)
+        sizes[delay] = sum(len(e.requests) for e in log) / len(log)
+    assert sizes[0.02] > sizes[0.0]

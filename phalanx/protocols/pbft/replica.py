@@ -15,7 +15,15 @@ from typing import Any
 import msgspec
 
 from phalanx.core.crypto import NodeCrypto
-from phalanx.core.effects import Broadcast, Dropped, Executed, Persist, Send, ToClient
+from phalanx.core.effects import (
+    Broadcast,
+    Dropped,
+    Executed,
+    Persist,
+    Send,
+    SetTimer,
+    ToClient,
+)
 from phalanx.core.hashing import digest as sha256
 from phalanx.core.hashing import digest_parts
 from phalanx.core.messages import Error, Reply, Request, decode_batch, encode_batch
@@ -35,6 +43,7 @@ MAX_PENDING_REQUESTS = 100_000
 """Requests waiting to be ordered; beyond this new clients are refused (bounded memory)."""
 
 _SNAPSHOT_KEY = b"Rsnap"
+BATCH_TIMER = "pbft.batch"
 
 
 class ClientRecord(msgspec.Struct, array_like=True, gc=False):
@@ -82,6 +91,8 @@ class PbftReplica:
         self.snapshots: dict[int, Snapshot] = {}  # own checkpoints not yet stable
         self.stable_snapshot: Snapshot | None = None
         self.state_target: tuple[int, bytes] | None = None
+        self.batch_timer_armed = False
+        self.batch_timer_expired = False
         self.instance = PbftInstance(
             self.INSTANCE, replica_id, quorums, crypto, self.config, self._validate_batch
         )
@@ -116,6 +127,11 @@ class PbftReplica:
         return self._on_request(msg, client, None)
 
     def on_timer(self, name: str) -> list[Any]:
+        if name == BATCH_TIMER:
+            self.batch_timer_armed, self.batch_timer_expired = False, True
+            out = self._host([])
+            self.batch_timer_expired = False
+            return out
         return self._host(self.instance.on_timer(name))
 
     def state_root(self) -> bytes:
@@ -234,10 +250,28 @@ class PbftReplica:
             else:
                 out.append(e)
         if self.instance.is_primary and self.pending and self.instance.can_propose():
-            proposed = self._propose()
-            if proposed:
-                out.extend(self._host(proposed))
+            if self._should_wait_for_batch():
+                if not self.batch_timer_armed:
+                    self.batch_timer_armed = True
+                    out.append(SetTimer(BATCH_TIMER, self.config.batch_delay))
+            else:
+                proposed = self._propose()
+                if proposed:
+                    out.extend(self._host(proposed))
         return out
+
+    def _should_wait_for_batch(self) -> bool:
+        """With a batch delay, a partial batch waits for the delay to pass, unless nothing
+        is in flight (then waiting would only add latency)."""
+        if self.config.batch_delay <= 0 or self.batch_timer_expired:
+            return False
+        inst = self.instance
+        if inst.next_seq - 1 == inst.last_decided:
+            return False
+        unproposed = sum(
+            1 for req in self.pending.values() if (req.client, req.timestamp) not in self.proposed
+        )
+        return unproposed < self.config.max_batch
 
     def _execute(self, decided: Decided) -> list[Any]:
         batch = self.validated.pop(decided.digest, None)

@@ -1,0 +1,465 @@
+"""Authenticated TCP links on loopback: replicas talk both ways, bad connections are dropped
+and counted while healthy links keep working, links come back after a restart, clients
+get replies."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import operator
+import os
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import msgspec
+import pytest
+
+from phalanx.core.effects import Completed, Send
+from phalanx.core.messages import Reply, Request, encode
+from phalanx.crypto import KeyPair, mac, pairwise_key
+from phalanx.protocols.pbft.messages import ALL_MESSAGES, Commit, Prepare
+from phalanx.runtime import loop_factory
+from phalanx.runtime.client import ClientRunner, ClientTransport, RequestFailed
+from phalanx.runtime.framing import TO_ACCEPTOR, FrameEncoder
+from phalanx.runtime.metrics import Metrics
+from phalanx.runtime.transport import Accept, Confirm, Hello, Transport, session_key
+
+N = 3
+HOST = "127.0.0.1"
+LOOPS = {"uvloop": loop_factory(), "asyncio": asyncio.new_event_loop}
+
+
+def run(main: Coroutine[Any, Any, None], loop: str = "uvloop") -> None:
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(asyncio.wait_for(main, 20))
+
+
+MESSAGE = functools.reduce(operator.or_, ALL_MESSAGES)
+
+
+def decoder() -> msgspec.msgpack.Decoder[Any]:
+    return msgspec.msgpack.Decoder(MESSAGE)
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+class Cluster:
+    """N replica transports on loopback; every received message lands in an inbox."""
+
+    def __init__(self, n: int = N, **transport_kw: Any) -> None:
+        self.keys = [KeyPair.generate() for _ in range(n)]
+        self.public_keys = [k.public_key for k in self.keys]
+        self.ports = free_ports(n)
+        self.addrs = {i: (HOST, p) for i, p in enumerate(self.ports)}
+        self.inbox: list[list[tuple[Any, Any]]] = [[] for _ in range(n)]
+        self.metrics = [Metrics(i) for i in range(n)]
+        self.transports: list[Transport | None] = [None] * n
+        self.transport_kw = transport_kw
+
+    def make(self, i: int) -> Transport:
+        inbox = self.inbox[i]
+        return Transport(
+            i,
+            self.keys[i],
+            self.addrs,
+            self.public_keys,
+            decoder(),
+            lambda src, msg: inbox.append((src, msg)),
+            lambda client, msg: inbox.append((client, msg)),
+            self.metrics[i],
+            **self.transport_kw,
+        )
+
+    async def start(self, i: int) -> Transport:
+        t = self.transports[i] = self.make(i)
+        await t.start(HOST, self.ports[i])
+        return t
+
+    def __getitem__(self, i: int) -> Transport:
+        t = self.transports[i]
+        assert t is not None
+        return t
+
+    async def __aenter__(self) -> Cluster:
+        for i in range(len(self.keys)):
+            await self.start(i)
+        for t in self.transports:
+            assert t is not None
+            await t.wait_connected()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in self.transports:
+            if t is not None:
+                await t.close()
+
+
+def prepare(seq: int) -> Prepare:
+    return Prepare(instance=0, view=0, seq=seq, digest=b"d" * 32)
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_three_replicas_exchange_messages_both_ways(loop: str) -> None:
+    async def main() -> None:
+        async with Cluster() as c:
+            for i in range(N):
+                for j in range(N):
+                    if i != j:
+                        c[i].send(j, encode(prepare(10 * i + j)))
+            c[0].broadcast(encode(Commit(0, 0, 99, b"c" * 32)))
+            await until(lambda: sum(map(len, c.inbox)) == N * (N - 1) + N - 1)
+            for j in range(N):
+                got = {(src, msg.seq) for src, msg in c.inbox[j] if isinstance(msg, Prepare)}
+                assert got == {(i, 10 * i + j) for i in range(N) if i != j}
+            assert (0, Commit(0, 0, 99, b"c" * 32)) in c.inbox[1]
+            assert (0, Commit(0, 0, 99, b"c" * 32)) in c.inbox[2]
+            assert c.metrics[0].get("frames_out") >= N - 1
+            assert c.metrics[0].get("dropped_bad_mac") == 0
+
+    run(main(), loop)
+
+
+def test_messages_sent_before_the_link_is_up_are_delivered_in_order() -> None:
+    async def main() -> None:
+        c = Cluster()
+        await c.start(1)
+        t0 = c.make(0)
+        c.transports[0] = t0
+        for seq in range(100):  # queued before start(): no link yet
+            t0.send(1, encode(prepare(seq)))
+        await t0.start(HOST, c.ports[0])
+        await until(lambda: len(c.inbox[1]) == 100)
+        assert [msg.seq for _, msg in c.inbox[1]] == list(range(100))
+        await t0.close()
+        await c[1].close()
+
+    run(main())
+
+
+def test_sends_in_one_loop_iteration_are_coalesced_into_one_write() -> None:
+    async def main() -> None:
+        async with Cluster() as c:
+            before = c.metrics[0].get("bytes_out")
+            writes = 0
+            link = c[0].dialers[1].link
+            assert link is not None and link.transport is not None
+            real_write = link.transport.write
+
+            def counting_write(data: bytes) -> None:
+                nonlocal writes
+                writes += 1
+                real_write(data)
+
+            link.transport.write = counting_write  # type: ignore[method-assign]
+            for seq in range(50):
+                c[0].send(1, encode(prepare(seq)))
+            await until(lambda: len(c.inbox[1]) == 50)
+            assert writes == 1
+            assert c.metrics[0].get("bytes_out") > before
+
+    run(main())
+
+
+# --- hostile connections ---------------------------------------------------------------
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    length = int.from_bytes(await reader.readexactly(4), "big")
+    return await reader.readexactly(length)
+
+
+async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
+    try:
+        while await reader.read(65536):
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return True
+
+
+async def handshake_as_client(
+    port: int, keypair: KeyPair, target: int, replica_pk: bytes
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A hand-rolled client handshake: returns the stream and its session key."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    nonce_c = os.urandom(32)
+    hello = Hello(1, "client", -1, keypair.public_key, target, nonce_c)
+    writer.write(FrameEncoder().encode(msgspec.msgpack.encode(hello)))
+    accept = msgspec.msgpack.decode(await read_frame(reader), type=Accept)
+    k = pairwise_key(keypair, replica_pk)
+    confirm = Confirm(mac(k, b"con" + accept.nonce + nonce_c))
+    writer.write(FrameEncoder().encode(msgspec.msgpack.encode(confirm)))
+    return reader, writer, session_key(k, nonce_c, accept.nonce)
+
+
+async def still_healthy(c: Cluster, seq: int) -> None:
+    c[1].send(0, encode(prepare(seq)))
+    await until(lambda: (1, prepare(seq)) in c.inbox[0])
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\xff" * 64, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", (10).to_bytes(4, "big") + b"\x00" * 10],
+)
+def test_garbage_connection_is_dropped_and_counted(garbage: bytes) -> None:
+    async def main() -> None:
+        async with Cluster() as c:
+            reader, writer = await asyncio.open_connection(HOST, c.ports[0])
+            writer.write(garbage)
+            assert await closed_by_peer(reader)
+            writer.close()
+            await until(lambda: c.metrics[0].get("dropped_hs_malformed") == 1)
+            await still_healthy(c, 1)
+
+    run(main())
+
+
+@pytest.mark.parametrize("claimed", [7, -1, 0])  # unknown, invalid, the acceptor itself
+def test_hello_for_unknown_replica_id_is_dropped_and_counted(claimed: int) -> None:
+    async def main() -> None:
+        async with Cluster() as c:
+            reader, writer = await asyncio.open_connection(HOST, c.ports[0])
+            hello = Hello(1, "replica", claimed, b"", 0, os.urandom(32))
+            writer.write(FrameEncoder().encode(msgspec.msgpack.encode(hello)))
+            assert await closed_by_peer(reader)
+            writer.close()
+            await until(lambda: c.metrics[0].get("dropped_hs_unknown_replica") == 1)
+            await still_healthy(c, 2)
+
+    run(main())
+
+
+def test_impostor_without_the_replica_key_fails_the_handshake() -> None:
+    async def main() -> None:
+        async with Cluster() as c:
+            reader, writer = await asyncio.open_connection(HOST, c.ports[0])
+            nonce_c = os.urandom(32)
+            hello = Hello(1, "replica", 1, b"", 0, nonce_c)
+            writer.write(FrameEncoder().encode(msgspec.msgpack.encode(hello)))
+            accept = msgspec.msgpack.decode(await read_frame(reader), type=Accept)
+            # The impostor knows everything but replica 1's private key.
+            k = pairwise_key(KeyPair.generate(), c.public_keys[0])
+            confirm = Confirm(mac(k, b"con" + accept.nonce + nonce_c))
+            writer.write(FrameEncoder().encode(msgspec.msgpack.encode(confirm)))
+            assert await closed_by_peer(reader)
+            writer.close()
+            await until(lambda: c.metrics[0].get("dropped_hs_bad_mac") == 1)
+            assert all(src != 1 or isinstance(m, Prepare) for src, m in c.inbox[0])
+            await still_healthy(c, 3)
+
+    run(main())
+
+
+def test_invalid_client_key_is_rejected_at_hello() -> None:
+    async def main() -> None:
+        async with Cluster() as c:
+            reader, writer = await asyncio.open_connection(HOST, c.ports[0])
+            hello = Hello(1, "client", -1, b"\x00" * 32, 0, os.urandom(32))
+            writer.write(FrameEncoder().encode(msgspec.msgpack.encode(hello)))
+            assert await closed_by_peer(reader)
+            writer.close()
+            await until(lambda: c.metrics[0].get("dropped_hs_bad_client_key") == 1)
+
+    run(main())
+
+
+def test_frame_macd_with_a_wrong_key_closes_only_that_link() -> None:
+    async def main() -> None:
+        async with Cluster() as c:
+            client = KeyPair.generate()
+            reader, writer, key = await handshake_as_client(c.ports[0], client, 0, c.public_keys[0])
+            good = FrameEncoder(key, TO_ACCEPTOR)
+            writer.write(good.encode(encode(prepare(5))))
+            await until(lambda: (client.public_key, prepare(5)) in c.inbox[0])
+            writer.write(FrameEncoder(b"w" * 32, TO_ACCEPTOR).encode(encode(prepare(6))))
+            assert await closed_by_peer(reader)
+            writer.close()
+            await until(lambda: c.metrics[0].get("dropped_bad_mac") == 1)
+            assert (client.public_key, prepare(6)) not in c.inbox[0]
+            await still_healthy(c, 4)
+
+    run(main())
+
+
+def test_oversize_frame_on_an_open_link_is_dropped_and_counted() -> None:
+    async def main() -> None:
+        async with Cluster(max_frame=1 << 16) as c:
+            client = KeyPair.generate()
+            reader, writer, _ = await handshake_as_client(c.ports[0], client, 0, c.public_keys[0])
+            writer.write((1 << 20).to_bytes(4, "big") + b"x" * 100)
+            assert await closed_by_peer(reader)
+            writer.close()
+            await until(lambda: c.metrics[0].get("dropped_frame_too_large") == 1)
+            await still_healthy(c, 5)
+
+    run(main())
+
+
+def test_truncated_frame_then_eof_is_counted() -> None:
+    async def main() -> None:
+        async with Cluster() as c:
+            client = KeyPair.generate()
+            _, writer, key = await handshake_as_client(c.ports[0], client, 0, c.public_keys[0])
+            frame = FrameEncoder(key, TO_ACCEPTOR).encode(encode(prepare(1)))
+            writer.write(frame[:-5])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.close()
+            await until(lambda: c.metrics[0].get("dropped_truncated_frame") == 1)
+
+    run(main())
+
+
+def test_undecodable_payload_is_dropped_but_the_link_survives() -> None:
+    async def main() -> None:
+        async with Cluster() as c:
+            c[1].send(0, b"\xc1 not msgpack")
+            c[1].send(0, msgspec.msgpack.encode({"a": 1}))  # valid msgpack, wrong type
+            c[1].send(0, encode(prepare(7)))
+            await until(lambda: (1, prepare(7)) in c.inbox[0])
+            assert c.metrics[0].get("dropped_decode") == 2
+            assert c.metrics[1].get("connections_closed") == 0
+
+    run(main())
+
+
+def test_silent_connection_times_out_in_handshake() -> None:
+    async def main() -> None:
+        async with Cluster(handshake_timeout=0.2) as c:
+            reader, writer = await asyncio.open_connection(HOST, c.ports[0])
+            assert await closed_by_peer(reader)
+            writer.close()
+            await until(lambda: c.metrics[0].get("dropped_hs_timeout") == 1)
+            await still_healthy(c, 6)
+
+    run(main())
+
+
+def test_send_queue_to_an_unreachable_peer_is_bounded() -> None:
+    async def main() -> None:
+        c = Cluster(max_frame=1024, send_queue_limit=10_000)
+        t0 = await c.start(0)  # replicas 1 and 2 never come up
+        for seq in range(1000):
+            t0.send(1, encode(prepare(seq)))
+        assert t0.dialers[1].queue.nbytes <= 10_000
+        assert c.metrics[0].get("dropped_send_queue_full") > 0
+        t0.send(1, b"x" * 2000)
+        t0.send(9, b"x")
+        assert c.metrics[0].get("dropped_oversize_send") == 1
+        assert c.metrics[0].get("dropped_unknown_dest") == 1
+        await t0.close()
+
+    run(main())
+
+
+# --- restart and clients ---------------------------------------------------------------
+
+
+def test_links_come_back_after_a_peer_restarts() -> None:
+    async def main() -> None:
+        async with Cluster() as c:
+            await c[1].close()
+            await until(lambda: 1 not in c[0].connected_replicas)
+            c[0].send(1, encode(prepare(100)))  # queued while 1 is down
+            restarted = await c.start(1)
+            await restarted.wait_connected()
+            await c[0].wait_connected()
+            await until(lambda: (0, prepare(100)) in c.inbox[1])
+            restarted.send(2, encode(prepare(101)))
+            c[2].send(1, encode(prepare(102)))
+            await until(lambda: (1, prepare(101)) in c.inbox[2])
+            await until(lambda: (2, prepare(102)) in c.inbox[1])
+
+    run(main())
+
+
+def test_client_connects_and_gets_a_reply_via_send_client() -> None:
+    async def main() -> None:
+        async with Cluster() as c:
+            for i in range(N):
+                def echo(client: bytes, msg: Any, i: int = i) -> None:
+                    c[i].send_client(client, encode(Reply(0, msg.timestamp, i, msg.op)))
+
+                c[i].on_client_message = echo
+            replies: list[tuple[int, Any]] = []
+            kp = KeyPair.generate()
+            client = ClientTransport(
+                kp, c.addrs, c.public_keys, decoder(), lambda r, m: replies.append((r, m))
+            )
+            await client.start()
+            await client.wait_connected()
+            await until(lambda: all(kp.public_key in c[i].connected_clients for i in range(N)))
+            client.broadcast(encode(Request(kp.public_key, 1, b"ping")))
+            await until(lambda: len(replies) == N)
+            assert sorted(replies) == [(i, Reply(0, 1, i, b"ping")) for i in range(N)]
+            await client.close()
+            await until(lambda: kp.public_key not in c[0].connected_clients)
+            c[0].send_client(kp.public_key, encode(Reply(0, 2, 0, b"late")))
+            assert c.metrics[0].get("dropped_client_gone") == 1
+
+    run(main())
+
+
+class ToyClientCore:
+    """Sends the op to replica 0; completes on its reply (an error reply if op == b'bad')."""
+
+    def __init__(self, client_id: bytes) -> None:
+        self.client_id = client_id
+        self.timestamp = 0
+
+    def submit(self, op: bytes) -> tuple[int, list[Any]]:
+        self.timestamp += 1
+        return self.timestamp, [Send(0, Request(self.client_id, self.timestamp, op))]
+
+    def on_message(self, src: int, msg: Any) -> list[Any]:
+        if msg.result == b"bad":
+            return [Completed(msg.timestamp, b"", error="op refused: bad")]
+        return [Completed(msg.timestamp, msg.result)]
+
+    def on_timer(self, name: str) -> list[Any]:
+        return []
+
+
+def test_client_runner_resolves_requests_and_raises_replica_errors() -> None:
+    async def main() -> None:
+        async with Cluster() as c:
+            c[0].on_client_message = lambda client, msg: c[0].send_client(
+                client, encode(Reply(0, msg.timestamp, 0, msg.op))
+            )
+            kp = KeyPair.generate()
+            transport = ClientTransport(kp, c.addrs, c.public_keys, decoder(), None)
+            runner = ClientRunner(ToyClientCore(kp.public_key), transport)
+            await transport.start()
+            await transport.wait_connected()
+            assert await runner.request(b"one") == b"one"
+            assert await runner.request(b"two") == b"two"
+            with pytest.raises(RequestFailed, match="op refused: bad"):
+                await runner.request(b"bad")
+            await runner.close()
+
+    run(main())
+
+
+def test_transport_refuses_a_key_that_is_not_its_own() -> None:
+    c = Cluster()
+    with pytest.raises(ValueError, match="does not match"):
+        Transport(0, c.keys[1], c.addrs, c.public_keys, decoder(), None, None, Metrics(0))
+
