@@ -1,0 +1,843 @@
+"""The deterministic simulator: a discrete-event driver for the sans-I/O cores.
+
+A :class:`Simulation` runs ``n`` replica cores and any number of closed-loop clients on a
+simulated network, in simulated time, from one seed. Every random choice (keys, client
+ids, latencies, losses) comes from one ``random.Random(seed)``; events are ordered by
+``(time, insertion sequence)``; nothing depends on the wall clock or on hash order. So the
+same seed gives the same event trace, byte for byte, and a failing seed replays exactly.
+
+The simulation is a thin driver: it does for the cores what the asyncio runtime does
+(carry out their effects, persist before sending, re-arm named timers, restart from the
+durable store), and by default round-trips every message through the real wire encoding,
+so a message that would not survive the real network does not survive this one either.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import heapq
+import operator
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from phalanx.core.crypto import ClientCrypto, NodeCrypto
+from phalanx.core.effects import (
+    Broadcast,
+    CancelTimer,
+    Completed,
+    Dropped,
+    Executed,
+    Persist,
+    Send,
+    SetTimer,
+    ToClient,
+)
+from phalanx.core.messages import encode
+from phalanx.core.node import ClientCore, ReplicaCore
+from phalanx.runtime.sim.checkers import Checker, SafetyViolation, default_checkers
+from phalanx.runtime.sim.checkers import committed_log_hash as _log_hash
+from phalanx.runtime.sim.crypto import SymbolicNodeCrypto, SymbolicOracle
+from phalanx.runtime.sim.network import Network, NetworkModel
+
+MakeReplica = Callable[[int, NodeCrypto], ReplicaCore]
+MakeClient = Callable[[ClientCrypto], ClientCore]
+Ops = Callable[[int, int], bytes]
+"""``ops(client_index, request_index) -> op``: the workload of closed-loop clients."""
+
+NodeId = int | bytes
+"""A replica id, or a client id (its 32-byte public key)."""
+
+# Event kinds. An event is a tuple (time, sequence, kind, a, b, c, d); the unique
+# sequence number breaks time ties in insertion order and keeps tuples from ever
+# comparing their payloads.
+_START = 0
+_DELIVER = 1
+_TIMER = 2
+_SUBMIT = 3
+_CRASH = 4
+_RESTART = 5
+_PARTITION = 6
+_HEAL = 7
+_CALL = 8
+_KIND_NAMES = (
+    "start", "deliver", "timer", "submit", "crash", "restart", "partition", "heal", "call",
+)
+
+
+class SimulationError(Exception):
+    """A core or a behaviour raised; the message names the seed, time and event."""
+
+
+class Behaviour:
+    """Hooks that make a replica Byzantine. The base class behaves honestly.
+
+    The replica's own core still runs; a behaviour watches and rewrites around it:
+    - :meth:`on_deliver` sees every message before the core; returning ``False`` hides it;
+    - :meth:`on_timer` likewise for timer firings;
+    - :meth:`filter` rewrites each outgoing message, per destination (a replica id or a
+      client id): return ``[]`` to stay silent, other messages to equivocate.
+    A behaviour may send forged messages with :meth:`Simulation.inject` and sign as any
+    Byzantine replica with :meth:`Simulation.byzantine_crypto`.
+    """
+
+    def on_deliver(self, sim: Simulation, src: NodeId, msg: Any) -> bool | None:
+        """Called before the core sees ``msg`` from ``src``; ``False`` suppresses it."""
+        return None
+
+    def on_timer(self, sim: Simulation, name: str) -> bool | None:
+        """Called before the core's timer ``name`` fires; ``False`` suppresses it."""
+        return None
+
+    def filter(self, dest: NodeId, msg: Any) -> list[Any]:
+        """The messages actually sent to ``dest`` in place of ``msg``."""
+        return [msg]
+
+
+class Silent(Behaviour):
+    """A replica that listens and computes but never sends anything."""
+
+    def filter(self, dest: NodeId, msg: Any) -> list[Any]:
+        return []
+
+
+class FilterOutgoing(Behaviour):
+    """Rewrites outgoing messages with ``fn(dest, msg) -> list[msg]`` — e.g. a primary that
+    sends different PrePrepares to different backups."""
+
+    def __init__(self, fn: Callable[[NodeId, Any], list[Any]]) -> None:
+        self._fn = fn
+
+    def filter(self, dest: NodeId, msg: Any) -> list[Any]:
+        return self._fn(dest, msg)
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedRequest:
+    """A request a client finished (with a result or an error)."""
+
+    client_index: int
+    client: bytes
+    timestamp: int
+    result: bytes
+    error: str | None
+    submitted_at: float
+    completed_at: float
+
+    @property
+    def latency(self) -> float:
+        """Seconds from submission to completion."""
+        return self.completed_at - self.submitted_at
+
+
+@dataclass(frozen=True, slots=True)
+class StuckClient:
+    """A client that has not finished its requests (see :meth:`Simulation.stuck_clients`)."""
+
+    client_index: int
+    client: bytes
+    completed: int
+    requests: int
+    pending_timestamp: int | None
+    waiting_since: float | None
+
+
+@dataclass(slots=True)
+class NodeStats:
+    """Traffic of one replica or client (bytes are wire bytes; 0 with ``wire=False``)."""
+
+    msgs_sent: int = 0
+    bytes_sent: int = 0
+    msgs_recv: int = 0
+    bytes_recv: int = 0
+
+
+@dataclass(slots=True)
+class _Replica:
+    replica_id: int
+    crypto: SymbolicNodeCrypto
+    core: ReplicaCore | None
+    alive: bool = False
+    incarnation: int = 0
+    timers: dict[str, int] = field(default_factory=dict)
+    # The durable store: survives crashes, like the replica's data dir.
+    store: dict[bytes, bytes] = field(default_factory=dict)
+    # First execution of each slot, in execution order (replays after restarts are not
+    # appended, so logs of correct replicas stay comparable).
+    log: dict[tuple[int, int], Executed] = field(default_factory=dict)
+    executions: int = 0
+    behaviour: Behaviour | None = None
+
+
+@dataclass(slots=True)
+class _Client:
+    index: int
+    endpoint: int
+    client_id: bytes
+    core: ClientCore
+    ops: Ops
+    requests: int
+    think_time: float
+    timers: dict[str, int] = field(default_factory=dict)
+    next_request: int = 0
+    pending: int | None = None
+    pending_since: float = 0.0
+    completed: list[CompletedRequest] = field(default_factory=list)
+
+
+class Simulation:
+    """A seeded cluster of ``n`` replica cores and closed-loop clients.
+
+    ``messages`` are the protocol's message types (a tagged msgspec union, e.g. PBFT's
+    ``ALL_MESSAGES``); with ``wire=True`` (the default) every message is encoded with
+    :func:`phalanx.core.messages.encode` when sent and decoded from those bytes for each
+    receiver. ``wire=False`` passes the objects themselves (faster; ``messages`` unused).
+
+    ``checkers`` default to :func:`phalanx.runtime.sim.checkers.default_checkers`; pass
+    ``[]`` to run without. ``record_trace`` keeps a human-readable line per event in
+    :attr:`trace`; the trace hash is always computed.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        n: int,
+        make_replica: MakeReplica,
+        make_client: MakeClient,
+        network: NetworkModel | None = None,
+        *,
+        messages: Sequence[type] | msgspec.msgpack.Decoder | None = None,
+        wire: bool = True,
+        checkers: Sequence[Checker] | None = None,
+        record_trace: bool = False,
+    ) -> None:
+        if n < 1:
+            raise ValueError(f"need at least one replica, got n={n}")
+        self.seed = seed
+        self.n = n
+        self.now = 0.0
+        self._make_replica = make_replica
+        self._make_client = make_client
+        # The one RNG. Sub-streams are drawn from it in a fixed order, so that e.g. a
+        # change of loss rate does not change keys and client ids of the same seed.
+        self.rng = random.Random(seed)
+        self._oracle = SymbolicOracle(random.Random(self.rng.getrandbits(64)), n)
+        self.network = Network(network or NetworkModel(), random.Random(self.rng.getrandbits(64)))
+        self._decoder = _make_decoder(messages) if wire else None
+        if wire and self._decoder is None:
+            raise ValueError("wire=True needs the protocol's message types: pass messages=...")
+        self.checkers: list[Checker] = (
+            default_checkers() if checkers is None else list(checkers)
+        )
+        for checker in self.checkers:
+            checker.bind(self)
+        self.counters: Counter[str] = Counter()
+        self.events_processed = 0
+        self.trace: list[str] | None = [] if record_trace else None
+        self._trace_hash = hashlib.sha256()
+        self._queue: list[tuple[Any, ...]] = []
+        self._sequence = 0
+        self._timer_generation = 0
+        self._partition_ids = 0
+        self._byzantine: dict[int, Behaviour] = {}
+        self._stats: list[NodeStats] = [NodeStats() for _ in range(n)]
+        self._clients: list[_Client] = []
+        self._client_endpoint: dict[bytes, int] = {}
+        self._submitted: dict[bytes, dict[int, float]] = {}
+        self._replicas: list[_Replica] = []
+        for replica_id in range(n):
+            crypto = self._oracle.node_crypto(replica_id)
+            core = make_replica(replica_id, crypto)
+            self._replicas.append(_Replica(replica_id, crypto, core))
+            self._push(0.0, _START, replica_id)
+
+    # -- scheduling API ---------------------------------------------------------------
+
+    def add_clients(
+        self,
+        count: int,
+        ops: Ops,
+        requests_per_client: int,
+        think_time: float = 0.0,
+        start_at: float | None = None,
+    ) -> list[bytes]:
+        """Add ``count`` closed-loop clients; each submits ``requests_per_client`` ops,
+        the next one ``think_time`` seconds after the previous one completed.
+
+        ``ops(client_index, request_index)`` gives the ops; client indexes run on across
+        calls. Returns the new clients' ids.
+        """
+        if count < 0 or requests_per_client < 0 or think_time < 0:
+            raise ValueError("count, requests_per_client and think_time must be >= 0")
+        at = self._at(start_at)
+        ids = []
+        for _ in range(count):
+            crypto = self._oracle.new_client()
+            core = self._make_client(crypto)
+            if core.client_id != crypto.public_key:
+                raise ValueError("make_client must build a client named by crypto.public_key")
+            index = len(self._clients)
+            endpoint = self.n + index
+            client = _Client(
+                index, endpoint, crypto.public_key, core, ops, requests_per_client, think_time
+            )
+            self._clients.append(client)
+            self._client_endpoint[client.client_id] = endpoint
+            self._stats.append(NodeStats())
+            if requests_per_client:
+                self._push(at, _SUBMIT, index)
+            ids.append(client.client_id)
+        return ids
+
+    def crash(self, replica: int, at: float | None = None) -> None:
+        """Crash ``replica`` at time ``at`` (default: now): its memory, timers and
+        in-flight inbound messages are lost; its durable store is kept."""
+        self._check_replica(replica)
+        self._push(self._at(at), _CRASH, replica)
+
+    def restart(self, replica: int, at: float | None = None) -> None:
+        """Restart a crashed ``replica``: a fresh core, ``recover`` from its durable
+        store (key order), then ``start``."""
+        self._check_replica(replica)
+        self._push(self._at(at), _RESTART, replica)
+
+    def partition(
+        self,
+        groups: Sequence[Iterable[NodeId]],
+        at: float | None = None,
+        heal_at: float | None = None,
+    ) -> int:
+        """From ``at`` until ``heal_at`` (default: never), nodes in different ``groups``
+        cannot talk; messages in flight across the cut are lost. Nodes in no group
+        (clients, unless listed) are unaffected. Returns the partition's id."""
+        start = self._at(at)
+        if heal_at is not None and heal_at < start:
+            raise ValueError(f"heal_at={heal_at} is before the partition starts at {start}")
+        endpoint_groups = [tuple(self._endpoint(node) for node in group) for group in groups]
+        self._partition_ids += 1
+        partition_id = self._partition_ids
+        self._push(start, _PARTITION, partition_id, endpoint_groups)
+        if heal_at is not None:
+            self._push(heal_at, _HEAL, partition_id)
+        return partition_id
+
+    def call_at(self, at: float, fn: Callable[[Simulation], None]) -> None:
+        """Run ``fn(self)`` at simulated time ``at`` (for fault schedules and fuzzers)."""
+        self._push(self._at(at), _CALL, fn)
+
+    def set_byzantine(self, replica: int, behaviour: Behaviour) -> None:
+        """Make ``replica`` Byzantine: ``behaviour`` wraps it and checkers ignore it.
+        Call before :meth:`run`, so no observation of it was trusted already."""
+        self._check_replica(replica)
+        if self.events_processed:
+            raise RuntimeError("set_byzantine must be called before the simulation runs")
+        self._byzantine[replica] = behaviour
+        self._replicas[replica].behaviour = behaviour
+
+    def byzantine_crypto(self, replica: int) -> SymbolicNodeCrypto:
+        """Crypto of Byzantine ``replica`` that can sign as any Byzantine replica (its
+        colluders) and as no correct one."""
+        if replica not in self._byzantine:
+            raise PermissionError(f"replica {replica} is not Byzantine")
+        return self._oracle.node_crypto(replica, sorted(self._byzantine))
+
+    def inject(self, src: int, dest: NodeId, msg: Any) -> None:
+        """Send ``msg`` from Byzantine replica ``src`` to ``dest`` now, bypassing its core
+        and its filter (e.g. from a behaviour's hook)."""
+        if src not in self._byzantine:
+            raise PermissionError(f"only Byzantine replicas inject messages, not {src}")
+        self._transmit(src, self._endpoint(dest), msg, None)
+
+    # -- running ------------------------------------------------------------------
+
+    def run(
+        self,
+        until: float | None = None,
+        max_events: int | None = None,
+        stop_when: Callable[[], bool] | None = None,
+    ) -> str:
+        """Process events in order until one limit is reached; returns why it stopped:
+        ``"until"`` (next event is after ``until``; the clock is set to it), ``"idle"``
+        (no events left), ``"max_events"`` or ``"stop_when"`` (checked before each event).
+
+        Raises :class:`SafetyViolation` from a checker, :class:`SimulationError` if a
+        core raises.
+        """
+        processed = 0
+        queue = self._queue
+        while True:
+            if stop_when is not None and stop_when():
+                return "stop_when"
+            if not queue:
+                if until is not None and until > self.now:
+                    self.now = until
+                return "idle"
+            if until is not None and queue[0][0] > until:
+                self.now = max(self.now, until)
+                return "until"
+            if max_events is not None and processed >= max_events:
+                return "max_events"
+            event = heapq.heappop(queue)
+            self.now = event[0]
+            processed += 1
+            self.events_processed += 1
+            try:
+                self._dispatch(event)
+            except (SafetyViolation, SimulationError):
+                raise
+            except Exception as exc:
+                raise SimulationError(
+                    f"seed={self.seed} t={self.now:.6f}s event #{self.events_processed} "
+                    f"({_KIND_NAMES[event[2]]}): {exc!r}"
+                ) from exc
+
+    # -- results ------------------------------------------------------------------
+
+    @property
+    def byzantine(self) -> tuple[int, ...]:
+        """Ids of the Byzantine replicas, ascending."""
+        return tuple(sorted(self._byzantine))
+
+    @property
+    def correct_replicas(self) -> list[int]:
+        """Ids of the replicas the checkers trust (crashed ones included)."""
+        return [r for r in range(self.n) if r not in self._byzantine]
+
+    @property
+    def client_ids(self) -> list[bytes]:
+        """Client ids in the order the clients were added (index = client index)."""
+        return [c.client_id for c in self._clients]
+
+    def replica(self, replica: int) -> ReplicaCore | None:
+        """The current core of ``replica`` (``None`` while it is crashed)."""
+        self._check_replica(replica)
+        return self._replicas[replica].core
+
+    def client(self, client_index: int) -> ClientCore:
+        """The core of the ``client_index``-th client."""
+        return self._clients[client_index].core
+
+    def is_alive(self, replica: int) -> bool:
+        """Has ``replica`` started and not crashed since?"""
+        self._check_replica(replica)
+        return self._replicas[replica].alive
+
+    def durable_store(self, replica: int) -> Mapping[bytes, bytes]:
+        """Read-only view of ``replica``'s durable store."""
+        self._check_replica(replica)
+        return dict(self._replicas[replica].store)
+
+    def executed_log(self, replica: int) -> list[Executed]:
+        """Slots ``replica`` executed, each once, in the order it first executed them."""
+        self._check_replica(replica)
+        return list(self._replicas[replica].log.values())
+
+    def executions(self, replica: int) -> int:
+        """How many ``Executed`` it emitted, counting replays after restarts."""
+        self._check_replica(replica)
+        return self._replicas[replica].executions
+
+    def committed_log_hash(self, replica: int) -> str:
+        """Chained hash of ``replica``'s executed log (see ``checkers.committed_log_hash``)."""
+        return _log_hash(self.executed_log(replica))
+
+    def completed(self, client_index: int | None = None) -> list[CompletedRequest]:
+        """Completed requests of one client, or of all clients (by client, then order)."""
+        if client_index is not None:
+            return list(self._clients[client_index].completed)
+        return [done for client in self._clients for done in client.completed]
+
+    def latencies(self) -> list[float]:
+        """Latency of every successfully completed request, in seconds."""
+        return [d.latency for d in self.completed() if d.error is None]
+
+    def node_stats(self, node: NodeId) -> NodeStats:
+        """Messages and wire bytes sent and received by a replica or client."""
+        return self._stats[self._endpoint(node)]
+
+    def all_clients_done(self) -> bool:
+        """Has every client completed all its requests?"""
+        return all(len(c.completed) >= c.requests for c in self._clients)
+
+    def stuck_clients(self) -> list[StuckClient]:
+        """Clients that have not completed all their requests, with what they wait for."""
+        return [
+            StuckClient(
+                c.index,
+                c.client_id,
+                len(c.completed),
+                c.requests,
+                c.pending,
+                c.pending_since if c.pending is not None else None,
+            )
+            for c in self._clients
+            if len(c.completed) < c.requests
+        ]
+
+    def liveness_report(self) -> str:
+        """One line per stuck client, or a note that all are done."""
+        stuck = self.stuck_clients()
+        if not stuck:
+            return f"all {len(self._clients)} clients done at t={self.now:.6f}s"
+        lines = [f"{len(stuck)} of {len(self._clients)} clients stuck at t={self.now:.6f}s "
+                 f"(seed={self.seed}):"]
+        for s in stuck:
+            waiting = (
+                f"waiting for timestamp {s.pending_timestamp} since t={s.waiting_since:.6f}s"
+                if s.pending_timestamp is not None
+                else "not waiting (next submit scheduled)"
+            )
+            lines.append(
+                f"  client {s.client_index} ({s.client.hex()[:16]}): "
+                f"{s.completed}/{s.requests} done, {waiting}"
+            )
+        return "\n".join(lines)
+
+    def trace_hash(self) -> str:
+        """SHA-256 over every event processed so far: equal seeds give equal hashes."""
+        return self._trace_hash.hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready digest of the run (for ``phalanx sim``)."""
+        latencies = sorted(self.latencies())
+        return {
+            "seed": self.seed,
+            "n": self.n,
+            "time_s": self.now,
+            "events": self.events_processed,
+            "byzantine": list(self.byzantine),
+            "completed": len(self.completed()),
+            "latency_s": {
+                "p50": _percentile(latencies, 0.50),
+                "p90": _percentile(latencies, 0.90),
+                "p99": _percentile(latencies, 0.99),
+            },
+            "log_hashes": {r: self.committed_log_hash(r) for r in range(self.n)},
+            "counters": dict(sorted((self.counters + self.network.counters).items())),
+            "trace_hash": self.trace_hash(),
+            "stuck_clients": len(self.stuck_clients()),
+        }
+
+    # -- event loop internals -----------------------------------------------------
+
+    def _push(self, time: float, kind: int, a: Any = None, b: Any = None, c: Any = None,
+              d: Any = None) -> None:
+        self._sequence += 1
+        heapq.heappush(self._queue, (time, self._sequence, kind, a, b, c, d))
+
+    def _at(self, at: float | None) -> float:
+        if at is None:
+            return self.now
+        if at < self.now:
+            raise ValueError(f"time {at} is in the past (now={self.now})")
+        return float(at)
+
+    def _check_replica(self, replica: int) -> None:
+        if not (isinstance(replica, int) and 0 <= replica < self.n):
+            raise ValueError(f"no replica {replica!r} (n={self.n})")
+
+    def _endpoint(self, node: NodeId) -> int:
+        if isinstance(node, bytes):
+            endpoint = self._client_endpoint.get(node)
+            if endpoint is None:
+                raise ValueError(f"unknown client {node.hex()[:16]}")
+            return endpoint
+        self._check_replica(node)
+        return node
+
+    def _node_id(self, endpoint: int) -> NodeId:
+        if endpoint < self.n:
+            return endpoint
+        return self._clients[endpoint - self.n].client_id
+
+    def _record(self, line: str, wire: bytes | None = None) -> None:
+        entry = f"{self.now!r} {line}\n".encode()
+        self._trace_hash.update(entry)
+        if wire is not None:
+            self._trace_hash.update(wire)
+        if self.trace is not None:
+            self.trace.append(entry.decode().rstrip("\n"))
+
+    def _dispatch(self, event: tuple[Any, ...]) -> None:
+        _, _, kind, a, b, c, d = event
+        if kind == _DELIVER:
+            self._deliver(a, b, c, d)
+        elif kind == _TIMER:
+            self._fire_timer(a, b, c)
+        elif kind == _SUBMIT:
+            self._submit(self._clients[a])
+        elif kind == _START:
+            self._record(f"start {a}")
+            replica = self._replicas[a]
+            replica.alive = True
+            assert replica.core is not None
+            self._apply_replica(replica, replica.core.start())
+        elif kind == _CRASH:
+            self._crash(self._replicas[a])
+        elif kind == _RESTART:
+            self._restart(self._replicas[a])
+        elif kind == _PARTITION:
+            self._record(f"partition #{a} {b}")
+            self.network.partition(a, b)
+        elif kind == _HEAL:
+            self._record(f"heal #{a}")
+            self.network.heal(a)
+        elif kind == _CALL:
+            self._record(f"call {getattr(a, '__qualname__', type(a).__name__)}")
+            a(self)
+        else:  # pragma: no cover - kinds are module constants
+            raise AssertionError(f"unknown event kind {kind}")
+
+    def _deliver(self, src: int, dst: int, payload: Any, incarnation: int) -> None:
+        decoder = self._decoder
+        wire = payload if decoder is not None else None
+        if not self.network.connected(src, dst):
+            # The cut also kills what was already on the wire (TCP connection reset).
+            self._record(f"lost {src}->{dst} (partition)", wire)
+            self.network.counters["net.partitioned_in_flight"] += 1
+            return
+        n = self.n
+        if dst < n:
+            replica = self._replicas[dst]
+            if not replica.alive or replica.incarnation != incarnation:
+                self._record(f"lost {src}->{dst} (crashed)", wire)
+                self.counters["sim.to_crashed"] += 1
+                return
+        msg = decoder.decode(payload) if decoder is not None else payload
+        self._record(f"deliver {src}->{dst} {type(msg).__name__}", wire)
+        stats = self._stats[dst]
+        stats.msgs_recv += 1
+        if wire is not None:
+            stats.bytes_recv += len(wire)
+        if dst < n:
+            replica = self._replicas[dst]
+            core = replica.core
+            assert core is not None
+            source = self._node_id(src)
+            behaviour = replica.behaviour
+            if behaviour is not None and behaviour.on_deliver(self, source, msg) is False:
+                return
+            if src < n:
+                self._apply_replica(replica, core.on_message(src, msg))
+            else:
+                self._apply_replica(replica, core.on_client_message(source, msg))
+        else:
+            if src >= n:
+                raise AssertionError("client-to-client message")  # _transmit prevents it
+            client = self._clients[dst - n]
+            self._apply_client(client, client.core.on_message(src, msg))
+
+    def _fire_timer(self, endpoint: int, name: str, generation: int) -> None:
+        if endpoint < self.n:
+            replica = self._replicas[endpoint]
+            if not replica.alive or replica.timers.get(name) != generation:
+                return  # cancelled, re-armed or crashed: a stale firing
+            del replica.timers[name]
+            self._record(f"timer {endpoint} {name}")
+            self.counters["sim.timers_fired"] += 1
+            behaviour = replica.behaviour
+            if behaviour is not None and behaviour.on_timer(self, name) is False:
+                return
+            assert replica.core is not None
+            self._apply_replica(replica, replica.core.on_timer(name))
+        else:
+            client = self._clients[endpoint - self.n]
+            if client.timers.get(name) != generation:
+                return
+            del client.timers[name]
+            self._record(f"timer {endpoint} {name}")
+            self.counters["sim.timers_fired"] += 1
+            self._apply_client(client, client.core.on_timer(name))
+
+    def _submit(self, client: _Client) -> None:
+        request_index = client.next_request
+        client.next_request += 1
+        op = client.ops(client.index, request_index)
+        timestamp, effects = client.core.submit(op)
+        self._record(f"submit {client.endpoint} ts={timestamp}")
+        client.pending = timestamp
+        client.pending_since = self.now
+        self._submitted.setdefault(client.client_id, {})[timestamp] = self.now
+        for checker in self.checkers:
+            checker.on_submitted(client.client_id, timestamp)
+        self._apply_client(client, effects)
+
+    def _crash(self, replica: _Replica) -> None:
+        if not replica.alive:
+            self.counters["sim.crash_ignored"] += 1
+            return
+        self._record(f"crash {replica.replica_id}")
+        replica.alive = False
+        replica.core = None
+        replica.timers.clear()  # pending firings become stale (generation mismatch)
+        self.counters["sim.crashes"] += 1
+
+    def _restart(self, replica: _Replica) -> None:
+        if replica.alive:
+            self.counters["sim.restart_ignored"] += 1
+            return
+        self._record(f"restart {replica.replica_id}")
+        # A new incarnation: messages sent to the old one are lost with its connections.
+        replica.incarnation += 1
+        core = self._make_replica(replica.replica_id, replica.crypto)
+        core.recover(sorted(replica.store.items()))
+        replica.core = core
+        replica.alive = True
+        self.counters["sim.restarts"] += 1
+        self._apply_replica(replica, core.start())
+
+    # -- effects ------------------------------------------------------------------
+
+    def _apply_replica(self, replica: _Replica, effects: list[Any]) -> None:
+        store = replica.store
+        # Every Persist of the step is durable before any message of the step leaves.
+        for effect in effects:
+            if type(effect) is Persist:
+                if effect.value is None:
+                    store.pop(effect.key, None)
+                else:
+                    store[effect.key] = effect.value
+        src = replica.replica_id
+        for effect in effects:
+            kind = type(effect)
+            if kind is Send:
+                self._replica_send(replica, effect.dest, effect.msg)
+            elif kind is Broadcast:
+                wire = self._encode(effect.msg)
+                for dest in range(self.n):
+                    if dest != src:
+                        self._replica_send(replica, dest, effect.msg, wire)
+            elif kind is ToClient:
+                endpoint = self._client_endpoint.get(effect.client)
+                if endpoint is None:
+                    self.counters["sim.unknown_client"] += 1
+                    continue
+                self._replica_send(replica, endpoint, effect.msg)
+            elif kind is SetTimer:
+                self._set_timer(src, replica.timers, effect)
+            elif kind is CancelTimer:
+                replica.timers.pop(effect.name, None)
+            elif kind is Executed:
+                self._on_executed(replica, effect)
+            elif kind is Dropped:
+                self.counters[f"dropped.{effect.reason}"] += 1
+            elif kind is not Persist:
+                raise TypeError(f"replica {src} returned a non-effect {effect!r}")
+
+    def _replica_send(
+        self, replica: _Replica, dest: int, msg: Any, wire: bytes | None = None
+    ) -> None:
+        if not 0 <= dest < self.n + len(self._clients):
+            self.counters["sim.bad_destination"] += 1
+            return
+        behaviour = replica.behaviour
+        if behaviour is None:
+            self._transmit(replica.replica_id, dest, msg, wire)
+            return
+        for out in behaviour.filter(self._node_id(dest), msg):
+            self._transmit(replica.replica_id, dest, out, wire if out is msg else None)
+
+    def _apply_client(self, client: _Client, effects: list[Any]) -> None:
+        src = client.endpoint
+        for effect in effects:
+            kind = type(effect)
+            if kind is Send:
+                if not 0 <= effect.dest < self.n:
+                    self.counters["sim.bad_destination"] += 1
+                    continue
+                self._transmit(src, effect.dest, effect.msg, None)
+            elif kind is Broadcast:
+                wire = self._encode(effect.msg)
+                for dest in range(self.n):
+                    self._transmit(src, dest, effect.msg, wire)
+            elif kind is SetTimer:
+                self._set_timer(src, client.timers, effect)
+            elif kind is CancelTimer:
+                client.timers.pop(effect.name, None)
+            elif kind is Completed:
+                self._on_completed(client, effect)
+            else:
+                raise TypeError(f"client {client.index} returned a non-effect {effect!r}")
+
+    def _transmit(self, src: int, dst: int, msg: Any, wire: bytes | None) -> None:
+        if src >= self.n and dst >= self.n:
+            raise ValueError("clients talk to replicas only")
+        if self._decoder is not None:
+            payload: Any = wire if wire is not None else self._encode(msg)
+            size = len(payload)
+        else:
+            payload = msg
+            size = 0
+        stats = self._stats[src]
+        stats.msgs_sent += 1
+        stats.bytes_sent += size
+        incarnation = self._replicas[dst].incarnation if dst < self.n else 0
+        for arrival in self.network.transmit(src, dst, self.now):
+            self._push(arrival, _DELIVER, src, dst, payload, incarnation)
+
+    def _encode(self, msg: Any) -> bytes:
+        return encode(msg) if self._decoder is not None else b""
+
+    def _set_timer(self, endpoint: int, timers: dict[str, int], effect: SetTimer) -> None:
+        # A generation per arming: re-arming or cancelling makes older firings stale.
+        self._timer_generation += 1
+        timers[effect.name] = self._timer_generation
+        delay = effect.delay if effect.delay > 0 else 0.0
+        self._push(self.now + delay, _TIMER, endpoint, effect.name, self._timer_generation)
+
+    def _on_executed(self, replica: _Replica, executed: Executed) -> None:
+        replica.executions += 1
+        slot = (executed.instance, executed.seq)
+        if slot not in replica.log:
+            replica.log[slot] = executed
+        if replica.replica_id in self._byzantine:
+            return
+        for checker in self.checkers:
+            checker.on_executed(replica.replica_id, replica.incarnation, executed)
+
+    def _on_completed(self, client: _Client, done: Completed) -> None:
+        if client.pending is None or done.timestamp != client.pending:
+            self.counters["sim.unexpected_completion"] += 1
+            return
+        self._record(f"completed {client.endpoint} ts={done.timestamp}")
+        client.completed.append(
+            CompletedRequest(
+                client.index,
+                client.client_id,
+                done.timestamp,
+                done.result,
+                done.error,
+                client.pending_since,
+                self.now,
+            )
+        )
+        client.pending = None
+        self.counters["sim.completed" if done.error is None else "sim.failed"] += 1
+        if client.next_request < client.requests:
+            self._push(self.now + client.think_time, _SUBMIT, client.index)
+
+
+def _make_decoder(
+    messages: Sequence[type] | msgspec.msgpack.Decoder | None,
+) -> msgspec.msgpack.Decoder | None:
+    if messages is None:
+        return None
+    if isinstance(messages, msgspec.msgpack.Decoder):
+        return messages
+    types = list(messages)
+    if not types:
+        raise ValueError("messages must name at least one message type")
+    union = functools.reduce(operator.or_, types)
+    return msgspec.msgpack.Decoder(union)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, int(q * len(sorted_values)))
+    return sorted_values[index]
