@@ -17,8 +17,8 @@ from phalanx.protocols.pbft.messages import (
     Checkpoint,
     Commit,
     NewView,
-    PrePrepare,
     Prepare,
+    PrePrepare,
     SlotSummary,
     ViewChange,
 )

@@ -36,8 +36,8 @@ from phalanx.protocols.pbft.messages import (
     FetchPayload,
     NewView,
     PayloadData,
-    PrePrepare,
     Prepare,
+    PrePrepare,
     SlotSummary,
     ViewChange,
 )
@@ -87,6 +87,11 @@ MAX_BACKOFF_EXPONENT = 4
 """View-change timeouts double per failed view change, up to 16 times the base."""
 CHECKPOINTS_PER_REPLICA = 4
 """Unstable checkpoints kept per sender: bounds what a Byzantine replica can make us hold."""
+
+
+_StableRecord = tuple[int, bytes, list[Checkpoint]]
+_SlotRecord = tuple[tuple[bytes, int] | None, list[tuple[bytes, int]], bytes | None]
+"""Persisted slot: (P entry, Q entries, committed digest or None)."""
 
 
 @dataclass(slots=True)
@@ -446,7 +451,8 @@ class PbftInstance:
         for seq in [s for s in self.slots if s <= self.low]:
             slot = self.slots.pop(seq)
             self.out.append(Persist(self._key(b"l", seq.to_bytes(8, "big")), None))
-            for digest in {slot.digest, slot.committed_digest, *slot.q_entries} - {b"", NULL_DIGEST}:
+            digests = {slot.digest, slot.committed_digest, *slot.q_entries} - {b"", NULL_DIGEST}
+            for digest in digests:
                 if self.payloads.pop(digest, None) is not None:
                     self.out.append(Persist(self._key(b"d", digest), None))
         for by_seq in self.checkpoints.values():
@@ -564,7 +570,9 @@ class PbftInstance:
             return
         replicas = [vc.replica for vc in nv.view_changes]
         if len(set(replicas)) != len(replicas) or any(
-            vc.new_view != nv.view or vc.instance != self.instance or not self._view_change_valid(vc)
+            vc.new_view != nv.view
+            or vc.instance != self.instance
+            or not self._view_change_valid(vc)
             for vc in nv.view_changes
         ):
             self._drop("bad_new_view", src)
@@ -584,7 +592,9 @@ class PbftInstance:
             del self.view_changes[v]
         if decision.checkpoint_seq > self.low:
             source = decision.checkpoint_source
-            self._make_stable(source.checkpoint_seq, source.checkpoint_digest, source.checkpoint_proof)
+            self._make_stable(
+                source.checkpoint_seq, source.checkpoint_digest, source.checkpoint_proof
+            )
         primary = self.q.primary(nv.view)
         top = max(decision.slots, default=self.low)
         for seq, digest in decision.slots.items():
@@ -769,16 +779,14 @@ class PbftInstance:
             if kind == b"v":
                 self.view, self.in_view_change = msgspec.msgpack.decode(value)
             elif kind == b"s":
-                seq, digest, proof = msgspec.msgpack.decode(value, type=tuple[int, bytes, list[Checkpoint]])
+                seq, digest, proof = msgspec.msgpack.decode(value, type=_StableRecord)
                 self.low, self.stable_digest, self.stable_proof = seq, digest, proof
             elif kind == b"n":
                 self.last_new_view = msgspec.msgpack.decode(value, type=NewView)
             elif kind == b"d":
                 self.payloads[rest] = value
             elif kind == b"l":
-                p_entry, q_entries, committed = msgspec.msgpack.decode(
-                    value, type=tuple[tuple[bytes, int] | None, list[tuple[bytes, int]], bytes | None]
-                )
+                p_entry, q_entries, committed = msgspec.msgpack.decode(value, type=_SlotRecord)
                 slot = self._slot(int.from_bytes(rest, "big"))
                 slot.p_entry, slot.q_entries = p_entry, dict(q_entries)
                 if committed is not None:

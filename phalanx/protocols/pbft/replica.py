@@ -319,7 +319,8 @@ class PbftReplica:
         if is_checkpoint and not self.config.single_shot:
             snapshot = self._snapshot(seq)
             self.snapshots[seq] = snapshot
-            out.extend(self.instance.make_checkpoint(seq, checkpoint_digest(root, snapshot.clients)))
+            state_digest = checkpoint_digest(root, snapshot.clients)
+            out.extend(self.instance.make_checkpoint(seq, state_digest))
         return out
 
     def _reply(self, timestamp: int, result: bytes) -> Reply:
