@@ -17,13 +17,22 @@ import pytest
 
 from phalanx.core.effects import Completed, Send
 from phalanx.core.messages import Reply, Request, encode
-from phalanx.crypto import KeyPair, mac, pairwise_key
+from phalanx.crypto import KeyPair, pairwise_key
 from phalanx.protocols.pbft.messages import ALL_MESSAGES, Commit, Prepare
 from phalanx.runtime import loop_factory
 from phalanx.runtime.client import ClientRunner, ClientTransport, RequestFailed
 from phalanx.runtime.framing import TO_ACCEPTOR, FrameEncoder
 from phalanx.runtime.metrics import Metrics
-from phalanx.runtime.transport import Accept, Confirm, Hello, Transport, session_key
+from phalanx.runtime.transport import (
+    Accept,
+    Confirm,
+    Hello,
+    Transport,
+    accept_tag,
+    confirm_tag,
+    hello_digest,
+    session_key,
+)
 
 N = 3
 HOST = "127.0.0.1"
@@ -191,11 +200,12 @@ async def handshake_as_client(
     """A hand-rolled client handshake: returns the stream and its session key."""
     reader, writer = await asyncio.open_connection(HOST, port)
     nonce_c = os.urandom(32)
-    hello = Hello(1, "client", -1, keypair.public_key, target, nonce_c)
-    writer.write(FrameEncoder().encode(msgspec.msgpack.encode(hello)))
+    hello = msgspec.msgpack.encode(Hello(1, "client", -1, keypair.public_key, target, nonce_c))
+    writer.write(FrameEncoder().encode(hello))
     accept = msgspec.msgpack.decode(await read_frame(reader), type=Accept)
     k = pairwise_key(keypair, replica_pk)
-    confirm = Confirm(mac(k, b"con" + accept.nonce + nonce_c))
+    assert accept.tag == accept_tag(k, hello_digest(hello), accept.nonce)
+    confirm = Confirm(confirm_tag(k, hello_digest(hello), accept.nonce))
     writer.write(FrameEncoder().encode(msgspec.msgpack.encode(confirm)))
     return reader, writer, session_key(k, nonce_c, accept.nonce)
 
@@ -242,18 +252,41 @@ def test_impostor_without_the_replica_key_fails_the_handshake() -> None:
         async with Cluster() as c:
             reader, writer = await asyncio.open_connection(HOST, c.ports[0])
             nonce_c = os.urandom(32)
-            hello = Hello(1, "replica", 1, b"", 0, nonce_c)
-            writer.write(FrameEncoder().encode(msgspec.msgpack.encode(hello)))
+            hello = msgspec.msgpack.encode(Hello(1, "replica", 1, b"", 0, nonce_c))
+            writer.write(FrameEncoder().encode(hello))
             accept = msgspec.msgpack.decode(await read_frame(reader), type=Accept)
             # The impostor knows everything but replica 1's private key.
             k = pairwise_key(KeyPair.generate(), c.public_keys[0])
-            confirm = Confirm(mac(k, b"con" + accept.nonce + nonce_c))
+            confirm = Confirm(confirm_tag(k, hello_digest(hello), accept.nonce))
             writer.write(FrameEncoder().encode(msgspec.msgpack.encode(confirm)))
             assert await closed_by_peer(reader)
             writer.close()
             await until(lambda: c.metrics[0].get("dropped_hs_bad_mac") == 1)
             assert all(src != 1 or isinstance(m, Prepare) for src, m in c.inbox[0])
             await still_healthy(c, 3)
+
+    run(main())
+
+
+def test_replica_handshake_cannot_be_spliced_onto_a_client_claim() -> None:
+    # A man in the middle relays replica 1's honest Confirm (made for replica 1's own
+    # Hello) onto a connection where it claims "client with replica 1's key": the MACs
+    # cover the Hello, so the claim fails.
+    async def main() -> None:
+        async with Cluster() as c:
+            reader, writer = await asyncio.open_connection(HOST, c.ports[0])
+            nonce_c = os.urandom(32)
+            claim = msgspec.msgpack.encode(Hello(1, "client", -1, c.public_keys[1], 0, nonce_c))
+            writer.write(FrameEncoder().encode(claim))
+            accept = msgspec.msgpack.decode(await read_frame(reader), type=Accept)
+            honest = msgspec.msgpack.encode(Hello(1, "replica", 1, b"", 0, nonce_c))
+            k = pairwise_key(c.keys[1], c.public_keys[0])
+            relayed = Confirm(confirm_tag(k, hello_digest(honest), accept.nonce))
+            writer.write(FrameEncoder().encode(msgspec.msgpack.encode(relayed)))
+            assert await closed_by_peer(reader)
+            writer.close()
+            await until(lambda: c.metrics[0].get("dropped_hs_bad_mac") == 1)
+            assert c.public_keys[1] not in c[0].connected_clients
 
     run(main())
 
@@ -339,6 +372,20 @@ def test_silent_connection_times_out_in_handshake() -> None:
             writer.close()
             await until(lambda: c.metrics[0].get("dropped_hs_timeout") == 1)
             await still_healthy(c, 6)
+
+    run(main())
+
+
+def test_unauthenticated_connections_beyond_the_cap_are_refused() -> None:
+    async def main() -> None:
+        async with Cluster(max_pending_handshakes=2) as c:
+            await until(lambda: c[0].pending_handshakes == 0)
+            silent = [await asyncio.open_connection(HOST, c.ports[0]) for _ in range(3)]
+            await until(lambda: c.metrics[0].get("dropped_hs_overload") == 1)
+            for _, writer in silent:
+                writer.close()
+            await until(lambda: c[0].pending_handshakes == 0)
+            await still_healthy(c, 8)
 
     run(main())
 
@@ -453,3 +500,23 @@ def test_transport_refuses_a_key_that_is_not_its_own() -> None:
     with pytest.raises(ValueError, match="does not match"):
         Transport(0, c.keys[1], c.addrs, c.public_keys, decoder(), None, None, Metrics(0))
 
+
+
+def test_metrics_render_in_prometheus_text_format() -> None:
+    m = Metrics(2)
+    m.inc("frames_in", 3)
+    m.inc("msgs_sent:PrePrepare", 2)
+    m.inc("msgs_sent:Commit")
+    m.set("peers_connected", 3)
+    text = m.render_prometheus()
+    assert "# TYPE phalanx_frames_in counter\nphalanx_frames_in{replica=\"2\"} 3\n" in text
+    assert text.count("# TYPE phalanx_msgs_sent counter") == 1
+    assert 'phalanx_msgs_sent{replica="2",type="PrePrepare"} 2' in text
+    assert "# TYPE phalanx_peers_connected gauge" in text
+    assert m.snapshot() == {
+        "frames_in": 3, "msgs_sent:PrePrepare": 2, "msgs_sent:Commit": 1, "peers_connected": 3
+    }
+    assert Metrics('a"b').render_prometheus() == ""
+    weird = Metrics('a"b')
+    weird.inc("x-y")
+    assert 'phalanx_x_y{replica="a\\"b"} 1' in weird.render_prometheus()

@@ -1,0 +1,184 @@
+"""The client side of the runtime: links to every replica, and a driver for one
+sans-I/O :class:`~phalanx.core.node.ClientCore`.
+
+A client is named by its Ed25519 public key; each replica authenticates it at connect
+time (see :mod:`phalanx.runtime.transport`) and sends replies back on the same link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+
+from phalanx.core.effects import (
+    Broadcast,
+    CancelTimer,
+    ClientEffect,
+    Completed,
+    Dropped,
+    Send,
+    SetTimer,
+)
+from phalanx.core.messages import encode
+from phalanx.core.node import ClientCore
+from phalanx.crypto.keys import KeyPair
+from phalanx.runtime.metrics import Metrics
+from phalanx.runtime.transport import (
+    DEFAULT_MAX_FRAME,
+    DEFAULT_SEND_QUEUE_LIMIT,
+    HANDSHAKE_TIMEOUT,
+    Endpoint,
+    Link,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ClientTransport(Endpoint):
+    """Authenticated links from one client to every replica (redialed when lost).
+
+    ``on_message(replica, msg)`` receives every decoded message a replica sends back.
+    """
+
+    role: Literal["replica", "client"] = "client"
+
+    def __init__(
+        self,
+        keypair: KeyPair,
+        replica_addrs: dict[int, tuple[str, int]],
+        replica_public_keys: list[bytes],
+        decoder: msgspec.msgpack.Decoder[Any],
+        on_message: Callable[[int, Any], None] | None,
+        metrics: Metrics | None = None,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        send_queue_limit: int = DEFAULT_SEND_QUEUE_LIMIT,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        super().__init__(
+            keypair,
+            replica_addrs,
+            replica_public_keys,
+            decoder,
+            metrics if metrics is not None else Metrics("client"),
+            max_frame=max_frame,
+            send_queue_limit=send_queue_limit,
+            handshake_timeout=handshake_timeout,
+        )
+        self.on_message = on_message
+        self._make_dialers(list(range(len(replica_public_keys))))
+
+    async def start(self) -> None:
+        """Dial every replica (returns at once; see :meth:`wait_connected`)."""
+        for dialer in self.dialers.values():
+            dialer.start()
+
+    def deliver(self, link: Link, msg: Any) -> None:
+        if self.on_message is not None:
+            self.on_message(link.peer, msg)  # type: ignore[arg-type]
+
+
+class RequestFailed(Exception):
+    """The replicas refused request ``timestamp``; ``reason`` is what they said."""
+
+    def __init__(self, timestamp: int, reason: str) -> None:
+        super().__init__(f"request {timestamp} failed: {reason}")
+        self.timestamp = timestamp
+        self.reason = reason
+
+
+class ClientRunner:
+    """Drives one :class:`ClientCore` over a :class:`ClientTransport`.
+
+    A client core has one outstanding request at a time, so a closed-loop benchmark runs
+    one runner (one key pair, one transport) per simulated client.
+    """
+
+    def __init__(self, core: ClientCore, transport: ClientTransport) -> None:
+        self.core = core
+        self.transport = transport
+        transport.on_message = self._on_message
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._pending: asyncio.Future[bytes] | None = None
+        self._timestamp: int | None = None
+
+    async def request(self, op: bytes) -> bytes:
+        """Submit ``op`` and wait for its result (f+1 matching replies, as the core
+        decides). Raises :class:`RequestFailed` if the replicas refuse it."""
+        if self._pending is not None:
+            raise RuntimeError("a ClientRunner has one outstanding request at a time")
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending = future
+        try:
+            timestamp, effects = self.core.submit(op)
+            self._timestamp = timestamp
+            self._perform(effects)
+            return await future
+        finally:
+            self._pending = None
+            self._timestamp = None
+
+    def _on_message(self, replica: int, msg: Any) -> None:
+        try:
+            effects = self.core.on_message(replica, msg)
+        except Exception:
+            self.transport.metrics.inc("core_exceptions")
+            log.exception("client core failed on a message from replica %d", replica)
+            return
+        self._perform(effects)
+
+    def _on_timer(self, name: str) -> None:
+        self._timers.pop(name, None)
+        try:
+            effects = self.core.on_timer(name)
+        except Exception:
+            self.transport.metrics.inc("core_exceptions")
+            log.exception("client core failed on timer %s", name)
+            return
+        self._perform(effects)
+
+    def _perform(self, effects: list[ClientEffect]) -> None:
+        transport = self.transport
+        for effect in effects:
+            kind = type(effect)
+            if kind is Send:
+                transport.send(effect.dest, encode(effect.msg))  # type: ignore[union-attr]
+            elif kind is Broadcast:
+                transport.broadcast(encode(effect.msg))  # type: ignore[union-attr]
+            elif kind is SetTimer:
+                self._set_timer(effect.name, effect.delay)  # type: ignore[union-attr]
+            elif kind is CancelTimer:
+                handle = self._timers.pop(effect.name, None)  # type: ignore[union-attr]
+                if handle is not None:
+                    handle.cancel()
+            elif kind is Completed:
+                self._complete(effect)  # type: ignore[arg-type]
+            elif kind is Dropped:  # cores may report rejected inputs, as replicas do
+                transport.metrics.inc("dropped_" + effect.reason)  # type: ignore[union-attr]
+
+    def _set_timer(self, name: str, delay: float) -> None:
+        old = self._timers.get(name)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[name] = loop.call_later(delay, self._on_timer, name)
+
+    def _complete(self, done: Completed) -> None:
+        future = self._pending
+        if future is None or future.done() or done.timestamp != self._timestamp:
+            return  # a late answer to a request the caller gave up on
+        if done.error is not None:
+            future.set_exception(RequestFailed(done.timestamp, done.error))
+        else:
+            future.set_result(done.result)
+
+    async def close(self) -> None:
+        """Cancel timers and close the transport."""
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        await self.transport.close()

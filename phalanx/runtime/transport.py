@@ -1,0 +1,804 @@
+"""Authenticated TCP links between replicas, and from clients to replicas.
+
+Topology: every replica keeps one *outgoing* connection to each other replica, used only
+for sending, and accepts *incoming* connections, used only for receiving (clients'
+connections excepted: replies go back on them). So there is no dial race and no
+tie-breaking: replica i's messages to j always travel on the connection i dialed, and j
+learns the sender from that connection's handshake. A lost connection is redialed by its
+owner with exponential backoff (50 ms doubling to 2 s); messages sent meanwhile wait in
+a bounded queue (PBFT retransmits whatever that queue drops).
+
+Handshake (before any data, on the framing of :mod:`phalanx.runtime.framing`, untagged):
+
+1. connector -> acceptor  ``Hello``: role, replica id or client public key, target id,
+   ``nonce_c``.
+2. The acceptor looks up the claimed identity's public key (a replica's from the
+   cluster's key list; a client's is its id: clients are self-certifying), derives the
+   static pairwise key ``k`` and answers ``Accept``: ``nonce_a``,
+   ``MAC_k("acc" || H(hello) || nonce_a)``.
+3. The connector derives ``k`` for the replica it meant to reach and checks that MAC: it
+   is talking to that replica. It answers ``Confirm``: ``MAC_k("con" || nonce_a ||
+   H(hello))``, proving it holds the claimed identity's private key.
+
+Both then key their frames with ``HMAC-SHA256(k, nonce_c || nonce_a)``. The labels stop
+reflection of one side's MAC as the other's; the fresh nonces stop replayed handshakes.
+``H(hello)`` (the Hello's bytes, ``nonce_c`` included) binds the claimed role, identity
+and target into both MACs: a man in the middle cannot splice replica 1's handshake with
+replica 0 onto a connection where it claims to be "client with replica 1's key".
+Anything else (malformed hello, unknown replica, bad MAC, no handshake within 5 s)
+closes the connection and counts ``dropped_hs_<reason>``.
+
+After the handshake: payloads that the msgspec decoder rejects are dropped and counted
+(``dropped_decode``) without harming the link; a frame that breaks the framing (too
+large, bad MAC, truncated) closes the connection, since the stream cannot be trusted
+past it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import random
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Literal, cast
+
+import msgspec
+
+from phalanx.crypto.keys import KeyPair, PairwiseKeys, pairwise_key
+from phalanx.crypto.mac import mac
+from phalanx.runtime.framing import (
+    DEFAULT_MAX_FRAME,
+    FRAME_OVERHEAD,
+    HANDSHAKE_MAX_FRAME,
+    TO_ACCEPTOR,
+    TO_CONNECTOR,
+    FrameDecoder,
+    FrameEncoder,
+    FrameError,
+)
+from phalanx.runtime.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+NONCE_SIZE = 32
+HANDSHAKE_TIMEOUT = 5.0
+MAX_PENDING_HANDSHAKES = 1024
+RECONNECT_MIN = 0.05
+RECONNECT_MAX = 2.0
+DEFAULT_SEND_QUEUE_LIMIT = 64 << 20
+WRITE_BUFFER_HIGH = 4 << 20
+"""Bytes the OS-facing write buffer may hold before we stop writing and let our own
+bounded queue absorb the backlog."""
+
+PeerId = int | bytes
+"""A replica id, or a client's public key."""
+
+
+# --- handshake messages ----------------------------------------------------------------
+
+
+class Hello(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """The connector's claim of identity. ``replica`` is -1 and ``client`` its public key
+    for a client; ``client`` is empty for a replica."""
+
+    version: int
+    role: Literal["replica", "client"]
+    replica: int
+    client: bytes
+    target: int
+    nonce: bytes
+
+
+class Accept(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """The acceptor's fresh nonce and its proof of holding the pairwise key."""
+
+    nonce: bytes
+    tag: bytes
+
+
+class Confirm(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """The connector's proof of holding the pairwise key of the identity it claimed."""
+
+    tag: bytes
+
+
+_hs_encoder = msgspec.msgpack.Encoder()
+_hello_decoder = msgspec.msgpack.Decoder(Hello)
+_accept_decoder = msgspec.msgpack.Decoder(Accept)
+_confirm_decoder = msgspec.msgpack.Decoder(Confirm)
+
+
+def hello_digest(hello_bytes: bytes | memoryview) -> bytes:
+    """The handshake transcript both MACs cover: the Hello exactly as sent."""
+    return hashlib.sha256(hello_bytes).digest()
+
+
+def accept_tag(k: bytes, hello_hash: bytes, nonce_a: bytes) -> bytes:
+    """The acceptor's proof that it holds ``k`` for this very Hello."""
+    return mac(k, b"acc" + hello_hash + nonce_a)
+
+
+def confirm_tag(k: bytes, hello_hash: bytes, nonce_a: bytes) -> bytes:
+    """The connector's proof that it holds ``k`` (the claimed identity's key)."""
+    return mac(k, b"con" + nonce_a + hello_hash)
+
+
+def session_key(k: bytes, nonce_c: bytes, nonce_a: bytes) -> bytes:
+    """The per-connection frame key."""
+    return hmac.digest(k, nonce_c + nonce_a, "sha256")
+
+
+class HandshakeError(Exception):
+    """The peer failed the handshake; ``reason`` names the ``dropped_hs_<reason>`` metric."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+# --- send queue ------------------------------------------------------------------------
+
+
+class SendQueue:
+    """Payloads waiting for a writable connection, bounded in bytes.
+
+    When full, the *oldest* payloads are dropped (``dropped_send_queue_full``): under
+    overload newer protocol messages are the useful ones, and PBFT's retransmission and
+    state transfer recover what was lost.
+    """
+
+    __slots__ = ("_items", "_metrics", "limit", "nbytes")
+
+    def __init__(self, limit: int, metrics: Metrics) -> None:
+        self._items: deque[bytes] = deque()
+        self.nbytes = 0
+        self.limit = limit
+        self._metrics = metrics
+
+    def push(self, data: bytes) -> None:
+        """Queue ``data``, dropping the oldest payloads while over the limit."""
+        items = self._items
+        items.append(data)
+        self.nbytes += len(data) + FRAME_OVERHEAD
+        while self.nbytes > self.limit:
+            self.nbytes -= len(items.popleft()) + FRAME_OVERHEAD
+            self._metrics.inc("dropped_send_queue_full")
+
+    def take_all(self) -> deque[bytes]:
+        """Remove and return everything queued."""
+        items = self._items
+        self._items = deque()
+        self.nbytes = 0
+        return items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# --- one connection --------------------------------------------------------------------
+
+_AWAIT_HELLO = "await_hello"
+_AWAIT_ACCEPT = "await_accept"
+_AWAIT_CONFIRM = "await_confirm"
+_OPEN = "open"
+_CLOSED = "closed"
+
+
+class Link(asyncio.Protocol):
+    """One framed, authenticated TCP connection, at either end.
+
+    The owning :class:`Endpoint` decides who may connect and what to do with payloads.
+    ``peer`` is the authenticated identity of the other end once the link is open.
+    """
+
+    def __init__(
+        self,
+        owner: Endpoint,
+        *,
+        target: int | None = None,
+        queue: SendQueue | None = None,
+    ) -> None:
+        self.owner = owner
+        self.initiator = target is not None
+        self.target = target
+        self.peer: PeerId | None = target
+        self.peer_is_client = False
+        if queue is None:
+            queue = SendQueue(owner.send_queue_limit, owner.metrics)
+        self.queue = queue
+        self.state = _AWAIT_ACCEPT if self.initiator else _AWAIT_HELLO
+        self.was_open = False
+        self.closed: asyncio.Future[None] = owner.loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self._decoder = FrameDecoder(max_frame=HANDSHAKE_MAX_FRAME)
+        self._encoder = FrameEncoder()
+        self._k = b""
+        self._nonce_c = b""
+        self._nonce_a = b""
+        self._hello_hash = b""
+        self._timeout: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._flush_scheduled = False
+        self._counted_pending = False  # counts towards owner.pending_handshakes
+
+    # asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        owner = self.owner
+        if owner.closing:
+            self.state = _CLOSED
+            transport.abort()
+            return
+        if not self.initiator:
+            if owner.pending_handshakes >= owner.max_pending_handshakes:
+                # A flood of connections that never authenticate must not exhaust fds.
+                self.state = _CLOSED
+                owner.metrics.inc("dropped_hs_overload")
+                transport.abort()
+                return
+            owner.pending_handshakes += 1
+            self._counted_pending = True
+        owner.links.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                # Protocol messages are small and latency-bound: never wait for Nagle.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            except (OSError, AttributeError):
+                pass
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self._timeout = owner.loop.call_later(owner.handshake_timeout, self._handshake_timeout)
+        if self.initiator:
+            assert self.target is not None
+            self._nonce_c = os.urandom(NONCE_SIZE)
+            hello_bytes = _hs_encoder.encode(owner.hello(self.target, self._nonce_c))
+            self._hello_hash = hello_digest(hello_bytes)
+            transport.write(self._encoder.encode(hello_bytes))
+
+    def data_received(self, data: bytes) -> None:
+        owner = self.owner
+        metrics = owner.metrics
+        metrics.inc("bytes_in", len(data))
+        decoder = self._decoder
+        decoder.feed(data)
+        frames = 0
+        try:
+            while True:
+                frame = decoder.next_frame()
+                if frame is None:
+                    break
+                if self.state is _OPEN:
+                    frames += 1
+                    owner.link_payload(self, frame)
+                elif self.state is _CLOSED:
+                    break
+                else:
+                    self._handshake_step(frame)
+        except FrameError as e:
+            self._abort("hs_malformed" if self.state is not _OPEN else e.reason, str(e))
+        except HandshakeError as e:
+            self._abort("hs_" + e.reason, str(e))
+        finally:
+            if frames:
+                metrics.inc("frames_in", frames)
+
+    def pause_writing(self) -> None:
+        # The peer reads slower than we write: keep further payloads in our bounded queue.
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self.schedule_flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        state = self.state
+        self.state = _CLOSED
+        self._stop_handshake_clock()
+        if state is _OPEN:
+            try:
+                self._decoder.eof()
+            except FrameError as e:
+                self.owner.metrics.inc("dropped_" + e.reason)
+        elif state is not _CLOSED:
+            # The peer hung up mid-handshake (or never completed one).
+            self.owner.metrics.inc("dropped_hs_incomplete")
+        self.owner.links.discard(self)
+        if self.was_open:
+            self.owner.link_closed(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # sending ------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Queue a payload; it is written with everything else queued this loop turn."""
+        self.queue.push(data)
+        self.schedule_flush()
+
+    def schedule_flush(self) -> None:
+        """Write the queue once this loop iteration's sends are in (coalesced writes)."""
+        if self.state is _OPEN and not self._paused and not self._flush_scheduled and self.queue:
+            self._flush_scheduled = True
+            self.owner.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.state is not _OPEN or self._paused:
+            return
+        items = self.queue.take_all()
+        if not items:
+            return
+        encoder = self._encoder
+        parts: list[bytes] = []
+        for payload in items:
+            encoder.encode_into(payload, parts)
+        data = b"".join(parts)
+        assert self.transport is not None
+        self.transport.write(data)
+        metrics = self.owner.metrics
+        metrics.inc("writes_out")  # frames_out / writes_out = how well writes coalesce
+        metrics.inc("frames_out", len(items))
+        metrics.inc("bytes_out", len(data))
+
+    def close(self) -> None:
+        """Close the connection (queued payloads already handed to the OS still go out)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    # handshake ----------------------------------------------------------------------
+
+    def _handshake_step(self, frame: memoryview) -> None:
+        state = self.state
+        try:
+            if state is _AWAIT_HELLO:
+                self._hello_hash = hello_digest(frame)
+                self._on_hello(_hello_decoder.decode(frame))
+            elif state is _AWAIT_ACCEPT:
+                self._on_accept(_accept_decoder.decode(frame))
+            elif state is _AWAIT_CONFIRM:
+                self._on_confirm(_confirm_decoder.decode(frame))
+        except msgspec.DecodeError as e:
+            raise HandshakeError("malformed", f"{state}: {e}") from None
+
+    def _on_hello(self, hello: Hello) -> None:
+        if len(hello.nonce) != NONCE_SIZE:
+            raise HandshakeError("malformed", "nonce size")
+        if hello.version != PROTOCOL_VERSION:
+            raise HandshakeError("bad_version", f"version {hello.version}")
+        # The owner vets the identity and derives the pairwise key (raises HandshakeError).
+        self.peer, self._k = self.owner.accept_hello(hello)
+        self.peer_is_client = hello.role == "client"
+        self._nonce_c = hello.nonce
+        self._nonce_a = os.urandom(NONCE_SIZE)
+        tag = accept_tag(self._k, self._hello_hash, self._nonce_a)
+        accept = Accept(nonce=self._nonce_a, tag=tag)
+        assert self.transport is not None
+        self.transport.write(self._encoder.encode(_hs_encoder.encode(accept)))
+        self.state = _AWAIT_CONFIRM
+
+    def _on_accept(self, accept: Accept) -> None:
+        if len(accept.nonce) != NONCE_SIZE:
+            raise HandshakeError("malformed", "nonce size")
+        assert self.target is not None
+        self._k = self.owner.key_for_replica(self.target)
+        self._nonce_a = accept.nonce
+        expected = accept_tag(self._k, self._hello_hash, self._nonce_a)
+        if not hmac.compare_digest(expected, accept.tag):
+            # Not the replica we dialed (or a stale/forged answer): never send it anything.
+            raise HandshakeError("bad_mac", f"replica {self.target} failed to authenticate")
+        confirm = Confirm(tag=confirm_tag(self._k, self._hello_hash, self._nonce_a))
+        assert self.transport is not None
+        self.transport.write(self._encoder.encode(_hs_encoder.encode(confirm)))
+        self._open(send_direction=TO_ACCEPTOR, recv_direction=TO_CONNECTOR)
+
+    def _on_confirm(self, confirm: Confirm) -> None:
+        expected = confirm_tag(self._k, self._hello_hash, self._nonce_a)
+        if not hmac.compare_digest(expected, confirm.tag):
+            raise HandshakeError("bad_mac", f"{self.peer!r} failed to prove its identity")
+        self._open(send_direction=TO_CONNECTOR, recv_direction=TO_ACCEPTOR)
+
+    def _open(self, send_direction: int, recv_direction: int) -> None:
+        key = session_key(self._k, self._nonce_c, self._nonce_a)
+        self._k = b""
+        self._encoder.set_key(key, send_direction)
+        self._decoder.set_key(key, recv_direction, self.owner.max_frame)
+        self._stop_handshake_clock()
+        self.state = _OPEN
+        self.was_open = True
+        self.owner.metrics.inc("connections_opened")
+        self.owner.link_open(self)
+        self.schedule_flush()  # whatever was queued while we were disconnected
+
+    def _stop_handshake_clock(self) -> None:
+        if self._timeout is not None:
+            self._timeout.cancel()
+            self._timeout = None
+        if self._counted_pending:
+            self._counted_pending = False
+            self.owner.pending_handshakes -= 1
+
+    def _handshake_timeout(self) -> None:
+        self._stop_handshake_clock()
+        if self.state is not _OPEN and self.state is not _CLOSED:
+            self._abort("hs_timeout", "no handshake in time")
+
+    def _abort(self, reason: str, detail: str) -> None:
+        """Drop a misbehaving or broken connection, counted as ``dropped_<reason>``."""
+        if self.state is _CLOSED:
+            return
+        self.state = _CLOSED
+        self.owner.metrics.inc("dropped_" + reason)
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        # Handshake failures are what scanners and floods cause: metrics, not log lines.
+        level = logging.DEBUG if reason.startswith("hs_") else logging.INFO
+        log.log(level, "closing link %r (%s): %s: %s", self.peer, peer, reason, detail)
+        if self.transport is not None:
+            self.transport.abort()  # connection_lost follows and resolves ``closed``
+
+
+# --- endpoints: the owners of links ----------------------------------------------------
+
+
+class Dialer:
+    """Keeps one outgoing link to replica ``target`` up, redialing with backoff. Its
+    queue outlives the individual connections."""
+
+    def __init__(self, owner: Endpoint, target: int) -> None:
+        self.owner = owner
+        self.target = target
+        self.queue = SendQueue(owner.send_queue_limit, owner.metrics)
+        self.link: Link | None = None
+        self._current: Link | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin dialing (idempotent)."""
+        if self._task is None:
+            self._task = self.owner.loop.create_task(self._run())
+
+    def send(self, data: bytes) -> None:
+        """Queue ``data`` for the target; written as soon as a link is open."""
+        self.queue.push(data)
+        link = self.link
+        if link is not None:
+            link.schedule_flush()
+
+    async def _run(self) -> None:
+        owner = self.owner
+        delay = RECONNECT_MIN
+        while True:
+            host, port = owner.replica_addrs[self.target]
+            link = Link(owner, target=self.target, queue=self.queue)
+            self._current = link
+            try:
+                await asyncio.wait_for(
+                    owner.loop.create_connection(lambda link=link: link, host, port),
+                    owner.handshake_timeout,
+                )
+            except (OSError, TimeoutError):
+                owner.metrics.inc("dial_failures")
+            else:
+                await link.closed
+                if link.was_open:
+                    delay = RECONNECT_MIN
+            self._current = None
+            # Jitter spreads out the reconnects of many peers after one of them restarts.
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    async def close(self) -> None:
+        """Stop dialing and close the current link."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._current is not None:
+            self._current.close()
+
+
+class Endpoint:
+    """What replicas' and clients' transports share: identity, the dialers to the
+    replicas, payload decoding, metrics."""
+
+    role: Literal["replica", "client"] = "replica"
+
+    def __init__(
+        self,
+        keypair: KeyPair,
+        replica_addrs: dict[int, tuple[str, int]],
+        replica_public_keys: list[bytes],
+        decoder: msgspec.msgpack.Decoder[Any],
+        metrics: Metrics,
+        *,
+        me: int = -1,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        send_queue_limit: int = DEFAULT_SEND_QUEUE_LIMIT,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
+    ) -> None:
+        self.me = me
+        self.keypair = keypair
+        self.replica_addrs = replica_addrs
+        self.replica_public_keys = replica_public_keys
+        self.decoder = decoder
+        self.metrics = metrics
+        self.max_frame = max_frame
+        self.send_queue_limit = max(send_queue_limit, max_frame + FRAME_OVERHEAD)
+        self.handshake_timeout = handshake_timeout
+        self.links: set[Link] = set()
+        self._replica_keys: dict[int, bytes] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.dialers: dict[int, Dialer] = {}
+        self.closing = False
+        self.pending_handshakes = 0
+        self.max_pending_handshakes = max_pending_handshakes
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this endpoint runs on (the running loop at first use)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _make_dialers(self, targets: list[int]) -> None:
+        missing = [t for t in targets if t not in self.replica_addrs]
+        if missing:
+            raise ValueError(f"no address for replicas {missing}")
+        self.dialers = {t: Dialer(self, t) for t in targets}
+
+    # link callbacks -----------------------------------------------------------------
+
+    def hello(self, target: int, nonce: bytes) -> Hello:
+        """Our identity claim when we dial ``target``."""
+        if self.role == "client":
+            return Hello(PROTOCOL_VERSION, "client", -1, self.keypair.public_key, target, nonce)
+        return Hello(PROTOCOL_VERSION, "replica", self.me, b"", target, nonce)
+
+    def key_for_replica(self, replica: int) -> bytes:
+        """The pairwise key with ``replica`` (computed once per replica)."""
+        key = self._replica_keys.get(replica)
+        if key is None:
+            key = self._replica_keys[replica] = pairwise_key(
+                self.keypair, self.replica_public_keys[replica]
+            )
+        return key
+
+    def accept_hello(self, hello: Hello) -> tuple[PeerId, bytes]:
+        """Vet a connector's identity claim: its id and our pairwise key with it."""
+        raise HandshakeError("not_accepting", "this endpoint accepts no connections")
+
+    def link_open(self, link: Link) -> None:
+        """``link`` finished its handshake; ``link.peer`` is authenticated."""
+        if link.initiator:
+            dialer = self.dialers.get(link.target)  # type: ignore[arg-type]
+            if dialer is not None:
+                dialer.link = link
+        self._update_gauges()
+
+    def link_closed(self, link: Link) -> None:
+        """A link that had been open is gone."""
+        self.metrics.inc("connections_closed")
+        if link.initiator:
+            dialer = self.dialers.get(link.target)  # type: ignore[arg-type]
+            if dialer is not None and dialer.link is link:
+                dialer.link = None
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self.metrics.set("peers_connected", sum(d.link is not None for d in self.dialers.values()))
+
+    def link_payload(self, link: Link, payload: memoryview) -> None:
+        """An authenticated payload from ``link.peer``: decode it and hand it on."""
+        try:
+            msg = self.decoder.decode(payload)
+        except Exception:
+            # Garbage or a wrong message type from an authenticated peer: its problem, not
+            # the link's. (msgspec raises DecodeError; anything else is caught as well so
+            # that no payload can raise out of the transport.)
+            self.metrics.inc("dropped_decode")
+            return
+        try:
+            self.deliver(link, msg)
+        except Exception:
+            self.metrics.inc("handler_exceptions")
+            log.exception("message handler failed on a message from %r", link.peer)
+
+    def deliver(self, link: Link, msg: Any) -> None:
+        """Hand a decoded message to the application."""
+        raise NotImplementedError
+
+    # sending ------------------------------------------------------------------------
+
+    def send(self, dest: int, data: bytes) -> None:
+        """Send one encoded message to replica ``dest`` (never blocks, never raises)."""
+        dialer = self.dialers.get(dest)
+        if dialer is None:
+            self.metrics.inc("dropped_unknown_dest")
+            return
+        if len(data) > self.max_frame:
+            # The receiver would reject it and drop the link; refuse it here instead.
+            self.metrics.inc("dropped_oversize_send")
+            return
+        dialer.send(data)
+
+    def broadcast(self, data: bytes) -> None:
+        """Send one encoded message to every replica we dial (encoded once by the caller)."""
+        if len(data) > self.max_frame:
+            self.metrics.inc("dropped_oversize_send")
+            return
+        for dialer in self.dialers.values():
+            dialer.send(data)
+
+    @property
+    def connected_replicas(self) -> set[int]:
+        """Replicas to which we currently hold an open outgoing link."""
+        return {t for t, d in self.dialers.items() if d.link is not None}
+
+    async def wait_connected(self, replicas: set[int] | None = None, timeout: float = 5.0) -> None:
+        """Wait until outgoing links to ``replicas`` (default: all dialed) are open."""
+        wanted = set(self.dialers) if replicas is None else replicas
+        deadline = self.loop.time() + timeout
+        while not wanted <= self.connected_replicas:
+            if self.loop.time() > deadline:
+                missing = sorted(wanted - self.connected_replicas)
+                raise TimeoutError(f"no link to replicas {missing} after {timeout} s")
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        """Stop dialing and close every link."""
+        self.closing = True
+        for dialer in self.dialers.values():
+            await dialer.close()
+        for link in list(self.links):
+            link.close()
+        # Let connection_lost callbacks run.
+        await asyncio.sleep(0)
+
+
+class Transport(Endpoint):
+    """A replica's network: authenticated links to the other replicas and to clients.
+
+    ``on_replica_message(src, msg)`` and ``on_client_message(client, msg)`` receive
+    every decoded message with the sender authenticated by its link; they may be
+    reassigned before :meth:`start` (a :class:`~phalanx.runtime.node.ReplicaDriver`
+    does so).
+    """
+
+    def __init__(
+        self,
+        me: int,
+        keypair: KeyPair,
+        replica_addrs: dict[int, tuple[str, int]],
+        replica_public_keys: list[bytes],
+        decoder: msgspec.msgpack.Decoder[Any],
+        on_replica_message: Callable[[int, Any], None] | None,
+        on_client_message: Callable[[bytes, Any], None] | None,
+        metrics: Metrics,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        send_queue_limit: int = DEFAULT_SEND_QUEUE_LIMIT,
+        *,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
+        client_key_cache_size: int = 65_536,
+    ) -> None:
+        if not 0 <= me < len(replica_public_keys):
+            raise ValueError(f"replica id {me} outside 0..{len(replica_public_keys) - 1}")
+        if replica_public_keys[me] != keypair.public_key:
+            raise ValueError(f"key pair does not match the public key of replica {me}")
+        super().__init__(
+            keypair,
+            replica_addrs,
+            replica_public_keys,
+            decoder,
+            metrics,
+            me=me,
+            max_frame=max_frame,
+            send_queue_limit=send_queue_limit,
+            handshake_timeout=handshake_timeout,
+            max_pending_handshakes=max_pending_handshakes,
+        )
+        self.on_replica_message = on_replica_message
+        self.on_client_message = on_client_message
+        self._client_keys = PairwiseKeys(keypair, client_key_cache_size)
+        self._incoming: dict[int, Link] = {}
+        self._clients: dict[bytes, Link] = {}
+        self._server: asyncio.Server | None = None
+        # Created now so that sends before start() are queued, not lost.
+        self._make_dialers([r for r in range(len(replica_public_keys)) if r != me])
+
+    @property
+    def port(self) -> int:
+        """The port we listen on (useful after ``start(host, 0)``)."""
+        assert self._server is not None and self._server.sockets
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def peer_count(self) -> int:
+        """How many replicas a broadcast goes to."""
+        return len(self.dialers)
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` (replicas and clients alike) and dial every peer."""
+        self._server = await self.loop.create_server(lambda: Link(self), host, port)
+        for dialer in self.dialers.values():
+            dialer.start()
+
+    def accept_hello(self, hello: Hello) -> tuple[PeerId, bytes]:
+        if hello.target != self.me:
+            raise HandshakeError("wrong_target", f"meant for replica {hello.target}")
+        if hello.role == "replica":
+            replica = hello.replica
+            if not 0 <= replica < len(self.replica_public_keys) or replica == self.me:
+                raise HandshakeError("unknown_replica", f"replica id {replica}")
+            return replica, self.key_for_replica(replica)
+        try:
+            return hello.client, self._client_keys.get(hello.client)
+        except ValueError as e:
+            raise HandshakeError("bad_client_key", str(e)) from None
+
+    def link_open(self, link: Link) -> None:
+        if not link.initiator:
+            # A newer authenticated link from the same peer supersedes the old one (the
+            # peer restarted, or its old connection is half-open).
+            table: dict[Any, Link] = self._clients if link.peer_is_client else self._incoming
+            old = table.get(link.peer)
+            table[link.peer] = link
+            if old is not None and old is not link:
+                old.close()
+        super().link_open(link)
+
+    def link_closed(self, link: Link) -> None:
+        if not link.initiator:
+            table: dict[Any, Link] = self._clients if link.peer_is_client else self._incoming
+            if table.get(link.peer) is link:
+                del table[link.peer]
+        super().link_closed(link)
+
+    def _update_gauges(self) -> None:
+        super()._update_gauges()
+        self.metrics.set("replicas_incoming", len(self._incoming))
+        self.metrics.set("clients_connected", len(self._clients))
+
+    def deliver(self, link: Link, msg: Any) -> None:
+        if link.peer_is_client:
+            if self.on_client_message is not None:
+                self.on_client_message(link.peer, msg)  # type: ignore[arg-type]
+        elif self.on_replica_message is not None:
+            self.on_replica_message(link.peer, msg)  # type: ignore[arg-type]
+
+    def send_client(self, client: bytes, data: bytes) -> None:
+        """Send to a connected client; counted as ``dropped_client_gone`` if it is not."""
+        link = self._clients.get(client)
+        if link is None:
+            self.metrics.inc("dropped_client_gone")
+            return
+        if len(data) > self.max_frame:
+            self.metrics.inc("dropped_oversize_send")
+            return
+        link.send(data)
+
+    @property
+    def connected_clients(self) -> set[bytes]:
+        """Public keys of the clients with an open link."""
+        return set(self._clients)
+
+    async def close(self) -> None:
+        """Stop listening, stop dialing, close every link."""
+        if self._server is not None:
+            self._server.close()
+        await super().close()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
