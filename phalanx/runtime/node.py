@@ -37,6 +37,8 @@ from phalanx.runtime.transport import Transport
 
 log = logging.getLogger(__name__)
 
+RECENT_DIGESTS = 100_000
+
 
 class Store(Protocol):
     """What the driver needs of :class:`phalanx.storage.lmdb_store.Store`."""
@@ -76,6 +78,8 @@ class ReplicaDriver:
         self.last_executed_seq: int | None = None
         self.last_state_root: bytes | None = None
         self.last_executed: dict[int, int] = {}  # instance -> seq
+        # Digests of recently executed seqs (instance 0), for cross-replica log checks.
+        self._recent_digests: dict[int, bytes] = {}
         self._pending: list[Effect] = []
         self._flush_scheduled = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -131,6 +135,11 @@ class ReplicaDriver:
             except Exception:
                 return None
         return root.hex() if root else None
+
+    def executed_digests(self, first: int, last: int) -> dict[int, bytes]:
+        """Digests of the executed seqs in ``first..last`` that are still remembered."""
+        recent = self._recent_digests
+        return {seq: recent[seq] for seq in range(first, last + 1) if seq in recent}
 
     # inputs -------------------------------------------------------------------------
 
@@ -198,6 +207,11 @@ class ReplicaDriver:
         metrics.inc("batches_executed")
         metrics.inc("requests_executed", len(effect.requests))
         self.last_executed[effect.instance] = effect.seq
+        if effect.instance == 0:
+            recent = self._recent_digests
+            recent[effect.seq] = effect.digest
+            if len(recent) > RECENT_DIGESTS:
+                del recent[next(iter(recent))]  # dicts keep insertion order: the oldest
         self.last_executed_seq = effect.seq
         self.last_state_root = effect.state_root
         metrics.set("last_executed_seq", effect.seq)

@@ -1,0 +1,1 @@
+"""The per-replica HTTP API (aiohttp) and Prometheus metrics."""

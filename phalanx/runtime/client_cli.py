@@ -1,0 +1,53 @@
+"""``phalanx client put/get/delete``: one request to a running cluster."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from phalanx.config import load
+from phalanx.runtime import run
+from phalanx.runtime.client import RequestFailed
+from phalanx.runtime.cluster_client import open_client
+from phalanx.statemachine.kv import Err, decode_result, encode_delete, encode_get, encode_put
+
+
+def _op(args: argparse.Namespace) -> bytes:
+    key = args.key.encode()
+    if args.client_command == "put":
+        return encode_put(key, args.value.encode())
+    if args.client_command == "get":
+        return encode_get(key)
+    return encode_delete(key)
+
+
+async def _request(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    client = await open_client(config)
+    try:
+        raw = await asyncio.wait_for(client.request(_op(args)), timeout=args.timeout)
+    except TimeoutError:
+        print(f"no answer from f+1={config.f + 1} replicas within {args.timeout}s", file=sys.stderr)
+        return 1
+    except RequestFailed as exc:
+        print(f"refused: {exc.reason}", file=sys.stderr)
+        return 1
+    finally:
+        await client.close()
+    result = decode_result(raw)
+    if isinstance(result, Err):
+        print(f"error: {result.reason}", file=sys.stderr)
+        return 1
+    if args.client_command == "get":
+        if result.value is None:
+            print("(not found)")
+            return 1
+        print(result.value.decode(errors="replace"))
+    else:
+        print("ok")
+    return 0
+
+
+def run_client(args: argparse.Namespace) -> int:
+    return run(_request(args))

@@ -1,0 +1,126 @@
+"""One replica process: config + key -> crypto, core, store, transport, driver, HTTP API.
+
+``phalanx node`` calls :func:`serve_replica`; tests and ``phalanx up`` start that command
+as a subprocess, so a replica in a test is exactly what a user runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from phalanx.api.http import make_app
+from phalanx.config import ClusterConfig, load, load_private_key
+from phalanx.core.quorum import Quorums
+from phalanx.crypto.ed25519 import Ed25519NodeCrypto
+from phalanx.crypto.keys import KeyPair
+from phalanx.protocols.registry import protocol
+from phalanx.runtime import run
+from phalanx.runtime.metrics import Metrics
+from phalanx.runtime.node import ReplicaDriver
+from phalanx.runtime.transport import Transport
+from phalanx.statemachine.kv import KVStore
+from phalanx.storage.lmdb_store import Store
+
+log = logging.getLogger("phalanx.node")
+
+
+def message_decoder(protocol_name: str) -> msgspec.msgpack.Decoder[Any]:
+    """The wire decoder for every message of a protocol (a tagged union)."""
+    messages = protocol(protocol_name).messages
+    union = messages[0]
+    for m in messages[1:]:
+        union = union | m  # type: ignore[assignment]
+    return msgspec.msgpack.Decoder(union)
+
+
+class ReplicaServer:
+    """Everything one replica runs, started and stopped together."""
+
+    def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes, data_dir: str | None):
+        self.config = config
+        self.replica_id = replica_id
+        info = config.replica(replica_id)
+        self.info = info
+        keypair = KeyPair.from_seed(seed)
+        public_keys = list(config.public_keys)
+        spec = protocol(config.protocol)
+        quorums = Quorums(config.n, config.f)
+        self.metrics = Metrics(replica=str(replica_id))
+        crypto = Ed25519NodeCrypto(replica_id, keypair, public_keys)
+        self.core = spec.make_replica(replica_id, quorums, crypto, KVStore, config.options)
+        self.store = Store(data_dir) if data_dir else None
+        addrs = {r.id: (r.host, r.port) for r in config.replicas}
+        self.transport = Transport(
+            replica_id, keypair, addrs, public_keys, message_decoder(config.protocol),
+            None, None, self.metrics,
+        )
+        self.stopped = asyncio.Event()
+        self.driver = ReplicaDriver(
+            self.core, self.transport, self.store, self.metrics, on_fatal=self._fatal
+        )
+        self._http: web.AppRunner | None = None
+
+    def describe(self) -> dict[str, Any]:
+        core: Any = self.core
+        return {
+            "protocol": self.config.protocol,
+            "n": self.config.n,
+            "f": self.config.f,
+            "view": getattr(core, "view", None),
+            "primary": getattr(getattr(core, "instance", None), "primary", None),
+            "executed_seq": getattr(core, "last_executed", None),
+            "current_state_root": core.state_root().hex(),
+        }
+
+    async def start(self) -> None:
+        await self.transport.start(self.info.host, self.info.port)
+        self.driver.start()
+        app = make_app(self.driver, self.metrics, self.describe)
+        self._http = web.AppRunner(app, access_log=None)
+        await self._http.setup()
+        await web.TCPSite(self._http, self.info.host, self.info.http_port).start()
+        log.info("replica %d serving on %s:%d (HTTP %d)", self.replica_id, self.info.host,
+                 self.info.port, self.info.http_port)
+
+    async def close(self) -> None:
+        await self.driver.close()
+        await self.transport.close()
+        if self._http is not None:
+            await self._http.cleanup()
+        if self.store is not None:
+            self.store.close()
+
+    def _fatal(self, error: BaseException) -> None:
+        log.critical("replica %d stopping: %r", self.replica_id, error)
+        self.stopped.set()
+
+
+async def _serve(server: ReplicaServer) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.stopped.set)
+    await server.start()
+    await server.stopped.wait()
+    await server.close()
+
+
+def serve_replica(
+    config_path: str, replica_id: int, key_path: str | None = None, data_dir: str | None = None
+) -> int:
+    """Run replica ``replica_id`` until SIGINT/SIGTERM. Returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s r{replica_id} %(levelname)s %(message)s")
+    config = load(config_path)
+    base = Path(config_path).parent
+    key = Path(key_path) if key_path else base / f"replica-{replica_id}.key"
+    seed = load_private_key(key, config.replica(replica_id).public_key)
+    data = data_dir or str(base / "data" / f"replica-{replica_id}")
+    server = ReplicaServer(config, replica_id, seed, data)
+    run(_serve(server))
+    return 1 if server.driver.fatal_error is not None else 0
