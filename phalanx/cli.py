@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the results JSON here")
     p.add_argument("--kill-primary-at", type=float, default=None,
                    help="SIGKILL replica 0 this many seconds into the measured window")
+    p.add_argument("--keys-per-client", type=int, default=64,
+                   help="distinct keys each client writes in turn (bounds the state)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("sim", help="a deterministic simulated run; prints committed-log hashes")
@@ -161,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="start a local 4-replica cluster, load it, print results")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--payload", type=int, default=512, help="bytes per PUT value")
+    p.add_argument("--keys", type=int, default=1000, help="size of the key space")
     p.set_defaults(func=_cmd_demo)
     return parser
 

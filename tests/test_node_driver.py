@@ -35,12 +35,6 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         runner.run(asyncio.wait_for(main, 10))
 
 
-async def next_iteration() -> None:
-    # The driver flushes in a call_soon callback: two yields let it run.
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-
-
 class Log:
     """One ordered record of what reached the disk and the network."""
 
@@ -161,7 +155,7 @@ def test_start_recovers_from_stored_records_in_key_order_first() -> None:
         driver, log, _ = make(records=records)
         driver.start()
         assert driver.core.recovered == [(b"a", b"1"), (b"b", b"2")]
-        await next_iteration()
+        await driver.drained()
         assert log.events[0] == ("write", [(b"started", b"1")])
         assert log.events[1][0] == "broadcast"
         assert driver.metrics.get("msgs_sent:Commit") == N - 1
@@ -182,13 +176,13 @@ def test_inputs_of_one_iteration_are_persisted_in_one_write_before_any_send() ->
     async def main() -> None:
         driver, log, store = make()
         driver.start()
-        await next_iteration()
+        await driver.drained()
         log.events.clear()
         for seq in range(1, 11):
             driver.on_replica_message(seq % N, prepare(seq))
         driver.on_client_message(CLIENT, Request(CLIENT, 1, b"op"))
         assert log.events == []  # nothing happens before the flush
-        await next_iteration()
+        await driver.drained()
         kinds = [e[0] for e in log.events]
         assert kinds == ["write"] + ["send"] * 10 + ["client"]
         assert len(log.events[0][1]) == 11
@@ -207,7 +201,7 @@ def test_observations_feed_metrics_and_status() -> None:
         driver.start()
         driver.on_replica_message(1, prepare(7))
         driver.on_client_message(CLIENT, Request(CLIENT, 1, b"op"))
-        await next_iteration()
+        await driver.drained()
         status = driver.status()
         assert status["last_executed_seq"] == 7
         assert status["state_root"] == (b"r" * 32).hex()
@@ -225,7 +219,7 @@ def test_core_exception_is_contained_and_counted() -> None:
         driver.start()
         driver.on_replica_message(1, prepare(666))
         driver.on_replica_message(1, prepare(5))
-        await next_iteration()
+        await driver.drained()
         assert driver.metrics.get("core_exceptions") == 1
         assert [decode(e[2]).seq for e in log.events if e[0] == "send"] == [5]
         assert driver.status()["running"]
@@ -254,16 +248,16 @@ def test_store_failure_stops_the_replica_before_it_sends() -> None:
         driver, log, store = make()
         driver.on_fatal = fatal.append
         driver.start()
-        await next_iteration()
+        await driver.drained()
         log.events.clear()
         assert store is not None
         store.fail = True
         driver.on_replica_message(1, prepare(1))
-        await next_iteration()
+        await driver.drained()
         assert log.events == []  # the Commit depended on the lost write: never sent
         assert isinstance(fatal[0], OSError) and driver.metrics.get("store_errors") == 1
         driver.on_replica_message(1, prepare(2))
-        await next_iteration()
+        await driver.drained()
         assert log.events == [] and not driver.status()["running"]
 
     run(main())
@@ -274,7 +268,7 @@ def test_replica_without_a_store_still_sends() -> None:
         driver, log, _ = make(store=False)
         driver.start()
         driver.on_replica_message(2, prepare(4))
-        await next_iteration()
+        await driver.drained()
         assert [e[0] for e in log.events] == ["broadcast", "send"]
 
     run(main())
@@ -294,7 +288,7 @@ def test_close_flushes_pending_effects_and_ignores_later_input() -> None:
         await driver.close()
         assert [e[0] for e in log.events] == ["write", "broadcast", "send"]
         driver.on_replica_message(1, prepare(10))
-        await next_iteration()
+        await driver.drained()
         assert len(log.events) == 3
 
     run(main())
@@ -313,7 +307,7 @@ def test_real_lmdb_store_round_trip(tmp_path, records) -> None:
         driver = ReplicaDriver(core, FakeTransport(Log()), store, Metrics(0))  # type: ignore[arg-type]
         driver.start()
         driver.on_replica_message(1, prepare(3))
-        await next_iteration()
+        await driver.drained()
         await driver.close()
         store.close()
         reopened = lmdb_store.Store(path)

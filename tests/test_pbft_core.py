@@ -63,7 +63,7 @@ def test_backup_prepares_a_valid_preprepare():
         (-1, pp(1), "unknown_sender"),
         (0, PrePrepare(0, 0, 1, digest(b"other"), b"x"), "bad_digest"),
         (0, pp(9), "outside_watermarks"),
-        (0, pp(0), "outside_watermarks"),
+        (0, pp(0), "stale_slot"),
         (0, pp(1, view=7), "future_view"),
         (0, PrePrepare(5, 0, 1, digest(b"x"), b"x"), "wrong_instance"),
         (0, Prepare(0, 0, 1, digest(b"x")), "prepare_from_primary"),

@@ -37,7 +37,9 @@ def process_stats() -> dict[str, float]:
     }
 
 
-def make_app(driver: ReplicaDriver, metrics: Metrics, describe: Callable[[], dict[str, Any]]) -> web.Application:
+def make_app(
+    driver: ReplicaDriver, metrics: Metrics, describe: Callable[[], dict[str, Any]]
+) -> web.Application:
     started = time.time()
 
     async def status(_: web.Request) -> web.Response:

@@ -115,7 +115,9 @@ def serve_replica(
     config_path: str, replica_id: int, key_path: str | None = None, data_dir: str | None = None
 ) -> int:
     """Run replica ``replica_id`` until SIGINT/SIGTERM. Returns the exit code."""
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s r{replica_id} %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s r{replica_id} %(levelname)s %(message)s"
+    )
     config = load(config_path)
     base = Path(config_path).parent
     key = Path(key_path) if key_path else base / f"replica-{replica_id}.key"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from phalanx.core.effects import (
@@ -83,6 +84,10 @@ class ReplicaDriver:
         self._pending: list[Effect] = []
         self._flush_scheduled = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        # One writer thread: writes stay in order, and LMDB commits release the GIL.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._writing = False
+        self._view: int | None = getattr(core, "view", None)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         transport.on_replica_message = self.on_replica_message
@@ -105,13 +110,21 @@ class ReplicaDriver:
 
     async def close(self) -> None:
         """Make pending effects durable and sent, cancel timers, ignore further input."""
-        if self._running and self._pending:
+        if self._running and not self._writing:
             self._flush()
+        await self.drained()
         self._running = False
+        self._writer.shutdown(wait=True)
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
         await asyncio.sleep(0)
+
+    async def drained(self) -> None:
+        """Wait until every effect produced so far is durable and sent (tests, shutdown)."""
+        await asyncio.sleep(0)  # let a scheduled flush start
+        while self._running and (self._pending or self._writing or self._flush_scheduled):
+            await asyncio.sleep(0.0005)
 
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` shows about execution."""
@@ -171,6 +184,12 @@ class ReplicaDriver:
             return
         if effects:
             self._collect(effects)
+        view = getattr(self.core, "view", None)
+        if view != self._view:
+            log.info("replica %s: view %s -> %s (after %s)", self.core.replica_id, self._view,
+                     view, what)
+            self._view = view
+            self.metrics.set("view", view or 0)
 
     # effects ------------------------------------------------------------------------
 
@@ -217,22 +236,42 @@ class ReplicaDriver:
         metrics.set("last_executed_seq", effect.seq)
 
     def _flush(self) -> None:
-        """Persist everything pending in one transaction, then send."""
+        """Persist everything pending in one transaction, then send.
+
+        The write (an fsync) runs on a writer thread while the loop keeps taking input:
+        effects produced meanwhile wait, in order, for the next flush. So one fsync
+        covers everything of its window (pipelined group commit), and a send never
+        overtakes the write of its own or of an earlier step.
+        """
         self._flush_scheduled = False
+        if self._writing or not self._running or not self._pending:
+            return
         effects = self._pending
         self._pending = []
-        if not self._running or not effects:
-            return
-        metrics = self.metrics
         records = [(e.key, e.value) for e in effects if type(e) is Persist]  # type: ignore[union-attr]
-        if records and self.store is not None:
-            try:
-                self.store.write(records)
-            except Exception as e:
-                self._fail(e)
-                return
-            metrics.inc("store_writes")
-            metrics.inc("store_records", len(records))
+        if not records or self.store is None:
+            self._send(effects)
+            return
+        self._writing = True
+        assert self._loop is not None
+        future = self._loop.run_in_executor(self._writer, self.store.write, records)
+        future.add_done_callback(lambda f: self._written(f, effects, len(records)))
+
+    def _written(self, future: asyncio.Future[None], effects: list[Effect], count: int) -> None:
+        self._writing = False
+        error = future.exception()
+        if error is not None:
+            self._fail(error)
+            return
+        self.metrics.inc("store_writes")
+        self.metrics.inc("store_records", count)
+        if self._running:
+            self._send(effects)
+            if self._pending:
+                self._flush()
+
+    def _send(self, effects: list[Effect]) -> None:
+        metrics = self.metrics
         transport = self.transport
         # One encoding per message object, even if the core sends it to several replicas.
         encoded: dict[int, bytes] = {}

@@ -16,10 +16,10 @@ class PbftConfig:
     """Most requests in one pre-prepare."""
     batch_delay: float = 0.0
     """Seconds the primary may wait for a batch to fill when the pipeline has room."""
-    max_inflight: int = 8
+    max_inflight: int = 2
     """Pre-prepared but undecided slots the primary keeps in flight; batches grow while
     the pipeline is full (adaptive batching)."""
-    view_change_timeout: float = 1.0
+    view_change_timeout: float = 2.0
     """Seconds without progress on known work before a backup suspects the primary;
     doubled on each consecutive failed view change."""
     max_request_bytes: int = 1 << 20

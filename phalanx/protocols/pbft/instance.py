@@ -265,13 +265,14 @@ class PbftInstance:
     def state_transferred(self, seq: int, digest: bytes, proof: list[Checkpoint]) -> list[Any]:
         """The host installed the snapshot of the proven stable checkpoint ``seq``
         (checked with :meth:`checkpoint_proof_valid`)."""
-        if seq > self.low:
-            self._make_stable(seq, digest, proof)
+        # Advance first: making the checkpoint stable must not ask for this state again.
         if seq > self.last_decided:
             self.last_decided = seq
             self.next_seq = max(self.next_seq, seq + 1)
             self.progressed = True
         self.state_target = None
+        if seq > self.low:
+            self._make_stable(seq, digest, proof)
         self._deliver()
         return self._finish()
 
@@ -290,7 +291,9 @@ class PbftInstance:
                 return "stale_view"
             if msg.view > self.view + FUTURE_VIEWS:
                 return "future_view"
-            if not self.low < msg.seq <= self.high:
+            if msg.seq <= self.low:
+                return "stale_slot"  # already garbage-collected: a late vote, harmless
+            if msg.seq > self.high:
                 return "outside_watermarks"
             if isinstance(msg, PrePrepare) and src != self.q.primary(msg.view):
                 return "preprepare_not_from_primary"
@@ -471,6 +474,9 @@ class PbftInstance:
         self.view, self.in_view_change = new_view, True
         for v in [v for v in self.view_changes if v < new_view]:
             del self.view_changes[v]
+        if self.timer_armed:
+            self.timer_armed = False
+            self.out.append(CancelTimer(self._t_progress))
         self._persist_view()
         self._broadcast_view_change()
 
@@ -489,7 +495,6 @@ class PbftInstance:
         vc = msgspec.structs.replace(vc, sig=self.crypto.sign(vc.signed_bytes()))
         self.view_changes.setdefault(self.view, {})[self.me] = vc
         self.out.append(Broadcast(vc))
-        self._arm_progress_timer(restart=True)
         self._try_new_view()
 
     def _on_view_change(self, src: int, vc: ViewChange) -> None:
@@ -692,7 +697,8 @@ class PbftInstance:
 
     def _needs_sync(self) -> bool:
         return (
-            self.max_seen > self.last_decided
+            self.in_view_change
+            or self.max_seen > self.last_decided
             or self.pending_stable is not None
             or self.state_target is not None
             or bool(self.wanted_payloads)
@@ -701,6 +707,11 @@ class PbftInstance:
     def _on_sync_tick(self) -> None:
         """Runs every half timeout while this replica knows of slots it has not decided."""
         self.sync_armed = False
+        if self.in_view_change:
+            # VIEW-CHANGEs may have been lost (or sent while a peer was down): repeat ours.
+            own = self.view_changes.get(self.view, {}).get(self.me)
+            if own is not None:
+                self.out.append(Broadcast(own))
         stalled = self.last_decided == self.sync_mark
         if self.pending_stable is not None and (
             stalled or self.pending_stable[0] <= self.last_decided
@@ -728,7 +739,16 @@ class PbftInstance:
     # -- timers ------------------------------------------------------------------------
 
     def _has_pending_work(self) -> bool:
-        return self.waiting or self.in_view_change or self.max_accepted > self.last_decided
+        """Should the progress timer run? A backup suspects the primary when known work
+        does not progress; the primary never suspects itself. During a view change the
+        timer (which moves on to the next view) runs only once 2f+1 replicas are in the
+        same view change: a replica that timed out alone waits for the others instead of
+        racing ahead into views nobody else will join (PBFT's liveness rule)."""
+        if self.in_view_change:
+            return len(self.view_changes.get(self.view, {})) >= self.q.view_change
+        if self.primary == self.me:
+            return False
+        return self.waiting or self.max_accepted > self.last_decided
 
     def _arm_progress_timer(self, restart: bool = False) -> None:
         if restart or not self.timer_armed:

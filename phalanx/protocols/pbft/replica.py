@@ -166,7 +166,7 @@ class PbftReplica:
             return out
         waiting = self.pending.get(req.client)
         if waiting is not None and waiting.timestamp >= req.timestamp:
-            if forwarder is None and not self.instance.is_primary:
+            if self._should_forward(forwarder):
                 # A client retransmits to everyone: make sure the primary has it too.
                 out.append(Send(self.instance.primary, req))
             return self._host(out)
@@ -176,10 +176,14 @@ class PbftReplica:
             out.append(Dropped("overloaded", src))
             return out
         self.pending[req.client] = req
-        if not self.instance.is_primary and forwarder is None:
+        if self._should_forward(forwarder):
             out.append(Send(self.instance.primary, req))
         out.extend(self.instance.set_waiting(True))
         return self._host(out)
+
+    def _should_forward(self, forwarder: int | None) -> bool:
+        """Backups pass requests that clients sent them straight to the primary."""
+        return forwarder is None and self.instance.primary != self.replica_id
 
     def _request_error(self, req: Request) -> str | None:
         if len(req.op) > self.config.max_request_bytes:
@@ -244,7 +248,7 @@ class PbftReplica:
             elif isinstance(e, ViewInstalled):
                 # Requests proposed by a failed primary may never commit: offer them again.
                 self.proposed.clear()
-                if not self.instance.is_primary:
+                if e.primary != self.replica_id:
                     for req in self.pending.values():
                         out.append(Send(e.primary, req))
             else:
@@ -346,6 +350,8 @@ class PbftReplica:
         return [Persist(_SNAPSHOT_KEY, msgspec.msgpack.encode(snapshot))]
 
     def _need_state(self, need: NeedState) -> list[Any]:
+        if need.seq <= self.instance.last_decided:
+            return []
         self.state_target = (need.seq, need.digest)
         fetch = FetchState(self.INSTANCE, need.seq)
         holders = [r for r in need.holders if r != self.replica_id]
@@ -364,7 +370,8 @@ class PbftReplica:
 
     def _on_state_data(self, src: int, msg: StateData) -> list[Any]:
         target = self.state_target
-        if target is None or msg.seq < target[0]:
+        # Never install a snapshot at or below what we executed: that would roll back.
+        if target is None or msg.seq < target[0] or msg.seq <= self.instance.last_decided:
             return [Dropped("unwanted_state", src)]
         try:
             snap = msgspec.msgpack.decode(msg.snapshot, type=Snapshot)

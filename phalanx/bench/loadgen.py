@@ -1,0 +1,227 @@
+"""One load-generator process of ``phalanx bench``: closed-loop clients on one event loop.
+
+Started by the bench as ``python -m phalanx.bench.loadgen --config ... --clients K
+--first-client I --payload P --out FILE``; it talks to the bench over its standard
+streams, one line at a time:
+
+1. it connects ``K`` clients (one :class:`~phalanx.runtime.client.ClientRunner` each) and
+   writes ``ready K`` to stdout (``error <text>`` and exit status 1 if it cannot);
+2. it reads one JSON line ``{"start": t, "window_start": ws, "window_end": we}`` (wall
+   clock, seconds): every client starts its loop at ``t``; requests *completed* inside
+   ``[ws, we)`` are counted and their latencies recorded;
+3. the clients keep the load on past ``we`` until stdin says ``stop`` (or closes, so a
+   dead bench never leaves a load generator behind); then it writes its
+   :class:`~phalanx.bench.results.LoadgenReport` to ``--out`` as JSON and exits 0.
+
+Client ``c`` writes ``Put`` ops over its own ``keys_per_client`` keys in turn, so the
+replicated state stays bounded however long the run; each value is ``payload`` bytes and
+starts with a counter, so every write really changes the state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from phalanx.bench.results import LatencyHistogram, LoadgenReport
+from phalanx.config import load
+from phalanx.runtime import run
+from phalanx.runtime.client import ClientRunner, RequestFailed
+from phalanx.runtime.cluster_client import open_client
+from phalanx.statemachine.kv import Err, decode_result, encode_put
+
+log = logging.getLogger("phalanx.bench.loadgen")
+
+TIMELINE_BIN_S = 0.1
+CONNECT_TIMEOUT_S = 30.0
+ERROR_BACKOFF_S = 0.05  # after an unexpected failure, so a broken link is not a hot loop
+
+
+def cpu_seconds() -> float:
+    """User plus system CPU time of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The shared measurement window, wall-clock seconds."""
+
+    start: float  # when the clients begin (warm-up precedes the window)
+    window_start: float
+    window_end: float
+
+
+@dataclass(slots=True)
+class Recorder:
+    """Completions of all clients of this process that fall inside the window."""
+
+    window: Window
+    histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
+    timeline: list[int] = field(default_factory=list)
+    committed: int = 0
+    completed_total: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        span = self.window.window_end - self.window.window_start
+        self.timeline = [0] * max(1, math.ceil(span / TIMELINE_BIN_S - 1e-9))
+
+    def completed(self, done_wall: float, latency_s: float) -> None:
+        self.completed_total += 1
+        w = self.window
+        if w.window_start <= done_wall < w.window_end:
+            self.committed += 1
+            self.histogram.record_us(latency_s * 1e6)
+            slot = min(int((done_wall - w.window_start) / TIMELINE_BIN_S), len(self.timeline) - 1)
+            self.timeline[slot] += 1
+
+    def failed(self, reason: str) -> None:
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+
+async def client_loop(
+    runner: ClientRunner,
+    client_index: int,
+    keys_per_client: int,
+    payload: int,
+    recorder: Recorder,
+) -> None:
+    """One closed-loop client: submit, wait for the result, submit the next, forever."""
+    keys = [f"c{client_index:06d}-k{k:04d}".encode() for k in range(keys_per_client)]
+    filler = os.urandom(payload)
+    # Wall time from the monotonic clock: one syscall per completion, immune to clock
+    # steps while measuring latency.
+    wall_offset = time.time() - time.perf_counter()
+    await asyncio.sleep(max(0.0, recorder.window.start - time.time()))
+    counter = 0
+    while True:
+        value = (counter.to_bytes(8, "big") + filler)[:payload] if payload else b""
+        op = encode_put(keys[counter % keys_per_client], value)
+        counter += 1
+        sent = time.perf_counter()
+        try:
+            raw = await runner.request(op)
+        except RequestFailed as exc:
+            recorder.failed(exc.reason)
+            continue
+        except (OSError, RuntimeError, ValueError) as exc:
+            recorder.failed(type(exc).__name__)
+            await asyncio.sleep(ERROR_BACKOFF_S)
+            continue
+        done = time.perf_counter()
+        result = decode_result(raw)
+        if isinstance(result, Err):
+            recorder.failed(result.reason)
+            continue
+        recorder.completed(done + wall_offset, done - sent)
+
+
+async def _read_line(reader: asyncio.StreamReader) -> str:
+    return (await reader.readline()).decode().strip()
+
+
+async def _sample_cpu(window: Window, samples: dict[str, float]) -> None:
+    """CPU time at the window's start and end (what the load cost during the window)."""
+    await asyncio.sleep(max(0.0, window.window_start - time.time()))
+    samples["start"] = cpu_seconds()
+    await asyncio.sleep(max(0.0, window.window_end - time.time()))
+    samples["end"] = cpu_seconds()
+
+
+async def generate(args: argparse.Namespace) -> int:
+    """Connect, report ready, run the load until told to stop, write the report."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    config = load(args.config)
+    runners: list[ClientRunner] = []
+    try:
+        try:
+            runners = list(
+                await asyncio.gather(
+                    *(open_client(config, connect_timeout=CONNECT_TIMEOUT_S)
+                      for _ in range(args.clients))
+                )
+            )
+        except (TimeoutError, OSError) as exc:
+            print(f"error cannot connect clients: {exc}", flush=True)
+            return 1
+        print(f"ready {len(runners)}", flush=True)
+
+        line = await _read_line(reader)
+        if not line or line == "stop":
+            return 0
+        spec = json.loads(line)
+        window = Window(
+            float(spec["start"]), float(spec["window_start"]), float(spec["window_end"])
+        )
+        recorder = Recorder(window)
+        cpu: dict[str, float] = {}
+        tasks = [
+            asyncio.create_task(
+                client_loop(r, args.first_client + i, args.keys_per_client, args.payload,
+                            recorder)
+            )
+            for i, r in enumerate(runners)
+        ]
+        sampler = asyncio.create_task(_sample_cpu(window, cpu))
+        while (await _read_line(reader)) not in ("stop", ""):
+            pass  # anything else on stdin is ignored
+        sampler.cancel()
+        now_cpu = cpu_seconds()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, sampler, return_exceptions=True)
+        report = LoadgenReport(
+            clients=len(runners),
+            committed=recorder.committed,
+            histogram=recorder.histogram,
+            timeline=recorder.timeline,
+            bin_s=TIMELINE_BIN_S,
+            errors=recorder.errors,
+            completed_total=recorder.completed_total,
+            window_cpu_s=cpu.get("end", now_cpu) - cpu.get("start", now_cpu),
+            total_cpu_s=cpu_seconds(),
+        )
+        out = Path(args.out)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(report.to_json()))
+        os.replace(tmp, out)  # the bench never reads a half-written report
+        return 0
+    finally:
+        await asyncio.gather(*(r.close() for r in runners), return_exceptions=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m phalanx.bench.loadgen", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="cluster.toml")
+    p.add_argument("--clients", type=int, required=True, help="closed-loop clients to run")
+    p.add_argument("--first-client", type=int, default=0, help="index of the first client")
+    p.add_argument("--payload", type=int, default=512, help="value bytes per Put")
+    p.add_argument("--keys-per-client", type=int, default=64)
+    p.add_argument("--out", required=True, help="where to write the JSON report")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.clients < 1 or args.keys_per_client < 1 or args.payload < 0:
+        print("error clients and keys-per-client must be positive, payload >= 0", flush=True)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s loadgen %(message)s")
+    return run(generate(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

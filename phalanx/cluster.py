@@ -1,0 +1,698 @@
+"""Local clusters of real replica processes: :class:`LocalCluster`, ``phalanx up`` and
+``phalanx demo``.
+
+Every replica is ``python -m phalanx.cli node --config DIR/cluster.toml --id I`` in its own
+process, exactly what an operator runs by hand, so whatever a test or a demo shows about
+a :class:`LocalCluster` holds for a real deployment on one host. Layout of a cluster
+directory::
+
+    DIR/cluster.toml            protocol, f, replicas (see phalanx.config)
+    DIR/replica-<i>.key         private keys, mode 0600
+    DIR/data/replica-<i>/       each replica's LMDB store (survives restarts)
+    DIR/logs/replica-<i>.log    each replica's stdout and stderr (appended across restarts)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from phalanx.config import CLUSTER_FILE, ClusterConfig, generate_cluster, load
+
+PORT_RANGE = (20_000, 32_000)
+"""Where :func:`free_port_block` looks: below Linux's ephemeral range (32768+), so that the
+outgoing connections of other programs cannot take a port between our check and a
+replica's bind."""
+
+STOP_TIMEOUT = 10.0
+"""Seconds a replica gets to exit after SIGTERM before it is killed."""
+
+_PR_SET_PDEATHSIG = 1
+
+# No proxy, ever: the replicas are on this host, and an HTTP(S)_PROXY in the environment
+# would otherwise route (and break) our /status polls.
+_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ClusterError(RuntimeError):
+    """A replica failed to start, or exited while it was expected to run."""
+
+
+def free_port_block(count: int, host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """The first of ``count`` consecutive TCP ports that are free on ``host`` right now.
+
+    Bases are drawn at random so that concurrent test runs on one machine rarely collide;
+    a port is free if we can bind it without ``SO_REUSEADDR`` (stricter than the replicas'
+    own bind, so a port in TIME_WAIT is also avoided)."""
+    low, high = PORT_RANGE
+    rng = random.Random()
+    for _ in range(attempts):
+        base = rng.randrange(low, high - count)
+        if all(_port_free(host, port) for port in range(base, base + count)):
+            return base
+    raise OSError(f"no block of {count} free ports on {host} in {low}..{high}")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _child_setup() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the kernel send SIGTERM to a replica when we die.
+
+    This is what guarantees no orphans even if we are SIGKILLed (atexit never runs then).
+    Linux only, and only from the main thread: PDEATHSIG fires when the *thread* that
+    forked exits, so a replica spawned from a worker thread would die with that thread.
+    """
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def setup() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # we died before prctl took effect
+            os._exit(1)
+
+    return setup
+
+
+def replica_json(config: ClusterConfig, i: int, path: str, timeout: float = 5.0) -> Any:
+    """GET ``path`` from replica ``i``'s HTTP API and decode the JSON answer."""
+    info = config.replica(i)
+    with _http.open(f"http://{info.host}:{info.http_port}{path}", timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_converged(
+    config: ClusterConfig, ids: list[int] | None = None, timeout: float = 30.0
+) -> tuple[int, str]:
+    """Wait until replicas ``ids`` (default: all) report the same ``executed_seq`` and
+    ``current_state_root`` on ``/status``; returns that pair. Raises TimeoutError with
+    what each replica last reported."""
+    members = list(range(config.n)) if ids is None else ids
+    deadline = time.monotonic() + timeout
+    seen: dict[int, Any] = {}
+    while True:
+        for i in members:
+            try:
+                body = replica_json(config, i, "/status", timeout=2.0)
+                seen[i] = (body.get("executed_seq"), body.get("current_state_root"))
+            except (OSError, ValueError) as exc:
+                seen[i] = f"no answer ({exc})"
+        values = {seen[i] for i in members}
+        if len(values) == 1:
+            value = values.pop()
+            if isinstance(value, tuple) and value[0] is not None:
+                return value
+        if time.monotonic() > deadline:
+            report = ", ".join(f"{i}: {seen[i]}" for i in members)
+            raise TimeoutError(f"replicas did not converge within {timeout} s: {report}")
+        time.sleep(0.2)
+
+
+class LocalCluster:
+    """``n`` replica processes of one cluster on this host, started and stopped together.
+
+    Usage::
+
+        with LocalCluster(tmp_path, 4, base_port=free_port_block(8)) as cluster:
+            cluster.start()
+            client = await open_client(cluster.config)
+            ...
+            seq, root = cluster.wait_converged()
+
+    ``dir`` holds the config, keys, data and logs (see the module docstring). With
+    ``fresh`` (the default) it gets new keys and empty data directories; without it an
+    existing ``cluster.toml`` and the replicas' data are reused (``n``, ``protocol`` and
+    the ports then come from that file). Ports default to a free block: replica ports
+    ``base_port..base_port+n-1``, HTTP ports ``base_http_port..`` (default right after
+    the replica ports). ``options`` sets protocol tunables (``checkpoint_interval``, ...).
+
+    Replicas are referred to by id. :meth:`close` (also run at interpreter exit, and by
+    ``with``) stops every replica; on Linux the replicas also get SIGTERM if this process
+    dies without closing.
+    """
+
+    def __init__(
+        self,
+        dir: str | os.PathLike[str],
+        n: int = 4,
+        protocol: str = "pbft",
+        base_port: int | None = None,
+        base_http_port: int | None = None,
+        options: dict[str, int] | None = None,
+        fresh: bool = True,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.dir = Path(dir)
+        self.n = n
+        self.protocol = protocol
+        self.base_port = base_port
+        self.base_http_port = base_http_port
+        self.options = dict(options or {})
+        self.fresh = fresh
+        self.host = host
+        self.config_path = self.dir / CLUSTER_FILE
+        self._config: ClusterConfig | None = None
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._closed = False
+        atexit.register(self.close)
+
+    # -- setup -------------------------------------------------------------------------
+
+    @property
+    def config(self) -> ClusterConfig:
+        """The cluster's configuration (available once :meth:`start` has run)."""
+        if self._config is None:
+            raise RuntimeError("the cluster has no configuration before start()")
+        return self._config
+
+    def _prepare(self) -> ClusterConfig:
+        """Keygen (if fresh or there is no cluster file yet), then apply ``options``."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.fresh or not self.config_path.exists():
+            base = self.base_port
+            http = self.base_http_port
+            if base is None:
+                base = free_port_block(self.n if http is not None else 2 * self.n, self.host)
+            if http is None:
+                http = base + self.n
+            config = generate_cluster(
+                self.dir, self.n, protocol=self.protocol, host=self.host,
+                base_port=base, base_http_port=http, overwrite=True,
+            )
+            # New keys make old data meaningless (and its signatures unverifiable).
+            shutil.rmtree(self.dir / "data", ignore_errors=True)
+            shutil.rmtree(self.dir / "logs", ignore_errors=True)
+        else:
+            config = load(self.config_path)
+        if self.options:
+            config = replace(config, options={**config.options, **self.options})
+            config.dump(self.config_path)
+        (self.dir / "logs").mkdir(exist_ok=True)
+        self.n = config.n
+        self.protocol = config.protocol
+        return config
+
+    # -- processes ---------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0, cancel: threading.Event | None = None) -> None:
+        """Write keys and config if needed, spawn every replica, and wait until each one
+        answers ``GET /status``. Raises :class:`ClusterError` if a replica exits during
+        start-up and :class:`TimeoutError` after ``timeout`` seconds; returns early (with
+        the replicas running) once ``cancel`` is set."""
+        if self._closed:
+            raise RuntimeError("the cluster is closed")
+        if self._config is not None:
+            raise RuntimeError("start() runs once; use restart(i) for a single replica")
+        self._config = self._prepare()
+        for i in range(self.n):
+            self._spawn(i)
+        self._wait_ready(list(range(self.n)), timeout, cancel)
+
+    def _spawn(self, i: int) -> None:
+        log_path = self.log_path(i)
+        with open(log_path, "ab") as log:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log.write(f"--- {stamp} starting replica {i} ---\n".encode())
+            log.flush()
+            command = [
+                sys.executable, "-m", "phalanx.cli", "node",
+                "--config", str(self.config_path), "--id", str(i),
+            ]
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            # A session of its own: a Ctrl-C at the terminal reaches only us, and we stop
+            # the replicas in order (instead of every process racing to exit at once).
+            self._procs[i] = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True, preexec_fn=_child_setup(),
+            )
+
+    def _wait_ready(
+        self, ids: list[int], timeout: float, cancel: threading.Event | None = None
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = set(ids)
+        while waiting:
+            for i in sorted(waiting):
+                code = self._procs[i].poll()
+                if code is not None:
+                    raise ClusterError(
+                        f"replica {i} exited with code {code} during start-up; "
+                        f"last lines of {self.log_path(i)}:\n{self.log_tail(i)}"
+                    )
+                with contextlib.suppress(OSError, ValueError):
+                    if self.status(i, timeout=2.0).get("replica") == i:
+                        waiting.discard(i)
+            if not waiting or (cancel is not None and cancel.is_set()):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"replicas {sorted(waiting)} did not answer /status within {timeout} s"
+                )
+            time.sleep(0.1)
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to replica ``i`` (a crash by default); after SIGKILL, waits until
+        the process is gone."""
+        proc = self._procs.get(i)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            proc.wait()
+
+    def stop(self, i: int, timeout: float = STOP_TIMEOUT) -> int | None:
+        """Stop replica ``i`` cleanly (SIGTERM; SIGKILL after ``timeout`` s). Returns its
+        exit code (None if it was not started)."""
+        proc = self._procs.get(i)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def restart(self, i: int, timeout: float = 60.0) -> None:
+        """Stop replica ``i`` if it runs, start it again on its data directory (it
+        recovers from its store and catches up), and wait until it answers /status."""
+        self.stop(i)
+        self._spawn(i)
+        self._wait_ready([i], timeout)
+
+    def close(self) -> None:
+        """Stop every replica: SIGTERM to all, wait, SIGKILL whatever is left.
+        Idempotent; also registered with :mod:`atexit`."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        running = [p for p in self._procs.values() if p.poll() is None]
+        for proc in running:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for proc in running:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pids(self) -> dict[int, int]:
+        """Process ids of the replicas that are running, by replica id."""
+        return {i: p.pid for i, p in sorted(self._procs.items()) if p.poll() is None}
+
+    def alive(self, i: int) -> bool:
+        """Whether replica ``i``'s process is running."""
+        proc = self._procs.get(i)
+        return proc is not None and proc.poll() is None
+
+    def returncode(self, i: int) -> int | None:
+        """Exit code of replica ``i``'s latest process; None while it runs (or before it
+        was ever started). A negative code -N means it was killed by signal N."""
+        proc = self._procs.get(i)
+        return None if proc is None else proc.poll()
+
+    # -- observing ---------------------------------------------------------------------
+
+    def get_json(self, i: int, path: str, timeout: float = 5.0) -> Any:
+        """GET ``path`` (e.g. ``/log?first=1&last=100``) from replica ``i``'s HTTP API."""
+        return replica_json(self.config, i, path, timeout)
+
+    def status(self, i: int, timeout: float = 5.0) -> dict[str, Any]:
+        """Replica ``i``'s ``GET /status`` (view, executed_seq, current_state_root,
+        dropped counters, cpu_s, ...). Raises OSError if it does not answer."""
+        body: dict[str, Any] = replica_json(self.config, i, "/status", timeout)
+        return body
+
+    def wait_converged(
+        self, timeout: float = 30.0, ids: list[int] | None = None
+    ) -> tuple[int, str]:
+        """Wait until the running replicas (or ``ids``) all report the same
+        ``executed_seq`` and ``current_state_root``; returns that pair. Stop the load
+        first: under load replicas agree only by chance. Raises TimeoutError with what
+        each replica last reported."""
+        return wait_converged(self.config, list(self.pids) if ids is None else ids, timeout)
+
+    def log_path(self, i: int) -> Path:
+        """Where replica ``i``'s output goes."""
+        return self.dir / "logs" / f"replica-{i}.log"
+
+    def log_tail(self, i: int, lines: int = 20) -> str:
+        """The last ``lines`` lines of replica ``i``'s log."""
+        try:
+            text = self.log_path(i).read_bytes()[-64 * 1024 :].decode(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+# -- phalanx up --------------------------------------------------------------------------
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """``phalanx up``: run a local cluster until SIGINT or SIGTERM (then exit 0)."""
+    from rich.console import Console
+
+    console = Console()
+    directory = Path(args.dir)
+    reuse = not args.fresh and (directory / CLUSTER_FILE).exists()
+    cluster = LocalCluster(
+        directory, args.n, protocol=args.protocol, base_port=args.base_port,
+        base_http_port=args.base_http_port, fresh=args.fresh,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            cluster.start(cancel=stop)
+        except (ClusterError, TimeoutError, OSError, ValueError) as exc:
+            console.print(f"[red]phalanx up: {exc}[/red]", highlight=False)
+            return 1
+        if not stop.is_set():
+            if reuse:
+                config = cluster.config
+                console.print(
+                    f"using the existing {cluster.config_path} (protocol {config.protocol}, "
+                    f"n={config.n}, keys and data kept; --fresh starts over)", highlight=False,
+                    soft_wrap=True,
+                )
+            _print_up(console, cluster)
+            _watch(console, cluster, stop)
+        console.print("stopping the replicas ...")
+        sys.stdout.flush()
+        cluster.close()
+        console.print("stopped")
+        return 0
+    finally:
+        cluster.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _print_up(console: Any, cluster: LocalCluster) -> None:
+    from rich.table import Table
+
+    config = cluster.config
+    table = Table(title=f"{config.protocol} cluster, n={config.n}, f={config.f}")
+    for column in ("id", "port", "http port", "pid", "log"):
+        table.add_column(column)
+    pids = cluster.pids
+    for r in config.replicas:
+        table.add_row(
+            str(r.id), str(r.port), str(r.http_port), str(pids.get(r.id, "-")),
+            str(cluster.log_path(r.id)),
+        )
+    console.print(table)
+    path = cluster.config_path
+    http = config.replicas[0].http_port
+    # Plain prints: commands must stay copy-pasteable, never wrapped at the console width.
+    print("try:")
+    print(f"  phalanx client --config {path} put k v")
+    print(f"  phalanx client --config {path} get k")
+    print(f"  curl http://{config.replicas[0].host}:{http}/status")
+    print("Ctrl-C stops the cluster.")
+    sys.stdout.flush()
+
+
+def _watch(console: Any, cluster: LocalCluster, stop: threading.Event) -> None:
+    """Until ``stop``: report replicas that die (with their log's tail), keep the rest."""
+    reported: set[int] = set()
+    while not stop.is_set():
+        time.sleep(0.2)  # a signal interrupts the sleep; the handler sets ``stop``
+        for i in range(cluster.n):
+            code = cluster.returncode(i)
+            if i in reported or code is None:
+                continue
+            reported.add(i)
+            console.print(
+                f"[red]replica {i} exited unexpectedly (code {code}); the others keep "
+                f"running. Last lines of {cluster.log_path(i)}:[/red]", highlight=False,
+                soft_wrap=True,
+            )
+            print(cluster.log_tail(i))
+            sys.stdout.flush()
+        if len(reported) == cluster.n:
+            console.print("[red]every replica has exited[/red]")
+            return
+
+
+# -- phalanx demo ------------------------------------------------------------------------
+
+
+@dataclass
+class _LoadLog:
+    """What the closed-loop clients of the demo observed."""
+
+    completions: list[tuple[float, float]] = field(default_factory=list)  # (done at, latency)
+    errors: int = 0
+    timeouts: int = 0
+    kill_at: float | None = None
+    started: float = 0.0
+    ended: float = 0.0
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))
+    return ordered[rank]
+
+
+async def _client_loop(
+    client: Any, index: int, stopping: asyncio.Event, log: _LoadLog, payload: int, keys: int,
+    request_timeout: float,
+) -> None:
+    from phalanx.runtime.client import RequestFailed
+    from phalanx.statemachine.kv import encode_put
+
+    rng = random.Random(index)
+    count = 0
+    while not stopping.is_set():
+        key = f"key-{rng.randrange(keys):05d}".encode()
+        value = f"client {index} request {count} ".encode().ljust(payload, b".")[:payload]
+        count += 1
+        begin = time.perf_counter()
+        try:
+            await asyncio.wait_for(client.request(encode_put(key, value)), request_timeout)
+        except TimeoutError:
+            # The client core still holds the abandoned request, so this client is done.
+            log.timeouts += 1
+            return
+        except RequestFailed:
+            log.errors += 1
+            continue
+        done = time.perf_counter()
+        log.completions.append((done, done - begin))
+
+
+async def _demo_load(
+    cluster: LocalCluster, clients: int, duration: float, payload: int, keys: int,
+    console: Any,
+) -> _LoadLog:
+    from phalanx.runtime.cluster_client import open_client
+
+    runners = await asyncio.gather(*(open_client(cluster.config) for _ in range(clients)))
+    log = _LoadLog()
+    stopping = asyncio.Event()
+    try:
+        log.started = time.perf_counter()
+        tasks = [
+            asyncio.create_task(
+                _client_loop(c, i, stopping, log, payload, keys, request_timeout=20.0)
+            )
+            for i, c in enumerate(runners)
+        ]
+        await asyncio.sleep(duration / 2)
+        before = len(log.completions)
+        cluster.kill(0)
+        log.kill_at = time.perf_counter()
+        console.print(
+            f"  t={log.kill_at - log.started:4.1f}s  SIGKILL replica 0 (the primary) after "
+            f"{before} commits", highlight=False,
+        )
+        await asyncio.sleep(duration / 2)
+        stopping.set()
+        log.ended = time.perf_counter()
+        # Requests in flight finish on their own (or time out inside their loop).
+        await asyncio.wait(tasks, timeout=25.0)
+        for task in tasks:
+            task.cancel()
+    finally:
+        await asyncio.gather(*(c.close() for c in runners), return_exceptions=True)
+    return log
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``phalanx demo``: a 4-replica cluster under load, a primary crash, a restart."""
+    from rich.console import Console
+
+    from phalanx.runtime import run
+
+    console = Console()
+    payload, keys = args.payload, args.keys
+    with (
+        tempfile.TemporaryDirectory(prefix="phalanx-demo-") as tmp,
+        LocalCluster(tmp, 4) as cluster,
+    ):
+        t0 = time.perf_counter()
+        console.print(f"starting 4 pbft replicas in {tmp} ...", highlight=False)
+        cluster.start()
+        console.print(
+            f"  ready in {time.perf_counter() - t0:.1f}s; {args.clients} clients, "
+            f"{args.duration:g}s of {payload}-byte PUTs over {keys} keys", highlight=False,
+        )
+        log = run(_demo_load(cluster, args.clients, args.duration, payload, keys, console))
+        survivors = {i: cluster.status(i) for i in (1, 2, 3)}
+        console.print("restarting replica 0 from its data directory ...")
+        t_restart = time.perf_counter()
+        cluster.restart(0)
+        # A few requests after the restart let replica 0 learn the new view and catch up.
+        run(_nudge(cluster.config))
+        seq, root = cluster.wait_converged(timeout=30.0)
+        caught_up = time.perf_counter() - t_restart
+        final = {i: cluster.status(i) for i in range(cluster.n)}
+        ok = _report(console, args, log, survivors, final, seq, root, caught_up)
+    return 0 if ok else 1
+
+
+async def _nudge(config: ClusterConfig, requests: int = 20) -> None:
+    from phalanx.runtime.cluster_client import open_client
+    from phalanx.statemachine.kv import encode_put
+
+    client = await open_client(config)
+    try:
+        for n in range(requests):
+            await asyncio.wait_for(client.request(encode_put(b"demo", str(n).encode())), 20.0)
+    finally:
+        await client.close()
+
+
+def _view_change(log: _LoadLog) -> tuple[float | None, int]:
+    """When commits resumed after the kill (seconds after it) and how many followed.
+
+    The view change is the longest pause in commits after the kill: requests the backups
+    had already prepared may still commit right after it, so the first commit after the
+    kill does not mark the new view."""
+    assert log.kill_at is not None
+    times = sorted(done for done, _ in log.completions if done > log.kill_at)
+    if not times:
+        return None, 0
+    previous, longest, resume_index = log.kill_at, -1.0, 0
+    for index, done in enumerate(times):
+        if done - previous > longest:
+            longest, resume_index = done - previous, index
+        previous = done
+    return times[resume_index] - log.kill_at, len(times) - resume_index
+
+
+def _report(
+    console: Any, args: argparse.Namespace, log: _LoadLog, survivors: dict[int, Any],
+    final: dict[int, Any], seq: int, root: str, caught_up: float,
+) -> bool:
+    from rich.table import Table
+
+    assert log.kill_at is not None
+    latencies = [lat for _, lat in log.completions]
+    committed = len(latencies)
+    elapsed = log.ended - log.started
+    resumed, after_view_change = _view_change(log)
+    table = Table(title="load", show_header=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    rows = [
+        ("clients", str(args.clients)),
+        ("duration", f"{elapsed:.1f} s"),
+        ("committed requests", str(committed)),
+        ("throughput", f"{committed / elapsed:,.0f} req/s" if elapsed > 0 else "-"),
+        ("latency p50", f"{1000 * _percentile(latencies, 0.50):.1f} ms" if latencies else "-"),
+        ("latency p99", f"{1000 * _percentile(latencies, 0.99):.1f} ms" if latencies else "-"),
+        ("refused / timed out", f"{log.errors} / {log.timeouts}"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+    views = sorted({s.get("view") for s in survivors.values()})
+    primaries = sorted({s.get("primary") for s in survivors.values()})
+    continued = after_view_change > 0 and all(v is not None and v >= 1 for v in views)
+    mark = "[green]yes[/green]" if continued else "[red]NO[/red]"
+    pause = f"{resumed:.2f} s after the kill" if resumed is not None else "never"
+    console.print(
+        f"primary crash: survivors moved to view {views} with primary {primaries}; "
+        f"commits resumed {pause}; {after_view_change} commits after the view change: "
+        f"{mark}", highlight=False,
+    )
+
+    table = Table(title=f"after restarting replica 0 (caught up in {caught_up:.1f} s)")
+    for column in ("replica", "view", "executed seq", "state root", "equal"):
+        table.add_column(column)
+    roots_equal = True
+    for i, s in sorted(final.items()):
+        same = s.get("executed_seq") == seq and s.get("current_state_root") == root
+        roots_equal &= same
+        table.add_row(
+            str(i), str(s.get("view")), str(s.get("executed_seq")),
+            str(s.get("current_state_root"))[:16] + "...",
+            "[green]yes[/green]" if same else "[red]NO[/red]",
+        )
+    console.print(table)
+    ok = continued and roots_equal and committed > 0
+    console.print("[green]demo ok[/green]" if ok else "[red]demo FAILED[/red]")
+    return ok
+
+
+__all__ = [
+    "ClusterError",
+    "LocalCluster",
+    "free_port_block",
+    "replica_json",
+    "run_demo",
+    "run_up",
+    "wait_converged",
+]
