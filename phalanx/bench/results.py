@@ -644,7 +644,8 @@ def _warnings(
             )
         if host is not None and host - ours > OTHERS_NOISY:
             out.append(
-                f"other processes used {host - ours:.0%} of the host's CPU during the window: "
+                f"other processes (and kernel work charged to none) used {host - ours:.0%} of "
+                "the host's CPU during the window: "
                 "expect noise, compare runs made together"
             )
     if results["errors"]:
