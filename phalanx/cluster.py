@@ -412,7 +412,7 @@ def run_up(args: argparse.Namespace) -> int:
         try:
             cluster.start(cancel=stop)
         except (ClusterError, TimeoutError, OSError, ValueError) as exc:
-            console.print(f"[red]phalanx up: {exc}[/red]", highlight=False)
+            console.print(f"[red]phalanx up: {exc}[/red]", highlight=False, soft_wrap=True)
             return 1
         if not stop.is_set():
             if reuse:
@@ -471,7 +471,7 @@ def _watch(console: Any, cluster: LocalCluster, stop: threading.Event) -> None:
                 continue
             reported.add(i)
             console.print(
-                f"[red]replica {i} exited unexpectedly (code {code}); the others keep "
+                f"[red]replica {i} {_exit_reason(code)} unexpectedly; the others keep "
                 f"running. Last lines of {cluster.log_path(i)}:[/red]", highlight=False,
                 soft_wrap=True,
             )
@@ -480,6 +480,16 @@ def _watch(console: Any, cluster: LocalCluster, stop: threading.Event) -> None:
         if len(reported) == cluster.n:
             console.print("[red]every replica has exited[/red]")
             return
+
+
+def _exit_reason(code: int) -> str:
+    """'exited with code 1' or 'was killed by SIGKILL' (Popen reports signal N as -N)."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 # -- phalanx demo ------------------------------------------------------------------------
@@ -572,45 +582,41 @@ def run_demo(args: argparse.Namespace) -> int:
     """``phalanx demo``: a 4-replica cluster under load, a primary crash, a restart."""
     from rich.console import Console
 
-    from phalanx.runtime import run
-
     console = Console()
-    payload, keys = args.payload, args.keys
     with (
         tempfile.TemporaryDirectory(prefix="phalanx-demo-") as tmp,
         LocalCluster(tmp, 4) as cluster,
     ):
-        t0 = time.perf_counter()
-        console.print(f"starting 4 pbft replicas in {tmp} ...", highlight=False)
-        cluster.start()
-        console.print(
-            f"  ready in {time.perf_counter() - t0:.1f}s; {args.clients} clients, "
-            f"{args.duration:g}s of {payload}-byte PUTs over {keys} keys", highlight=False,
-        )
-        log = run(_demo_load(cluster, args.clients, args.duration, payload, keys, console))
-        survivors = {i: cluster.status(i) for i in (1, 2, 3)}
-        console.print("restarting replica 0 from its data directory ...")
-        t_restart = time.perf_counter()
-        cluster.restart(0)
-        # A few requests after the restart let replica 0 learn the new view and catch up.
-        run(_nudge(cluster.config))
-        seq, root = cluster.wait_converged(timeout=30.0)
-        caught_up = time.perf_counter() - t_restart
-        final = {i: cluster.status(i) for i in range(cluster.n)}
-        ok = _report(console, args, log, survivors, final, seq, root, caught_up)
+        try:
+            ok = _demo(console, cluster, args, tmp)
+        except (ClusterError, TimeoutError) as exc:
+            console.print(f"[red]demo FAILED: {exc}[/red]", highlight=False, soft_wrap=True)
+            ok = False
     return 0 if ok else 1
 
 
-async def _nudge(config: ClusterConfig, requests: int = 20) -> None:
-    from phalanx.runtime.cluster_client import open_client
-    from phalanx.statemachine.kv import encode_put
+def _demo(console: Any, cluster: LocalCluster, args: argparse.Namespace, tmp: str) -> bool:
+    from phalanx.runtime import run
 
-    client = await open_client(config)
-    try:
-        for n in range(requests):
-            await asyncio.wait_for(client.request(encode_put(b"demo", str(n).encode())), 20.0)
-    finally:
-        await client.close()
+    t0 = time.perf_counter()
+    console.print(f"starting 4 pbft replicas in {tmp} ...", highlight=False)
+    cluster.start()
+    console.print(
+        f"  ready in {time.perf_counter() - t0:.1f}s; {args.clients} clients, "
+        f"{args.duration:g}s of {args.payload}-byte PUTs over {args.keys} keys",
+        highlight=False,
+    )
+    log = run(_demo_load(cluster, args.clients, args.duration, args.payload, args.keys, console))
+    survivors = {i: cluster.status(i) for i in (1, 2, 3)}
+    console.print("restarting replica 0 from its data directory ...")
+    t_restart = time.perf_counter()
+    cluster.restart(0)
+    # No new requests: the restarted replica must catch up on its own (log recovery,
+    # then fetching committed slots or a checkpoint's state from the others).
+    seq, root = cluster.wait_converged(timeout=30.0)
+    caught_up = time.perf_counter() - t_restart
+    final = {i: cluster.status(i) for i in range(cluster.n)}
+    return _report(console, args, log, survivors, final, seq, root, caught_up)
 
 
 def _view_change(log: _LoadLog) -> tuple[float | None, int]:

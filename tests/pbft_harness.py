@@ -62,7 +62,7 @@ def assert_consistent(sim: Simulation, replicas: list[int] | None = None) -> Non
 
 def _gap_free(sim: Simulation, replica: int) -> bool:
     seqs = [e.seq for e in sim.executed_log(replica)]
-    return seqs == list(range(1, len(seqs) + 1))
+    return seqs == list(range(1, sim.replica(replica).last_executed + 1))
 
 
 def executed_requests(sim: Simulation, replica: int) -> list[tuple[bytes, int]]:

@@ -253,14 +253,14 @@ def test_primary_crash_under_load_view_change_then_restarted_primary_catches_up(
                for s in statuses.values()), statuses
     assert seq > 0
 
-    # The executed logs agree: every digest a replica still remembers equals the others'.
+    # The executed logs agree: every seq is remembered by at least two replicas (a replica
+    # that caught up through a checkpoint has no digests for the seqs it skipped), and
+    # every replica that remembers a seq has the same digest for it.
     logs = {i: _executed_log(cluster, i, seq) for i in range(4)}
-    for i in (1, 2, 3):  # never restarted: they remember every seq they executed
-        assert len(logs[i]) >= seq // 2, f"replica {i} remembers only {len(logs[i])} digests"
-    common = set.intersection(*(set(log) for log in logs.values()))
-    for s in sorted(set().union(*logs.values())):
-        assert len({log[s] for log in logs.values() if s in log}) == 1, f"logs differ at {s}"
-    assert all(logs[1][s] == logs[2][s] == logs[3][s] for s in common)
+    for s in range(1, seq + 1):
+        digests = [log[s] for log in logs.values() if s in log]
+        assert len(digests) >= 2, f"only {len(digests)} replicas remember seq {s}"
+        assert len(set(digests)) == 1, f"executed logs differ at seq {s}: {digests}"
 
     # The restarted replica takes part again: new requests commit and it executes them.
     async def after_restart() -> None:

@@ -113,6 +113,10 @@ class Slot:
     claims: dict[bytes, set[int]] = field(default_factory=dict)
 
 
+def _digests(slot: Slot) -> set[bytes]:
+    return {slot.digest, slot.committed_digest, *slot.q_entries}
+
+
 def _count(votes: dict[int, bytes], digest: bytes) -> int:
     return sum(1 for d in votes.values() if d == digest)
 
@@ -161,6 +165,9 @@ class PbftInstance:
         self.max_accepted = 0  # highest seq with an accepted pre-prepare
         self.progressed = False
         self.sync_armed = False
+        # Set when catch-up made progress: poll again until a round brings nothing new,
+        # so a replica back from a crash converges even if the cluster goes idle.
+        self.catching_up = False
 
         self.waiting = False  # the host has work it expects to be ordered
         self.timer_armed = False
@@ -214,6 +221,7 @@ class PbftInstance:
         if self.in_view_change:
             self._broadcast_view_change()
         self._ask_for_missing()
+        self.catching_up = True
         return self._finish()
 
     def set_waiting(self, waiting: bool) -> list[Any]:
@@ -271,6 +279,7 @@ class PbftInstance:
             self.next_seq = max(self.next_seq, seq + 1)
             self.progressed = True
         self.state_target = None
+        self.catching_up = True
         if seq > self.low:
             self._make_stable(seq, digest, proof)
         self._deliver()
@@ -451,13 +460,18 @@ class PbftInstance:
             self.out.append(NeedState(seq, digest, [c.replica for c in proof]))
 
     def _collect_garbage(self) -> None:
+        dead: set[bytes] = set()
         for seq in [s for s in self.slots if s <= self.low]:
             slot = self.slots.pop(seq)
             self.out.append(Persist(self._key(b"l", seq.to_bytes(8, "big")), None))
-            digests = {slot.digest, slot.committed_digest, *slot.q_entries} - {b"", NULL_DIGEST}
-            for digest in digests:
-                if self.payloads.pop(digest, None) is not None:
-                    self.out.append(Persist(self._key(b"d", digest), None))
+            dead.update(_digests(slot))
+        # Payloads are stored by digest, and one payload can sit in several slots (a batch
+        # proposed again after a view change): keep those a live slot still refers to.
+        for slot in self.slots.values():
+            dead.difference_update(_digests(slot))
+        for digest in dead - {b"", NULL_DIGEST}:
+            if self.payloads.pop(digest, None) is not None:
+                self.out.append(Persist(self._key(b"d", digest), None))
         for by_seq in self.checkpoints.values():
             for seq in [s for s in by_seq if s <= self.low]:
                 del by_seq[seq]
@@ -681,6 +695,7 @@ class PbftInstance:
         claimants.add(src)
         # f+1 replicas claiming the same commit include a correct one.
         if len(claimants) >= self.q.weak:
+            self.catching_up = True
             self.payloads[msg.digest] = msg.payload
             self.out.append(Persist(self._key(b"d", msg.digest), msg.payload))
             self._mark_committed(msg.seq, slot, msg.digest)
@@ -698,6 +713,7 @@ class PbftInstance:
     def _needs_sync(self) -> bool:
         return (
             self.in_view_change
+            or self.catching_up
             or self.max_seen > self.last_decided
             or self.pending_stable is not None
             or self.state_target is not None
@@ -722,7 +738,8 @@ class PbftInstance:
         if self.state_target is not None:
             seq, digest = self.state_target
             self.out.append(NeedState(seq, digest, [c.replica for c in self.stable_proof]))
-        elif stalled and self.max_seen > self.last_decided:
+        elif (stalled and self.max_seen > self.last_decided) or self.catching_up:
+            self.catching_up = False
             self._ask_for_missing()
         self.sync_mark = self.last_decided
 
