@@ -144,10 +144,10 @@ class LocalCluster:
 
     Usage::
 
-        with LocalCluster(tmp_path, 4, base_port=free_port_block(8)) as cluster:
-            cluster.start()
-            client = await open_client(cluster.config)
-            ...
+        with LocalCluster(tmp_path, 4, options={"checkpoint_interval": 64}) as cluster:
+            cluster.start()                      # keys, config, 4 processes, all ready
+            ...                                  # open_client(cluster.config), load
+            cluster.kill(0); cluster.restart(0)  # crash and recover the primary
             seq, root = cluster.wait_converged()
 
     ``dir`` holds the config, keys, data and logs (see the module docstring). With
@@ -208,7 +208,7 @@ class LocalCluster:
                 http = base + self.n
             config = generate_cluster(
                 self.dir, self.n, protocol=self.protocol, host=self.host,
-                base_port=base, base_http_port=http, overwrite=True,
+                base_port=base, base_http_port=http, overwrite=self.fresh,
             )
             # New keys make old data meaningless (and its signatures unverifiable).
             shutil.rmtree(self.dir / "data", ignore_errors=True)

@@ -158,9 +158,11 @@ def test_up_command_commits_1000_requests_converges_and_stops_on_sigint(tmp_path
 
         run(commit_1000())
         seq, root = wait_converged(config, timeout=30.0)
-        statuses = all_status(config, range(4))
-        assert {s["requests_executed"] for s in statuses.values()} == {1001}
         assert seq >= 1 and len(root) == 64
+        # Exactly once: no replica executed a request twice (retransmissions included),
+        # and a replica that never had to catch up through a checkpoint executed them all.
+        executed = [s["requests_executed"] for s in all_status(config, range(4)).values()]
+        assert max(executed) == 1001, executed
 
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=30) == 0, out_path.read_text()
@@ -217,21 +219,24 @@ def test_primary_crash_under_load_view_change_then_restarted_primary_catches_up(
             killed_at = time.monotonic()
             assert not cluster.alive(0)
 
-            # The survivors elect a new primary: all three move to a view >= 1 ...
-            async def survivors_changed_view() -> bool:
-                views = await asyncio.to_thread(
-                    lambda: [s["view"] for s in all_status(config, [1, 2, 3]).values()]
-                )
-                return all(v >= 1 for v in views)
+            async def survivors() -> list[dict[str, Any]]:
+                statuses = await asyncio.to_thread(all_status, config, [1, 2, 3])
+                return list(statuses.values())
 
+            # The survivors elect a new primary: all three move to a view >= 1 ...
             deadline = time.monotonic() + 60
-            while not await survivors_changed_view():
+            while not all(s["view"] >= 1 for s in await survivors()):
                 assert time.monotonic() < deadline, "no view change within 60 s"
                 await asyncio.sleep(0.2)
-            # ... and commits continue in the new view, without the old primary.
+            # ... and commits continue in the new view, without the old primary: until
+            # replica 0 is more than a window (256 seqs) behind, so that it can only catch
+            # up through a checkpoint's state.
             in_new_view = len(done)
-            await eventually(lambda: len(done) >= in_new_view + 200, 60,
-                             "200 commits after the view change")
+            target = max(s["executed_seq"] for s in await survivors()) + 300
+            while min(s["executed_seq"] for s in await survivors()) < target:
+                assert time.monotonic() < deadline + 60, "commits stopped after the view change"
+                await asyncio.sleep(0.2)
+            assert len(done) >= in_new_view + 200
             assert sum(t > killed_at for t in done) >= 200
             assert not failures, failures
         finally:
@@ -246,12 +251,24 @@ def test_primary_crash_under_load_view_change_then_restarted_primary_catches_up(
     statuses = all_status(config, [1, 2, 3])
     assert all(s["view"] >= 1 for s in statuses.values()), statuses
 
+    # Restart the old primary on its data directory while clients keep writing: it must
+    # recover, learn the new view and catch up (through fetched slots or a checkpoint).
     cluster.restart(0)
+
+    async def write(key: bytes, count: int) -> None:
+        clients = await open_clients(config, 2)
+        try:
+            for n in range(count):
+                await put(clients[n % 2], key, str(n).encode())
+            assert await get(clients[0], key) == str(count - 1).encode()
+        finally:
+            await close_clients(clients)
+
+    run(write(b"during-catch-up", 20))
     seq, root = cluster.wait_converged(timeout=60.0)
     statuses = all_status(config, range(4))
     assert all(s["executed_seq"] == seq and s["current_state_root"] == root
                for s in statuses.values()), statuses
-    assert seq > 0
 
     # The executed logs agree: every seq is remembered by at least two replicas (a replica
     # that caught up through a checkpoint has no digests for the seqs it skipped), and
@@ -262,23 +279,18 @@ def test_primary_crash_under_load_view_change_then_restarted_primary_catches_up(
         assert len(digests) >= 2, f"only {len(digests)} replicas remember seq {s}"
         assert len(set(digests)) == 1, f"executed logs differ at seq {s}: {digests}"
 
-    # The restarted replica takes part again: new requests commit and it executes them.
-    async def after_restart() -> None:
-        clients = await open_clients(config, 2)
-        try:
-            for n in range(20):
-                await put(clients[n % 2], b"after-restart", str(n).encode())
-            assert await get(clients[0], b"after-restart") == b"19"
-        finally:
-            await close_clients(clients)
-
-    run(after_restart())
+    # Replica 0 is a full member again: it executes new requests itself, and it does not
+    # wander off into a view change of its own once idle (a stale timer once did that).
+    run(write(b"after-catch-up", 10))
+    time.sleep(2.5 * config.options["view_change_timeout_ms"] / 1000)  # idle past the timer
     seq_after, _ = cluster.wait_converged(timeout=60.0)
     assert seq_after > seq
     fresh = _executed_log(cluster, 0, seq_after, first=seq + 1)
-    assert fresh, "replica 0 executed nothing after its restart"
+    assert fresh, "replica 0 executed nothing after catching up"
     reference = _executed_log(cluster, 1, seq_after, first=seq + 1)
-    assert all(reference.get(s, d) == d for s, d in fresh.items())
+    assert all(reference[s] == d for s, d in fresh.items())
+    views = {i: s["view"] for i, s in all_status(config, range(4)).items()}
+    assert len(set(views.values())) == 1, f"replicas in different views: {views}"
 
 
 def _executed_log(cluster: LocalCluster, i: int, last: int, first: int = 1) -> dict[int, str]:
@@ -421,10 +433,10 @@ def test_bad_input_is_dropped_and_counted_and_the_replica_keeps_serving(
         assert time.monotonic() < deadline, f"dropped counters grew only by {grown()}"
         time.sleep(0.1)
 
-    # The replica is still up and still the primary that orders new requests.
+    # The replica is still up, and it still takes part in ordering new requests.
     assert cluster.alive(target)
     status = cluster.status(target)
-    assert status["view"] == 0 and status["core_exceptions"] == 0
+    assert status["core_exceptions"] == 0
 
     async def still_commits() -> None:
         clients = await open_clients(cluster.config, 2)
@@ -435,6 +447,5 @@ def test_bad_input_is_dropped_and_counted_and_the_replica_keeps_serving(
             await close_clients(clients)
 
     run(still_commits())
-    assert cluster.status(target)["view"] == 0
     seq, _ = cluster.wait_converged(timeout=30.0)
-    assert seq >= 2
+    assert seq >= status["executed_seq"] + 2

@@ -217,3 +217,22 @@ def test_independent_instances_share_a_process_without_interference():
     assert dropped(a[1].on_message(0, PrePrepare(2, 0, 2, digest(b"B"), b"B"))) == [
         "wrong_instance"
     ]
+
+
+def test_client_accepts_f_plus_one_matching_replies_and_can_abandon():
+    from phalanx.core.effects import Completed
+    from phalanx.core.messages import Reply
+    from phalanx.protocols.pbft.client import PbftClient
+
+    client = PbftClient(oracle().new_client(), Q)
+    ts, _ = client.submit(b"op")
+    assert client.on_message(1, Reply(0, ts, 1, b"r")) == []
+    assert client.on_message(2, Reply(0, ts, 2, b"forged-by-2")) == []
+    # A reply claiming another replica's id counts for nobody.
+    assert client.on_message(3, Reply(0, ts, 1, b"r")) == []
+    done = [e for e in client.on_message(3, Reply(0, ts, 3, b"r")) if isinstance(e, Completed)]
+    assert done == [Completed(ts, b"r")]
+    ts2, _ = client.submit(b"op2")
+    client.abandon()
+    ts3, _ = client.submit(b"op3")  # no "one request at a time" error
+    assert ts3 > ts2 > ts

@@ -474,6 +474,9 @@ class ToyClientCore:
     def on_timer(self, name: str) -> list[Any]:
         return []
 
+    def abandon(self) -> list[Any]:
+        return []
+
 
 def test_client_runner_resolves_requests_and_raises_replica_errors() -> None:
     async def main() -> None:

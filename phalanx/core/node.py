@@ -59,3 +59,8 @@ class ClientCore(Protocol):
 
     def on_timer(self, name: str) -> list[ClientEffect]:
         ...
+
+    def abandon(self) -> list[ClientEffect]:
+        """Give up the outstanding request (the caller stopped waiting); a later answer
+        to it is ignored and a new request may be submitted."""
+        ...

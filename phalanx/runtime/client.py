@@ -119,6 +119,9 @@ class ClientRunner:
             self._perform(effects)
             return await future
         finally:
+            if not future.done():
+                # The caller gave up (e.g. a timeout): free the core for the next request.
+                self._perform(self.core.abandon())
             self._pending = None
             self._timestamp = None
 

@@ -82,6 +82,12 @@ class PbftClient:
         self.current_timeout = min(self.current_timeout * 2, self.max_timeout)
         return [Broadcast(self.request), SetTimer(RETRY_TIMER, self.current_timeout)]
 
+    def abandon(self) -> list[Any]:
+        if self.request is None:
+            return []
+        self.request = None
+        return [CancelTimer(RETRY_TIMER)]
+
     def _complete(self, done: Completed) -> list[Any]:
         self.request = None
         return [CancelTimer(RETRY_TIMER), done]

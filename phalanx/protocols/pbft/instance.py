@@ -111,6 +111,7 @@ class Slot:
     q_entries: dict[bytes, int] = field(default_factory=dict)
     # Catch-up claims: digest -> replicas that say they committed it.
     claims: dict[bytes, set[int]] = field(default_factory=dict)
+    echoed: dict[int, int] = field(default_factory=dict)  # peer -> sync tick of last answer
 
 
 def _digests(slot: Slot) -> set[bytes]:
@@ -168,6 +169,7 @@ class PbftInstance:
         # Set when catch-up made progress: poll again until a round brings nothing new,
         # so a replica back from a crash converges even if the cluster goes idle.
         self.catching_up = False
+        self.sync_ticks = 0
 
         self.waiting = False  # the host has work it expects to be ordered
         self.timer_armed = False
@@ -239,7 +241,7 @@ class PbftInstance:
         return self._finish()
 
     def on_timer(self, name: str) -> list[Any]:
-        if name == self._t_progress:
+        if name == self._t_progress and self.timer_armed:  # else a stale, cancelled timer
             self.timer_armed = False
             if self.in_view_change:
                 self.failed_view_changes += 1
@@ -345,22 +347,68 @@ class PbftInstance:
             self.out.append(Persist(self._key(b"d", digest), payload))
 
     def _on_prepare(self, src: int, msg: Prepare) -> None:
-        if self._vote(self._slot(msg.seq).prepare_votes, msg.view, src, msg.digest):
+        if self._vote(msg.seq, self._slot(msg.seq).prepare_votes, msg.view, src, msg.digest):
             self._check_prepared(msg.seq, msg.view)
 
     def _on_commit(self, src: int, msg: Commit) -> None:
-        if self._vote(self._slot(msg.seq).commit_votes, msg.view, src, msg.digest):
+        if self._vote(msg.seq, self._slot(msg.seq).commit_votes, msg.view, src, msg.digest):
             self._check_committed(msg.seq, msg.view)
 
-    def _vote(self, votes: dict[int, dict[int, bytes]], view: int, src: int, digest: bytes) -> bool:
+    def _vote(
+        self, seq: int, votes: dict[int, dict[int, bytes]], view: int, src: int, digest: bytes
+    ) -> bool:
         by_sender = votes.setdefault(view, {})
         previous = by_sender.get(src)
-        if previous is not None:
+        if previous is None:
+            by_sender[src] = digest
+            return True
+        if previous != digest:
             # The first vote counts; a different second vote is evidence, not a crash.
-            self._drop("duplicate_vote" if previous == digest else "equivocation", src)
+            self._drop("equivocation", src)
             return False
-        by_sender[src] = digest
-        return True
+        self._drop("duplicate_vote", src)
+        # A replica repeats a vote only when it is stuck on the slot (see _resend_votes):
+        # answer with our own votes, which it may have lost.
+        self._send_own_votes(seq, view, src)
+        return False
+
+    def _own_votes(self, seq: int, view: int) -> list[Any]:
+        slot = self.slots.get(seq)
+        if slot is None or slot.pp_view != view:
+            return []
+        votes: list[Any] = []
+        if self.me == self.q.primary(view):
+            payload = self.payloads.get(slot.digest)
+            if payload is not None:
+                votes.append(PrePrepare(self.instance, view, seq, slot.digest, payload))
+        else:
+            votes.append(Prepare(self.instance, view, seq, slot.digest))
+        if slot.prepared_view == view:
+            votes.append(Commit(self.instance, view, seq, slot.digest))
+        return votes
+
+    def _send_own_votes(self, seq: int, view: int, dest: int) -> None:
+        slot = self.slots.get(seq)
+        # At most one answer per peer and slot per sync tick, or two replicas would keep
+        # answering each other's answers.
+        if slot is None or slot.echoed.get(dest) == self.sync_ticks:
+            return
+        slot.echoed[dest] = self.sync_ticks
+        for vote in self._own_votes(seq, view):
+            if not isinstance(vote, PrePrepare):  # the stuck replica has the pre-prepare
+                self.out.append(Send(dest, vote))
+
+    def _resend_votes(self) -> None:
+        """Stalled on undecided slots of this view: repeat our votes (messages may have
+        been lost, and peers that already decided only answer repeated votes)."""
+        if self.in_view_change:
+            return
+        first = self.last_decided + 1
+        for seq in range(first, min(self.max_accepted, first + MAX_FETCH - 1) + 1):
+            slot = self.slots.get(seq)
+            if slot is not None and not slot.committed:
+                for vote in self._own_votes(seq, self.view):
+                    self.out.append(Broadcast(vote))
 
     def _check_prepared(self, seq: int, view: int) -> None:
         slot = self.slots.get(seq)
@@ -723,6 +771,7 @@ class PbftInstance:
     def _on_sync_tick(self) -> None:
         """Runs every half timeout while this replica knows of slots it has not decided."""
         self.sync_armed = False
+        self.sync_ticks += 1
         if self.in_view_change:
             # VIEW-CHANGEs may have been lost (or sent while a peer was down): repeat ours.
             own = self.view_changes.get(self.view, {}).get(self.me)
@@ -741,6 +790,8 @@ class PbftInstance:
         elif (stalled and self.max_seen > self.last_decided) or self.catching_up:
             self.catching_up = False
             self._ask_for_missing()
+            if stalled:
+                self._resend_votes()
         self.sync_mark = self.last_decided
 
     def _note_view(self, src: int, view: int) -> None:
@@ -757,14 +808,19 @@ class PbftInstance:
 
     def _has_pending_work(self) -> bool:
         """Should the progress timer run? A backup suspects the primary when known work
-        does not progress; the primary never suspects itself. During a view change the
+        does not progress, and the primary when its own proposals do not commit (it never
+        suspects itself for requests it has yet to propose). During a view change the
         timer (which moves on to the next view) runs only once 2f+1 replicas are in the
         same view change: a replica that timed out alone waits for the others instead of
         racing ahead into views nobody else will join (PBFT's liveness rule)."""
         if self.in_view_change:
             return len(self.view_changes.get(self.view, {})) >= self.q.view_change
+        if self.q.n == 1:
+            return False  # nobody to suspect
         if self.primary == self.me:
-            return False
+            # The primary does not suspect itself for requests it has yet to propose, but
+            # proposals of its own that do not commit mean this view cannot progress.
+            return self.max_accepted > self.last_decided
         return self.waiting or self.max_accepted > self.last_decided
 
     def _arm_progress_timer(self, restart: bool = False) -> None:

@@ -240,7 +240,10 @@ class PbftReplica:
             e = queue[i]
             i += 1
             if isinstance(e, Decided):
-                queue[i:i] = self._execute(e)
+                # Appended, not spliced in: effects must reach the driver in the order the
+                # instance produced them, or a later timer update could be overtaken by an
+                # earlier one (and the driver's timers would disagree with the instance).
+                queue.extend(self._execute(e))
             elif isinstance(e, StableCheckpoint):
                 out.extend(self._on_stable(e))
             elif isinstance(e, NeedState):
@@ -388,6 +391,8 @@ class PbftReplica:
         self.state_target = None
         out: list[Any] = [Persist(_SNAPSHOT_KEY, msgspec.msgpack.encode(snap))]
         out.extend(self.instance.state_transferred(snap.seq, digest, msg.proof))
+        if not self.pending:  # the snapshot may have answered everything we waited for
+            out.extend(self.instance.set_waiting(False))
         return self._host(out)
 
     def _install_snapshot(self, snap: Snapshot, app: StateMachine | None = None) -> None:
