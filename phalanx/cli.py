@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=None, help="working directory (default: a temp dir)")
     p.add_argument("--base-port", type=int, default=17000)
     p.add_argument("--json", help="write the results JSON here")
+    p.add_argument("--connection-per-client", action="store_true",
+                   help="every client opens its own connections (default: the clients of a "
+                        "load-generator process share one connection per replica)")
     p.add_argument("--kill-primary-at", type=float, default=None,
                    help="SIGKILL replica 0 this many seconds into the measured window")
     p.add_argument("--keys-per-client", type=int, default=64,

@@ -155,7 +155,7 @@ def test_node_crypto_rejects_a_mismatched_configuration(replicas, public_keys) -
 
 def _request(client: Ed25519ClientCrypto, timestamp: int = 1, op: bytes = b"op") -> Request:
     unsigned = Request(client=client.public_key, timestamp=timestamp, op=op)
-    return Request(client.public_key, timestamp, op, client.authenticate(unsigned.digest()))
+    return Request(client.public_key, timestamp, op, auth=client.authenticate(unsigned.digest()))
 
 
 def test_client_authenticator_checks_at_every_replica(replicas, public_keys) -> None:
@@ -171,7 +171,7 @@ def test_tampered_authenticator_entry_fails_only_where_it_is_checked(replicas, p
     request = _request(client)
     auth = list(request.auth)
     auth[2] = bytes([auth[2][0] ^ 0x80]) + auth[2][1:]
-    tampered = Request(request.client, request.timestamp, request.op, auth)
+    tampered = Request(request.client, request.timestamp, request.op, auth=auth)
     results = [Ed25519NodeCrypto(i, kp, public_keys).check_request(tampered)
                for i, kp in enumerate(replicas)]
     assert results == [True, True, False, True]
@@ -183,15 +183,15 @@ def test_request_tampering_and_malformations_fail_the_check(replicas, public_key
     good = _request(client)
     impostor = KeyPair.generate().public_key
     cases = [
-        Request(good.client, good.timestamp, b"other op", good.auth),
-        Request(good.client, good.timestamp + 1, good.op, good.auth),
-        Request(impostor, good.timestamp, good.op, good.auth),
+        Request(good.client, good.timestamp, b"other op", auth=good.auth),
+        Request(good.client, good.timestamp + 1, good.op, auth=good.auth),
+        Request(impostor, good.timestamp, good.op, auth=good.auth),
         Request(b"\x00" * 32, good.timestamp, good.op, good.auth),  # invalid client key
-        Request(b"short", good.timestamp, good.op, good.auth),
+        Request(b"short", good.timestamp, good.op, auth=good.auth),
         Request(good.client, -1, good.op, good.auth),  # does not fit the digest
         Request(good.client, good.timestamp, good.op, good.auth[:1]),  # no entry for 1
-        Request(good.client, good.timestamp, good.op, []),
-        Request(good.client, good.timestamp, good.op, [b"", b"\x00", b"", b""]),
+        Request(good.client, good.timestamp, good.op, auth=[]),
+        Request(good.client, good.timestamp, good.op, auth=[b"", b"\x00", b"", b""]),
     ]
     for case in cases:
         assert node.check_request(case) is False

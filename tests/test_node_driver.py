@@ -111,7 +111,7 @@ class EchoCore:
     def on_client_message(self, client: bytes, msg: Any) -> list[Any]:
         return [
             Persist(b"req/" + client, msg.op),
-            ToClient(client, Reply(0, msg.timestamp, 0, msg.op)),
+            ToClient(client, Reply(client, 0, msg.timestamp, 0, msg.op)),
             Dropped("duplicate_request", -1),
         ]
 
@@ -189,7 +189,7 @@ def test_inputs_of_one_iteration_are_persisted_in_one_write_before_any_send() ->
         assert store is not None and store.data[b"req/" + CLIENT] == b"op"
         sends = [(dest, decode(data).seq) for _, dest, data in log.events[1:11]]
         assert sends == [(seq % N, seq) for seq in range(1, 11)]
-        assert decode(log.events[-1][2]) == Reply(0, 1, 0, b"op")
+        assert decode(log.events[-1][2]) == Reply(CLIENT, 0, 1, 0, b"op")
         assert driver.metrics.get("store_writes") == 2  # start + this iteration
 
     run(main())

@@ -226,11 +226,12 @@ def test_client_accepts_f_plus_one_matching_replies_and_can_abandon():
 
     client = PbftClient(oracle().new_client(), Q)
     ts, _ = client.submit(b"op")
-    assert client.on_message(1, Reply(0, ts, 1, b"r")) == []
-    assert client.on_message(2, Reply(0, ts, 2, b"forged-by-2")) == []
+    assert client.on_message(1, Reply(client.client_id, 0, ts, 1, b"r")) == []
+    assert client.on_message(2, Reply(client.client_id, 0, ts, 2, b"forged-by-2")) == []
     # A reply claiming another replica's id counts for nobody.
-    assert client.on_message(3, Reply(0, ts, 1, b"r")) == []
-    done = [e for e in client.on_message(3, Reply(0, ts, 3, b"r")) if isinstance(e, Completed)]
+    assert client.on_message(3, Reply(client.client_id, 0, ts, 1, b"r")) == []
+    out = client.on_message(3, Reply(client.client_id, 0, ts, 3, b"r"))
+    done = [e for e in out if isinstance(e, Completed)]
     assert done == [Completed(ts, b"r")]
     ts2, _ = client.submit(b"op2")
     client.abandon()

@@ -147,7 +147,7 @@ class ToyReplica:
             return [Dropped("bad_auth", -1)]
         key = (msg.client, msg.timestamp)
         if key in self.results:
-            reply = Reply(0, msg.timestamp, self.replica_id, self.results[key])
+            reply = Reply(msg.client, 0, msg.timestamp, self.replica_id, self.results[key])
             resend: list[Effect] = [ToClient(client, reply)]
             if self.replica_id == PRIMARY:
                 # Backups that missed the order (partition, loss) learn it again.
@@ -202,7 +202,10 @@ class ToyReplica:
                              root)
                 )
                 effects.append(
-                    ToClient(request.client, Reply(0, request.timestamp, self.replica_id, result))
+                    ToClient(
+                        request.client,
+                        Reply(request.client, 0, request.timestamp, self.replica_id, result),
+                    )
                 )
         return effects
 
@@ -220,7 +223,7 @@ class ToyClient:
         self.timestamp += 1
         unsigned = Request(self.client_id, self.timestamp, op)
         self.request = Request(
-            self.client_id, self.timestamp, op, self.crypto.authenticate(unsigned.digest())
+            self.client_id, self.timestamp, op, auth=self.crypto.authenticate(unsigned.digest())
         )
         self.replies = {}
         return self.timestamp, [Send(PRIMARY, self.request), SetTimer("retry", RETRY_S)]
@@ -522,7 +525,7 @@ class ForgingClient(ToyClient):
     def submit(self, op: bytes) -> tuple[int, list[ClientEffect]]:
         timestamp, _ = super().submit(op)
         assert self.request is not None
-        self.request = Request(self.client_id, timestamp, op, [bytes(16)] * 4)
+        self.request = Request(self.client_id, timestamp, op, auth=[bytes(16)] * 4)
         return timestamp, [Send(PRIMARY, self.request), SetTimer("retry", RETRY_S)]
 
 
@@ -765,7 +768,8 @@ def test_silent_replica_sends_nothing_and_clients_still_finish():
 def test_equivocating_primary_is_caught_by_agreement():
     def equivocate(dest: Any, msg: Any) -> list[Any]:
         if isinstance(msg, Order) and dest == 1:
-            evil = Request(msg.request.client, msg.request.timestamp, b"evil", msg.request.auth)
+            req = msg.request
+            evil = Request(req.client, req.timestamp, b"evil", auth=req.auth)
             return [Order(msg.seq, evil)]
         return [msg]
 
@@ -903,11 +907,11 @@ def test_symbolic_crypto_is_unforgeable_and_never_raises():
 
     client = oracle.new_client()
     request = Request(client.public_key, 1, b"op")
-    signed = Request(request.client, 1, b"op", client.authenticate(request.digest()))
+    signed = Request(request.client, 1, b"op", auth=client.authenticate(request.digest()))
     assert len(signed.auth) == 4
     assert all(oracle.node_crypto(j).check_request(signed) for j in range(4))
-    tampered = Request(request.client, 1, b"op2", signed.auth)
+    tampered = Request(request.client, 1, b"op2", auth=signed.auth)
     assert not r0.check_request(tampered)
-    assert not r0.check_request(Request(b"stranger", 1, b"op", signed.auth))
+    assert not r0.check_request(Request(b"stranger", 1, b"op", auth=signed.auth))
     assert not r1.check_request(Request(request.client, 1, b"op", signed.auth[:1]))
     assert not r0.check_request(Request(request.client, 1, b"op", [None]))  # type: ignore[list-item]

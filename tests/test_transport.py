@@ -433,7 +433,7 @@ def test_client_connects_and_gets_a_reply_via_send_client() -> None:
         async with Cluster() as c:
             for i in range(N):
                 def echo(client: bytes, msg: Any, i: int = i) -> None:
-                    c[i].send_client(client, encode(Reply(0, msg.timestamp, i, msg.op)))
+                    c[i].send_client(client, encode(Reply(client, 0, msg.timestamp, i, msg.op)))
 
                 c[i].on_client_message = echo
             replies: list[tuple[int, Any]] = []
@@ -446,10 +446,11 @@ def test_client_connects_and_gets_a_reply_via_send_client() -> None:
             await until(lambda: all(kp.public_key in c[i].connected_clients for i in range(N)))
             client.broadcast(encode(Request(kp.public_key, 1, b"ping")))
             await until(lambda: len(replies) == N)
-            assert sorted(replies) == [(i, Reply(0, 1, i, b"ping")) for i in range(N)]
+            expected = [(i, Reply(kp.public_key, 0, 1, i, b"ping")) for i in range(N)]
+            assert sorted(replies) == expected
             await client.close()
             await until(lambda: kp.public_key not in c[0].connected_clients)
-            c[0].send_client(kp.public_key, encode(Reply(0, 2, 0, b"late")))
+            c[0].send_client(kp.public_key, encode(Reply(kp.public_key, 0, 2, 0, b"late")))
             assert c.metrics[0].get("dropped_client_gone") == 1
 
     run(main())
@@ -482,7 +483,7 @@ def test_client_runner_resolves_requests_and_raises_replica_errors() -> None:
     async def main() -> None:
         async with Cluster() as c:
             c[0].on_client_message = lambda client, msg: c[0].send_client(
-                client, encode(Reply(0, msg.timestamp, 0, msg.op))
+                client, encode(Reply(msg.client, 0, msg.timestamp, 0, msg.op))
             )
             kp = KeyPair.generate()
             transport = ClientTransport(kp, c.addrs, c.public_keys, decoder(), None)

@@ -35,8 +35,8 @@ from pathlib import Path
 from phalanx.bench.results import LatencyHistogram, LoadgenReport
 from phalanx.config import load
 from phalanx.runtime import run
-from phalanx.runtime.client import ClientRunner, RequestFailed
-from phalanx.runtime.cluster_client import open_client
+from phalanx.runtime.client import ClientMux, ClientRunner, RequestFailed
+from phalanx.runtime.cluster_client import open_client, open_clients
 from phalanx.statemachine.kv import Err, decode_result, encode_put
 
 log = logging.getLogger("phalanx.bench.loadgen")
@@ -145,14 +145,20 @@ async def generate(args: argparse.Namespace) -> int:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     config = load(args.config)
     runners: list[ClientRunner] = []
+    mux: ClientMux | None = None
     try:
         try:
-            runners = list(
-                await asyncio.gather(
-                    *(open_client(config, connect_timeout=CONNECT_TIMEOUT_S)
-                      for _ in range(args.clients))
+            if args.shared_connection:
+                mux, runners = await open_clients(
+                    config, args.clients, connect_timeout=CONNECT_TIMEOUT_S
                 )
-            )
+            else:
+                runners = list(
+                    await asyncio.gather(
+                        *(open_client(config, connect_timeout=CONNECT_TIMEOUT_S)
+                          for _ in range(args.clients))
+                    )
+                )
         except (TimeoutError, OSError) as exc:
             print(f"error cannot connect clients: {exc}", flush=True)
             return 1
@@ -199,7 +205,10 @@ async def generate(args: argparse.Namespace) -> int:
         os.replace(tmp, out)  # the bench never reads a half-written report
         return 0
     finally:
-        await asyncio.gather(*(r.close() for r in runners), return_exceptions=True)
+        if mux is not None:
+            await mux.close()
+        else:
+            await asyncio.gather(*(r.close() for r in runners), return_exceptions=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--payload", type=int, default=512, help="value bytes per Put")
     p.add_argument("--keys-per-client", type=int, default=64)
     p.add_argument("--out", required=True, help="where to write the JSON report")
+    p.add_argument("--connection-per-client", dest="shared_connection", action="store_false",
+                   help="one connection per client and replica (default: the clients of a "
+                        "process share one connection per replica)")
     return p
 
 

@@ -328,6 +328,8 @@ class LoadGenerators:
                     "--first-client", str(first), "--payload", str(args.payload),
                     "--keys-per-client", str(args.keys_per_client),
                     "--out", str(self._report_path(name))]
+            if getattr(args, "connection_per_client", False):
+                argv.append("--connection-per-client")
             await self.children.start(name, argv, self.workdir / "logs" / f"{name}.log",
                                       pipes=True)
             self.names.append(name)

@@ -20,23 +20,36 @@ MAX_OP_BYTES = 1 << 20
 class Request(msgspec.Struct, tag=1, array_like=True, frozen=True, gc=False):
     """A client operation. ``(client, timestamp)`` identifies it for exactly-once execution.
 
-    ``client`` is the client's Ed25519 public key (self-certifying id). ``auth`` is an
-    authenticator: entry ``j`` is the MAC of :meth:`digest` under the pairwise key of
-    the client and replica ``j``; a replica checks only its own entry.
+    ``client`` is the client's Ed25519 public key (self-certifying id). ``endpoint`` is
+    the public key of the connection replies go to when it is not the client's own: many
+    clients of one process can share one connection per replica, so that replies to all
+    of them travel in one write. ``auth`` is an authenticator: entry ``j`` is the MAC of
+    :meth:`digest` under the pairwise key of the client and replica ``j``; a replica checks
+    only its own entry. The digest covers ``endpoint``, so nobody but the client can
+    redirect its replies.
     """
 
     client: bytes
     timestamp: int
     op: bytes
+    endpoint: bytes = b""
     auth: list[bytes] = []
 
     def digest(self) -> bytes:
-        return digest_parts(self.client, self.timestamp.to_bytes(8, "big"), self.op)
+        return digest_parts(
+            self.client, self.timestamp.to_bytes(8, "big"), self.endpoint, self.op
+        )
+
+    @property
+    def reply_to(self) -> bytes:
+        """The connection identity that gets the replies."""
+        return self.endpoint or self.client
 
 
 class Reply(msgspec.Struct, tag=2, array_like=True, frozen=True, gc=False):
-    """A replica's answer to the request ``timestamp`` of the receiving client."""
+    """A replica's answer to request ``timestamp`` of ``client``."""
 
+    client: bytes
     view: int
     timestamp: int
     replica: int
@@ -46,6 +59,7 @@ class Reply(msgspec.Struct, tag=2, array_like=True, frozen=True, gc=False):
 class Error(msgspec.Struct, tag=3, array_like=True, frozen=True, gc=False):
     """A replica's refusal of a client request, with a reason the client can show."""
 
+    client: bytes
     timestamp: int
     replica: int
     reason: str

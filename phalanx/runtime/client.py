@@ -98,10 +98,14 @@ class ClientRunner:
     one runner (one key pair, one transport) per simulated client.
     """
 
-    def __init__(self, core: ClientCore, transport: ClientTransport) -> None:
+    def __init__(
+        self, core: ClientCore, transport: ClientTransport, *, shared: bool = False
+    ) -> None:
         self.core = core
         self.transport = transport
-        transport.on_message = self._on_message
+        self.shared = shared  # the transport belongs to a ClientMux, which routes to us
+        if not shared:
+            transport.on_message = self._on_message
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._pending: asyncio.Future[bytes] | None = None
         self._timestamp: int | None = None
@@ -180,8 +184,46 @@ class ClientRunner:
             future.set_result(done.result)
 
     async def close(self) -> None:
-        """Cancel timers and close the transport."""
+        """Cancel timers and close the transport (unless a ClientMux shares it)."""
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        if not self.shared:
+            await self.transport.close()
+
+
+class ClientMux:
+    """Many logical clients over one :class:`ClientTransport`.
+
+    Each client keeps its own key pair (its requests carry its own authenticator) but
+    names the shared connection as its ``endpoint``, so replicas send the replies to all
+    of them over one connection per replica: a replica answers a whole batch with one
+    write instead of one per client, and the process reads them with one read.
+    """
+
+    def __init__(self, transport: ClientTransport) -> None:
+        self.transport = transport
+        self.runners: dict[bytes, ClientRunner] = {}
+        transport.on_message = self._dispatch
+
+    @property
+    def endpoint(self) -> bytes:
+        """The identity clients name as their ``endpoint``."""
+        return self.transport.keypair.public_key
+
+    def add(self, core: ClientCore) -> ClientRunner:
+        runner = ClientRunner(core, self.transport, shared=True)
+        self.runners[core.client_id] = runner
+        return runner
+
+    def _dispatch(self, replica: int, msg: Any) -> None:
+        runner = self.runners.get(getattr(msg, "client", b""))
+        if runner is None:
+            self.transport.metrics.inc("dropped_unknown_client")
+            return
+        runner._on_message(replica, msg)
+
+    async def close(self) -> None:
+        for runner in self.runners.values():
+            await runner.close()
         await self.transport.close()

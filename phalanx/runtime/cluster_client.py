@@ -13,7 +13,7 @@ from phalanx.core.quorum import Quorums
 from phalanx.crypto.ed25519 import Ed25519ClientCrypto
 from phalanx.crypto.keys import KeyPair
 from phalanx.protocols.registry import protocol
-from phalanx.runtime.client import ClientRunner, ClientTransport
+from phalanx.runtime.client import ClientMux, ClientRunner, ClientTransport
 from phalanx.runtime.launcher import message_decoder
 from phalanx.runtime.metrics import Metrics
 
@@ -43,17 +43,51 @@ async def open_client(
     )
     runner = ClientRunner(core, transport)
     await transport.start()
+    await _wait_for_quorum(transport, Quorums(config.n, config.f).strong, connect_timeout, config.n)
+    return runner
+
+
+async def open_clients(
+    config: ClusterConfig,
+    count: int,
+    *,
+    retransmit_timeout: float = 1.0,
+    metrics: Metrics | None = None,
+    connect_timeout: float = 10.0,
+) -> tuple[ClientMux, list[ClientRunner]]:
+    """``count`` clients (fresh key pairs) sharing one connection per replica."""
+    public_keys = list(config.public_keys)
+    quorums = Quorums(config.n, config.f)
+    spec = protocol(config.protocol)
+    addrs = {r.id: (r.host, r.port) for r in config.replicas}
+    transport = ClientTransport(
+        KeyPair.generate(), addrs, public_keys, message_decoder(config.protocol), None, metrics
+    )
+    mux = ClientMux(transport)
+    runners = []
+    first_timestamp = time.time_ns() // 1000
+    for _ in range(count):
+        crypto = Ed25519ClientCrypto(KeyPair.generate(), public_keys)
+        core = spec.make_client(crypto, quorums, retransmit_timeout)
+        core.next_timestamp = first_timestamp  # type: ignore[attr-defined]
+        core.endpoint = mux.endpoint  # type: ignore[attr-defined]
+        runners.append(mux.add(core))
+    await transport.start()
+    await _wait_for_quorum(transport, quorums.strong, connect_timeout, config.n)
+    return mux, runners
+
+
+async def _wait_for_quorum(
+    transport: ClientTransport, quorum: int, timeout: float, n: int
+) -> None:
     # A quorum of links is enough to make progress; the rest keep redialing.
-    deadline = time.monotonic() + connect_timeout
-    quorum = Quorums(config.n, config.f).strong
+    deadline = time.monotonic() + timeout
     while len(transport.connected_replicas) < quorum:
         if time.monotonic() > deadline:
-            await runner.close()
-            raise TimeoutError(
-                f"could reach only {len(transport.connected_replicas)} of {config.n} replicas"
-            )
+            await transport.close()
+            reached = len(transport.connected_replicas)
+            raise TimeoutError(f"could reach only {reached} of {n} replicas")
         await _sleep(0.02)
-    return runner
 
 
 async def _sleep(seconds: float) -> None:

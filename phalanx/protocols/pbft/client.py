@@ -27,9 +27,11 @@ class PbftClient:
         retransmit_timeout: float = 1.0,
         max_retransmit_timeout: float = 8.0,
         first_timestamp: int = 1,
+        endpoint: bytes = b"",
     ) -> None:
         self.crypto = crypto
         self.client_id = crypto.public_key
+        self.endpoint = endpoint  # a shared connection's identity, b"" for our own
         self.q = quorums
         self.timeout = retransmit_timeout
         self.max_timeout = max_retransmit_timeout
@@ -46,8 +48,9 @@ class PbftClient:
             raise RuntimeError("one request at a time: wait for the previous one to complete")
         ts = self.next_timestamp
         self.next_timestamp += 1
-        unsigned = Request(self.client_id, ts, op)
-        self.request = Request(self.client_id, ts, op, self.crypto.authenticate(unsigned.digest()))
+        unsigned = Request(self.client_id, ts, op, self.endpoint)
+        auth = self.crypto.authenticate(unsigned.digest())
+        self.request = Request(self.client_id, ts, op, self.endpoint, auth)
         self.replies.clear()
         self.errors.clear()
         self.current_timeout = self.timeout
@@ -61,14 +64,24 @@ class PbftClient:
         if isinstance(msg, Reply):
             self.views[src] = max(self.views.get(src, 0), msg.view)
             self._learn_view()
-            if req is None or msg.timestamp != req.timestamp or msg.replica != src:
+            if (
+                req is None
+                or msg.timestamp != req.timestamp
+                or msg.replica != src
+                or msg.client != self.client_id
+            ):
                 return []
             self.replies[src] = msg.result
             if sum(1 for r in self.replies.values() if r == msg.result) >= self.q.reply:
                 return self._complete(Completed(req.timestamp, msg.result))
             return []
         if isinstance(msg, Error):
-            if req is None or msg.timestamp != req.timestamp or msg.replica != src:
+            if (
+                req is None
+                or msg.timestamp != req.timestamp
+                or msg.replica != src
+                or msg.client != self.client_id
+            ):
                 return []
             self.errors[src] = msg.reason
             if sum(1 for r in self.errors.values() if r == msg.reason) >= self.q.reply:

@@ -120,9 +120,11 @@ class PbftReplica:
         return self._host(self.instance.on_message(src, msg))
 
     def on_client_message(self, client: bytes, msg: Any) -> list[Any]:
+        """``client`` is the connection's identity: the request's client itself, or the
+        endpoint it named (a process multiplexing many clients over one connection)."""
         if not isinstance(msg, Request):
             return [Dropped("unexpected_message", -1)]
-        if msg.client != client:
+        if client != msg.reply_to:
             return [Dropped("client_mismatch", -1)]
         return self._on_request(msg, client, None)
 
@@ -154,7 +156,7 @@ class PbftReplica:
         if record is not None and req.timestamp <= record.timestamp:
             if req.timestamp == record.timestamp and client is not None:
                 # A retransmission: the reply may have been lost.
-                out.append(ToClient(client, self._reply(req.timestamp, record.result)))
+                out.append(ToClient(client, self._reply(req.client, req.timestamp, record.result)))
             else:
                 out.append(Dropped("stale_request", src))
             return out
@@ -162,7 +164,8 @@ class PbftReplica:
         if reason is not None:
             out.append(Dropped(reason, src))
             if client is not None:
-                out.append(ToClient(client, Error(req.timestamp, self.replica_id, reason)))
+                error = Error(req.client, req.timestamp, self.replica_id, reason)
+                out.append(ToClient(client, error))
             return out
         waiting = self.pending.get(req.client)
         if waiting is not None and waiting.timestamp >= req.timestamp:
@@ -172,7 +175,8 @@ class PbftReplica:
             return self._host(out)
         if waiting is None and len(self.pending) >= MAX_PENDING_REQUESTS:
             if client is not None:
-                out.append(ToClient(client, Error(req.timestamp, self.replica_id, "overloaded")))
+                error = Error(req.client, req.timestamp, self.replica_id, "overloaded")
+                out.append(ToClient(client, error))
             out.append(Dropped("overloaded", src))
             return out
         self.pending[req.client] = req
@@ -188,7 +192,7 @@ class PbftReplica:
     def _request_error(self, req: Request) -> str | None:
         if len(req.op) > self.config.max_request_bytes:
             return "request_too_large"
-        if len(req.client) != 32 or req.timestamp < 1:
+        if len(req.client) != 32 or req.timestamp < 1 or len(req.endpoint) not in (0, 32):
             return "malformed_request"
         if not self.crypto.check_request(req):
             return "bad_authenticator"
@@ -308,7 +312,7 @@ class PbftReplica:
             if waiting is not None and waiting.timestamp <= req.timestamp:
                 del self.pending[req.client]
             self.proposed.discard((req.client, req.timestamp))
-            out.append(ToClient(req.client, self._reply(req.timestamp, result)))
+            out.append(ToClient(req.reply_to, self._reply(req.client, req.timestamp, result)))
         seq = decided.seq
         is_checkpoint = seq % self.config.checkpoint_interval == 0
         root = self.app.state_root() if is_checkpoint or self.config.state_root_every_batch else b""
@@ -330,8 +334,8 @@ class PbftReplica:
             out.extend(self.instance.make_checkpoint(seq, state_digest))
         return out
 
-    def _reply(self, timestamp: int, result: bytes) -> Reply:
-        return Reply(self.instance.view, timestamp, self.replica_id, result)
+    def _reply(self, client: bytes, timestamp: int, result: bytes) -> Reply:
+        return Reply(client, self.instance.view, timestamp, self.replica_id, result)
 
     # -- checkpoints and state transfer -------------------------------------------------
 
