@@ -182,8 +182,9 @@ class Cluster:
     """The replicas of one bench run, as seen through their HTTP API."""
 
     def __init__(self, config: ClusterConfig, workdir: Path, children: Children,
-                 session: aiohttp.ClientSession) -> None:
+                 session: aiohttp.ClientSession, durability: str = "fsync") -> None:
         self.config = config
+        self.durability = durability
         self.workdir = workdir
         self.children = children
         self.session = session
@@ -200,7 +201,8 @@ class Cluster:
     async def start(self) -> None:
         for r in self.config.replicas:
             argv = [sys.executable, "-m", "phalanx.cli", "node",
-                    "--config", str(self.workdir / CLUSTER_FILE), "--id", str(r.id)]
+                    "--config", str(self.workdir / CLUSTER_FILE), "--id", str(r.id),
+                    "--durability", self.durability]
             await self.children.start(f"replica-{r.id}", argv,
                                       self.workdir / "logs" / f"replica-{r.id}.log")
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -409,7 +411,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     config = make_cluster(workdir, args)
     try:
         async with aiohttp.ClientSession() as session:
-            cluster = Cluster(config, workdir, children, session)
+            cluster = Cluster(config, workdir, children, session, args.durability)
             await cluster.start()
             loadgens = LoadGenerators(children, workdir)
             await loadgens.start(args)
@@ -450,6 +452,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         options=dict(config.options),
     )
     env = environment(sum(r.total_cpu_s for r in reports), host_cpu_busy(host_start, host_end))
+    env["durability"] = args.durability
+    env["shared_client_connections"] = not args.connection_per_client
     return build_results(spec, reports, nodes, safety, env, fault or None)
 
 

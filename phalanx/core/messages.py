@@ -36,9 +36,7 @@ class Request(msgspec.Struct, tag=1, array_like=True, frozen=True, gc=False):
     auth: list[bytes] = []
 
     def digest(self) -> bytes:
-        return digest_parts(
-            self.client, self.timestamp.to_bytes(8, "big"), self.endpoint, self.op
-        )
+        return digest_parts(self.client, self.timestamp.to_bytes(8, "big"), self.endpoint, self.op)
 
     @property
     def reply_to(self) -> bytes:
@@ -65,7 +63,14 @@ class Error(msgspec.Struct, tag=3, array_like=True, frozen=True, gc=False):
     reason: str
 
 
-CLIENT_MESSAGES = (Request, Reply, Error)
+class Replies(msgspec.Struct, tag=4, array_like=True, frozen=True, gc=False):
+    """Several replies for clients behind one connection, in one message: a replica
+    answering a batch writes one frame per shared connection, not one per client."""
+
+    replies: list[Reply]
+
+
+CLIENT_MESSAGES = (Request, Reply, Error, Replies)
 
 _encoder = msgspec.msgpack.Encoder()
 

@@ -23,7 +23,7 @@ from phalanx.core.effects import (
     Send,
     SetTimer,
 )
-from phalanx.core.messages import encode
+from phalanx.core.messages import Replies, encode
 from phalanx.core.node import ClientCore
 from phalanx.crypto.keys import KeyPair
 from phalanx.runtime.metrics import Metrics
@@ -130,6 +130,10 @@ class ClientRunner:
             self._timestamp = None
 
     def _on_message(self, replica: int, msg: Any) -> None:
+        if type(msg) is Replies:
+            for reply in msg.replies:
+                self._on_message(replica, reply)
+            return
         try:
             effects = self.core.on_message(replica, msg)
         except Exception:
@@ -217,6 +221,10 @@ class ClientMux:
         return runner
 
     def _dispatch(self, replica: int, msg: Any) -> None:
+        if type(msg) is Replies:
+            for reply in msg.replies:
+                self._dispatch(replica, reply)
+            return
         runner = self.runners.get(getattr(msg, "client", b""))
         if runner is None:
             self.transport.metrics.inc("dropped_unknown_client")

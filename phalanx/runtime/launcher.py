@@ -30,6 +30,11 @@ from phalanx.storage.lmdb_store import Store
 
 log = logging.getLogger("phalanx.node")
 
+DURABILITY = ("fsync", "process")
+"""``fsync``: every write reaches the disk before the replica answers (survives power
+loss). ``process``: writes reach the OS page cache first (survive the replica being
+killed at any point, not the machine losing power); several times cheaper."""
+
 
 def message_decoder(protocol_name: str) -> msgspec.msgpack.Decoder[Any]:
     """The wire decoder for every message of a protocol (a tagged union)."""
@@ -43,7 +48,14 @@ def message_decoder(protocol_name: str) -> msgspec.msgpack.Decoder[Any]:
 class ReplicaServer:
     """Everything one replica runs, started and stopped together."""
 
-    def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes, data_dir: str | None):
+    def __init__(
+        self,
+        config: ClusterConfig,
+        replica_id: int,
+        seed: bytes,
+        data_dir: str | None,
+        durability: str = "fsync",
+    ):
         self.config = config
         self.replica_id = replica_id
         info = config.replica(replica_id)
@@ -55,7 +67,9 @@ class ReplicaServer:
         self.metrics = Metrics(replica=str(replica_id))
         crypto = Ed25519NodeCrypto(replica_id, keypair, public_keys)
         self.core = spec.make_replica(replica_id, quorums, crypto, KVStore, config.options)
-        self.store = Store(data_dir) if data_dir else None
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
+        self.store = Store(data_dir, durable=durability == "fsync") if data_dir else None
         addrs = {r.id: (r.host, r.port) for r in config.replicas}
         self.transport = Transport(
             replica_id, keypair, addrs, public_keys, message_decoder(config.protocol),
@@ -112,7 +126,11 @@ async def _serve(server: ReplicaServer) -> None:
 
 
 def serve_replica(
-    config_path: str, replica_id: int, key_path: str | None = None, data_dir: str | None = None
+    config_path: str,
+    replica_id: int,
+    key_path: str | None = None,
+    data_dir: str | None = None,
+    durability: str = "fsync",
 ) -> int:
     """Run replica ``replica_id`` until SIGINT/SIGTERM. Returns the exit code."""
     logging.basicConfig(
@@ -123,6 +141,6 @@ def serve_replica(
     key = Path(key_path) if key_path else base / f"replica-{replica_id}.key"
     seed = load_private_key(key, config.replica(replica_id).public_key)
     data = data_dir or str(base / "data" / f"replica-{replica_id}")
-    server = ReplicaServer(config, replica_id, seed, data)
+    server = ReplicaServer(config, replica_id, seed, data, durability)
     run(_serve(server))
     return 1 if server.driver.fatal_error is not None else 0

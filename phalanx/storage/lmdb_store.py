@@ -26,20 +26,23 @@ class Store:
     reservation (not disk usage); it doubles as needed when a write does not fit.
     """
 
-    def __init__(self, path: str, map_size: int = DEFAULT_MAP_SIZE) -> None:
+    def __init__(self, path: str, map_size: int = DEFAULT_MAP_SIZE, durable: bool = True) -> None:
         if map_size <= 0:
             raise ValueError(f"map_size must be positive, got {map_size}")
         # 0700: the log holds signed protocol messages and client requests.
         os.makedirs(path, mode=0o700, exist_ok=True)
         self.path = path
+        self.durable = durable
         self._env: lmdb.Environment | None = lmdb.open(
             path,
             map_size=map_size,
             subdir=True,
             max_dbs=0,
-            # Full durability on every commit: sync data, then the meta page.
-            sync=True,
-            metasync=True,
+            # durable: every commit is fsynced (data, then the meta page) and survives a
+            # power loss. Otherwise a commit lands in the OS page cache: it survives the
+            # process being killed at any point, not the machine losing power.
+            sync=durable,
+            metasync=durable,
             # A writable mmap lets stray pointers corrupt the file; keep it read-only.
             writemap=False,
             readahead=False,

@@ -16,7 +16,7 @@ class PbftConfig:
     """Most requests in one pre-prepare."""
     batch_delay: float = 0.0
     """Seconds the primary may wait for a batch to fill when the pipeline has room."""
-    max_inflight: int = 2
+    max_inflight: int = 4
     """Pre-prepared but undecided slots the primary keeps in flight; batches grow while
     the pipeline is full (adaptive batching)."""
     view_change_timeout: float = 2.0

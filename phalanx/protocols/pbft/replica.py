@@ -9,6 +9,7 @@ batches against a :class:`~phalanx.statemachine.StateMachine`, and answers clien
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -86,6 +87,9 @@ class PbftReplica:
         self.app = make_state_machine()
         self.clients: dict[bytes, ClientRecord] = {}
         self.pending: dict[bytes, Request] = {}  # client -> newest unexecuted request
+        # Of those, the ones not yet in a batch of this view (the primary's queue, kept on
+        # every replica so that a new primary has it), in arrival order.
+        self.unproposed: dict[bytes, Request] = {}
         self.proposed: set[tuple[bytes, int]] = set()  # (client, timestamp) in flight
         self.validated: dict[bytes, list[Request]] = {}  # digest -> decoded batch
         self.snapshots: dict[int, Snapshot] = {}  # own checkpoints not yet stable
@@ -180,6 +184,8 @@ class PbftReplica:
             out.append(Dropped("overloaded", src))
             return out
         self.pending[req.client] = req
+        self.unproposed.pop(req.client, None)  # keep arrival order for the newest one
+        self.unproposed[req.client] = req
         if self._should_forward(forwarder):
             out.append(Send(self.instance.primary, req))
         out.extend(self.instance.set_waiting(True))
@@ -200,15 +206,11 @@ class PbftReplica:
 
     def _propose(self) -> list[Any]:
         out: list[Any] = []
-        while self.instance.can_propose():
-            batch = [
-                req
-                for req in self.pending.values()
-                if (req.client, req.timestamp) not in self.proposed
-            ][: self.config.max_batch]
-            if not batch:
-                break
-            for req in batch:
+        while self.unproposed and self.instance.can_propose():
+            batch = []
+            for client in list(itertools.islice(self.unproposed, self.config.max_batch)):
+                req = self.unproposed.pop(client)
+                batch.append(req)
                 self.proposed.add((req.client, req.timestamp))
             payload = encode_batch(batch)
             self.validated[sha256(payload)] = batch
@@ -255,34 +257,48 @@ class PbftReplica:
             elif isinstance(e, ViewInstalled):
                 # Requests proposed by a failed primary may never commit: offer them again.
                 self.proposed.clear()
+                self.unproposed = dict(self.pending)
                 if e.primary != self.replica_id:
                     for req in self.pending.values():
                         out.append(Send(e.primary, req))
             else:
                 out.append(e)
-        if self.instance.is_primary and self.pending and self.instance.can_propose():
-            if self._should_wait_for_batch():
+        if self.instance.is_primary and self.unproposed and self.instance.can_propose():
+            wait = self._batch_wait()
+            if wait == "delay":
                 if not self.batch_timer_armed:
                     self.batch_timer_armed = True
                     out.append(SetTimer(BATCH_TIMER, self.config.batch_delay))
-            else:
+            elif wait is None:
                 proposed = self._propose()
                 if proposed:
                     out.extend(self._host(proposed))
         return out
 
-    def _should_wait_for_batch(self) -> bool:
-        """With a batch delay, a partial batch waits for the delay to pass, unless nothing
-        is in flight (then waiting would only add latency)."""
-        if self.config.batch_delay <= 0 or self.batch_timer_expired:
-            return False
+    def _batch_wait(self) -> str | None:
+        """Adaptive batching: None to propose now, "share" to wait for more requests (no
+        timer: every arrival and every decision asks again), "delay" to wait for the
+        batch timer.
+
+        Never wait when nothing is in flight (that only adds latency). While a slot is
+        in flight, open another only for a batch worth it: at least a quarter of a full
+        batch, and a fair share of the outstanding requests — (in flight + queued) /
+        max_inflight — so that the pipeline carries balanced batches instead of one
+        large batch trailed by crumbs. Every slot costs each replica a round of messages
+        and syscalls, so when CPU binds, fewer and larger batches win; when latency binds
+        (many clients, slow links), queues grow and the pipeline deepens by itself. With
+        a batch delay, also wait until the delay passed or the batch is full."""
         inst = self.instance
-        if inst.next_seq - 1 == inst.last_decided:
-            return False
-        unproposed = sum(
-            1 for req in self.pending.values() if (req.client, req.timestamp) not in self.proposed
-        )
-        return unproposed < self.config.max_batch
+        if inst.next_seq - 1 == inst.last_decided or self.batch_timer_expired:
+            return None
+        queued = len(self.unproposed)
+        max_batch = self.config.max_batch
+        fair_share = (len(self.proposed) + queued) // self.config.max_inflight
+        if queued < min(max(fair_share, max_batch // 4), max_batch):
+            return "share"
+        if self.config.batch_delay > 0 and queued < self.config.max_batch:
+            return "delay"
+        return None
 
     def _execute(self, decided: Decided) -> list[Any]:
         batch = self.validated.pop(decided.digest, None)
@@ -311,6 +327,7 @@ class PbftReplica:
             waiting = self.pending.get(req.client)
             if waiting is not None and waiting.timestamp <= req.timestamp:
                 del self.pending[req.client]
+                self.unproposed.pop(req.client, None)
             self.proposed.discard((req.client, req.timestamp))
             out.append(ToClient(req.reply_to, self._reply(req.client, req.timestamp, result)))
         seq = decided.seq
@@ -410,3 +427,4 @@ class PbftReplica:
             record = self.clients.get(client)
             if record is not None and record.timestamp >= req.timestamp:
                 del self.pending[client]
+                self.unproposed.pop(client, None)
