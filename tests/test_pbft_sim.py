@@ -196,3 +196,29 @@ def test_batch_delay_forms_larger_batches_and_still_completes():
         log = sim.executed_log(1)
         sizes[delay] = sum(len(e.requests) for e in log) / len(log)
     assert sizes[0.02] > sizes[0.0]
+
+
+def test_primary_equivocating_to_every_backup_is_voted_out_by_a_view_change():
+    import msgspec
+
+    from phalanx.core.hashing import digest
+    from phalanx.protocols.pbft.messages import PrePrepare
+    from phalanx.runtime.sim.simulator import FilterOutgoing
+
+    def equivocate(dest, msg):
+        # Each backup gets a different proposal for the same slot: no digest can gather
+        # a quorum, so the backups' timers must replace the primary.
+        if isinstance(msg, PrePrepare) and dest != 1:
+            payload = b"" if dest == 2 else msg.payload[:0]
+            if dest == 3:
+                return []  # and replica 3 gets nothing at all
+            return [msgspec.structs.replace(msg, payload=payload, digest=digest(payload))]
+        return [msg]
+
+    sim = cluster(seed=14)
+    sim.set_byzantine(0, FilterOutgoing(equivocate))
+    sim.add_clients(3, put_op, requests_per_client=10)
+    sim.run(until=60.0, stop_when=sim.all_clients_done)
+    assert sim.all_clients_done(), sim.liveness_report()
+    assert all(sim.replica(r).view >= 1 for r in (1, 2, 3))
+    assert_consistent(sim, replicas=[1, 2, 3])

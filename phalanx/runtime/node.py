@@ -39,7 +39,8 @@ from phalanx.runtime.transport import Transport
 
 log = logging.getLogger(__name__)
 
-RECENT_DIGESTS = 100_000
+RECENT_DIGESTS = 10_000
+"""Executed digests kept for /log (its largest range); older ones are forgotten."""
 
 
 class Store(Protocol):

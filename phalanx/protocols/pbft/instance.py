@@ -220,6 +220,9 @@ class PbftInstance:
         """After construction or :meth:`recover`: re-deliver decided slots above the
         stable checkpoint and ask the others what we missed while down."""
         self._deliver()
+        if self.state_target is not None:
+            seq, digest = self.state_target
+            self.out.append(NeedState(seq, digest, [c.replica for c in self.stable_proof]))
         if self.in_view_change:
             self._broadcast_view_change()
         self._ask_for_missing()
@@ -710,9 +713,11 @@ class PbftInstance:
         self._try_new_view()
 
     def _on_fetch_committed(self, src: int, msg: FetchCommitted) -> None:
-        if msg.first <= self.low and self.stable_proof:
-            for cp in self.stable_proof:
-                self.out.append(Send(src, cp))
+        # Our stable checkpoint's proof, always: a replica that restarted before its own
+        # low watermark moved may be stuck at the edge of its window, unable to accept
+        # the very slots it asks for until it adopts a newer checkpoint.
+        for cp in self.stable_proof:
+            self.out.append(Send(src, cp))
         if self.last_new_view is not None:
             self.out.append(Send(src, self.last_new_view))
         own_view_change = self.view_changes.get(self.view, {}).get(self.me)
@@ -862,8 +867,15 @@ class PbftInstance:
             Persist(self._key(b"l", seq.to_bytes(8, "big")), msgspec.msgpack.encode(record))
         )
 
-    def recover(self, records: Iterable[tuple[bytes, bytes]]) -> None:
-        """Rebuild from this instance's persisted records (other keys are ignored)."""
+    def recover(
+        self, records: Iterable[tuple[bytes, bytes]], state_seq: int | None = None
+    ) -> None:
+        """Rebuild from this instance's persisted records (other keys are ignored).
+
+        ``state_seq`` is the seq the host's restored state reflects (its snapshot); by
+        default the stable checkpoint. A replica can crash after adopting a stable
+        checkpoint but before its state arrived by state transfer: then the state is
+        older than the checkpoint, the log below it is gone, and the transfer resumes."""
         prefix = self._key(b"")
         for key, value in records:
             if not key.startswith(prefix):
@@ -884,8 +896,10 @@ class PbftInstance:
                 slot.p_entry, slot.q_entries = p_entry, dict(q_entries)
                 if committed is not None:
                     slot.committed, slot.committed_digest = True, committed
-        self.last_decided = self.low
-        self.next_seq = self.low + 1
+        self.last_decided = self.low if state_seq is None else state_seq
+        if self.last_decided < self.low:
+            self.state_target = (self.low, self.stable_digest)
+        self.next_seq = max(self.low, self.last_decided) + 1
         for seq in [s for s in self.slots if s <= self.low]:
             del self.slots[seq]
         # Re-accept our own pre-prepares of the current view so that we never accept a

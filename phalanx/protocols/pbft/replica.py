@@ -105,10 +105,13 @@ class PbftReplica:
 
     def recover(self, records: Iterable[tuple[bytes, bytes]]) -> None:
         records = list(records)
+        state_seq = 0
         for key, value in records:
             if key == _SNAPSHOT_KEY:
-                self._install_snapshot(msgspec.msgpack.decode(value, type=Snapshot))
-        self.instance.recover(records)
+                snapshot = msgspec.msgpack.decode(value, type=Snapshot)
+                self._install_snapshot(snapshot)
+                state_seq = snapshot.seq
+        self.instance.recover(records, state_seq=state_seq)
 
     def start(self) -> list[Any]:
         return self._host(self.instance.start())
