@@ -22,6 +22,7 @@ from pbft_harness import FAST, assert_consistent, cluster, put_op
 from phalanx.runtime.sim.network import NetworkModel, UniformLatency
 
 SEEDS = int(os.environ.get("PHALANX_SWEEP_SEEDS", "100"))
+LAST_FAULT_AT = 3.5  # crashes up to 1.5 s, restarts up to 2 s later
 
 
 def random_run(seed: int):
@@ -52,4 +53,5 @@ def test_random_faults_keep_safety_and_liveness(seed):
     sim = random_run(seed)
     sim.run(until=300.0, stop_when=sim.all_clients_done)
     assert sim.all_clients_done(), sim.liveness_report()
+    sim.run(until=max(sim.now, LAST_FAULT_AT))  # restarts may come after the clients finish
     assert_consistent(sim)

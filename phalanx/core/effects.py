@@ -45,10 +45,15 @@ class CancelTimer(msgspec.Struct, frozen=True):
 
 
 class Persist(msgspec.Struct, frozen=True):
-    """Durably write ``value`` under ``key`` (``None`` deletes) before the step's sends."""
+    """Durably write ``value`` under ``key`` (``None`` deletes) before the step's sends.
+
+    A ``lazy`` record gates no send: the driver may write it with a later batch (in
+    order, never after a later record for the same key), e.g. a commit mark that a
+    restarted replica can learn again from its peers."""
 
     key: bytes
     value: bytes | None
+    lazy: bool = False
 
 
 class Executed(msgspec.Struct, frozen=True):

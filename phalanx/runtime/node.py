@@ -39,6 +39,9 @@ from phalanx.runtime.transport import Transport
 
 log = logging.getLogger(__name__)
 
+DEFERRED_WRITE_DELAY = 0.02
+"""Seconds lazy records may wait for a write to ride along with."""
+
 RECENT_DIGESTS = 10_000
 """Executed digests kept for /log (its largest range); older ones are forgotten."""
 
@@ -91,6 +94,8 @@ class ReplicaDriver:
         durable = store is not None and getattr(store, "durable", True)
         self._writer: _Writer | None = _Writer(store) if durable and store is not None else None
         self._writing = False
+        self._deferred: list[tuple[bytes, bytes | None]] = []  # lazy records not yet written
+        self._deferred_timer: asyncio.TimerHandle | None = None
         self._view: int | None = getattr(core, "view", None)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
@@ -120,6 +125,8 @@ class ReplicaDriver:
             self._flush()
         await self.drained()
         self._running = False
+        if self._deferred_timer is not None:
+            self._deferred_timer.cancel()
         if self._writer is not None:
             self._writer.stop()
         for handle in self._timers.values():
@@ -130,7 +137,9 @@ class ReplicaDriver:
     async def drained(self) -> None:
         """Wait until every effect produced so far is durable and sent (tests, shutdown)."""
         await asyncio.sleep(0)  # let a scheduled flush start
-        while self._running and (self._pending or self._writing or self._flush_scheduled):
+        while self._running and (
+            self._pending or self._writing or self._flush_scheduled or self._deferred
+        ):
             await asyncio.sleep(0.0005)
 
     def status(self) -> dict[str, Any]:
@@ -255,9 +264,22 @@ class ReplicaDriver:
             return
         effects = self._pending
         self._pending = []
-        records = [(e.key, e.value) for e in effects if type(e) is Persist]  # type: ignore[union-attr]
+        records = self._deferred
+        self._deferred = []
+        gating = False
+        for e in effects:
+            if type(e) is Persist:
+                records.append((e.key, e.value))  # type: ignore[union-attr]
+                gating = gating or not e.lazy  # type: ignore[union-attr]
         if not records or self.store is None:
             self._send(effects)
+            return
+        if not gating and self._writer is not None:
+            # Nothing here waits for the disk: send now; the records ride along with the
+            # next write, in order (or go on their own if none comes soon).
+            self._deferred = records
+            self._send(effects)
+            self._arm_deferred_flush()
             return
         if self._writer is None:
             # No fsync to wait for: writing to the page cache takes microseconds.
@@ -270,6 +292,23 @@ class ReplicaDriver:
             return
         self._writing = True
         self._writer.submit(records, lambda error: self._written(error, effects, len(records)))
+
+    def _arm_deferred_flush(self) -> None:
+        if self._deferred_timer is None:
+            assert self._loop is not None
+            self._deferred_timer = self._loop.call_later(DEFERRED_WRITE_DELAY, self._write_deferred)
+
+    def _write_deferred(self) -> None:
+        self._deferred_timer = None
+        if not self._deferred or not self._running:
+            return
+        if self._writing:
+            self._arm_deferred_flush()
+            return
+        assert self._writer is not None
+        records, self._deferred = self._deferred, []
+        self._writing = True
+        self._writer.submit(records, lambda error: self._written(error, [], len(records)))
 
     def _written(self, error: BaseException | None, effects: list[Effect], count: int) -> None:
         self._writing = False

@@ -439,7 +439,10 @@ class PbftInstance:
 
     def _mark_committed(self, seq: int, slot: Slot, digest: bytes) -> None:
         slot.committed, slot.committed_digest = True, digest
-        self._persist_slot(seq, slot)
+        # Lazy: replies need not wait for the commit mark. Safety rests on the prepared
+        # records (written before COMMIT is sent); a replica that loses the mark in a
+        # crash learns the decision again from f+1 peers.
+        self._persist_slot(seq, slot, lazy=True)
         self._deliver()
 
     def _deliver(self) -> None:
@@ -501,7 +504,7 @@ class PbftInstance:
             self.out.append(Dropped("state_divergence", self.me))
         self.low, self.stable_digest, self.stable_proof = seq, digest, proof
         self.out.append(
-            Persist(self._key(b"s"), msgspec.msgpack.encode((seq, digest, proof)))
+            Persist(self._key(b"s"), msgspec.msgpack.encode((seq, digest, proof)), lazy=True)
         )
         self._collect_garbage()
         self.out.append(StableCheckpoint(seq, digest))
@@ -514,7 +517,7 @@ class PbftInstance:
         dead: set[bytes] = set()
         for seq in [s for s in self.slots if s <= self.low]:
             slot = self.slots.pop(seq)
-            self.out.append(Persist(self._key(b"l", seq.to_bytes(8, "big")), None))
+            self.out.append(Persist(self._key(b"l", seq.to_bytes(8, "big")), None, lazy=True))
             dead.update(_digests(slot))
         # Payloads are stored by digest, and one payload can sit in several slots (a batch
         # proposed again after a view change): keep those a live slot still refers to.
@@ -522,7 +525,7 @@ class PbftInstance:
             dead.difference_update(_digests(slot))
         for digest in dead - {b"", NULL_DIGEST}:
             if self.payloads.pop(digest, None) is not None:
-                self.out.append(Persist(self._key(b"d", digest), None))
+                self.out.append(Persist(self._key(b"d", digest), None, lazy=True))
         for by_seq in self.checkpoints.values():
             for seq in [s for s in by_seq if s <= self.low]:
                 del by_seq[seq]
@@ -708,7 +711,7 @@ class PbftInstance:
             return
         self.wanted_payloads.discard(digest)
         self.payloads[digest] = msg.payload
-        self.out.append(Persist(self._key(b"d", digest), msg.payload))
+        self.out.append(Persist(self._key(b"d", digest), msg.payload, lazy=True))
         self._deliver()
         self._try_new_view()
 
@@ -750,7 +753,7 @@ class PbftInstance:
         if len(claimants) >= self.q.weak:
             self.catching_up = True
             self.payloads[msg.digest] = msg.payload
-            self.out.append(Persist(self._key(b"d", msg.digest), msg.payload))
+            self.out.append(Persist(self._key(b"d", msg.digest), msg.payload, lazy=True))
             self._mark_committed(msg.seq, slot, msg.digest)
 
     def _ask_for_missing(self) -> None:
@@ -857,14 +860,16 @@ class PbftInstance:
             Persist(self._key(b"v"), msgspec.msgpack.encode((self.view, self.in_view_change)))
         )
 
-    def _persist_slot(self, seq: int, slot: Slot) -> None:
+    def _persist_slot(self, seq: int, slot: Slot, lazy: bool = False) -> None:
         record = (
             slot.p_entry,
             sorted(slot.q_entries.items()),
             slot.committed_digest if slot.committed else None,
         )
         self.out.append(
-            Persist(self._key(b"l", seq.to_bytes(8, "big")), msgspec.msgpack.encode(record))
+            Persist(
+                self._key(b"l", seq.to_bytes(8, "big")), msgspec.msgpack.encode(record), lazy
+            )
         )
 
     def recover(

@@ -374,7 +374,9 @@ class PbftReplica:
         if snapshot is None:
             return []  # we are behind: the snapshot comes by state transfer
         self.stable_snapshot = snapshot
-        return [Persist(_SNAPSHOT_KEY, msgspec.msgpack.encode(snapshot))]
+        # Lazy, like the stable-checkpoint record written in the same batch: until both
+        # are durable, a restart simply recovers from the previous checkpoint.
+        return [Persist(_SNAPSHOT_KEY, msgspec.msgpack.encode(snapshot), lazy=True)]
 
     def _need_state(self, need: NeedState) -> list[Any]:
         if need.seq <= self.instance.last_decided:
@@ -413,7 +415,7 @@ class PbftReplica:
             return [Dropped("bad_state", src)]
         self._install_snapshot(snap, app)
         self.state_target = None
-        out: list[Any] = [Persist(_SNAPSHOT_KEY, msgspec.msgpack.encode(snap))]
+        out: list[Any] = [Persist(_SNAPSHOT_KEY, msgspec.msgpack.encode(snap), lazy=True)]
         out.extend(self.instance.state_transferred(snap.seq, digest, msg.proof))
         if not self.pending:  # the snapshot may have answered everything we waited for
             out.extend(self.instance.set_waiting(False))

@@ -167,6 +167,10 @@ class _Replica:
     timers: dict[str, int] = field(default_factory=dict)
     # The durable store: survives crashes, like the replica's data dir.
     store: dict[bytes, bytes] = field(default_factory=dict)
+    # Lazy records not yet written: they wait for the next non-lazy write (the real driver
+    # also writes them after a few ms; waiting longer is the harsher test) and a crash
+    # loses them.
+    lazy: list[tuple[bytes, bytes | None]] = field(default_factory=list)
     # First execution of each slot, in execution order (replays after restarts are not
     # appended, so logs of correct replicas stay comparable).
     log: dict[tuple[int, int], Executed] = field(default_factory=dict)
@@ -675,6 +679,7 @@ class Simulation:
         replica.alive = False
         replica.core = None
         replica.timers.clear()  # pending firings become stale (generation mismatch)
+        replica.lazy = []  # written by no one: lost with the process
         self.counters["sim.crashes"] += 1
 
     def _restart(self, replica: _Replica) -> None:
@@ -694,14 +699,22 @@ class Simulation:
     # -- effects ------------------------------------------------------------------
 
     def _apply_replica(self, replica: _Replica, effects: list[Any]) -> None:
-        store = replica.store
-        # Every Persist of the step is durable before any message of the step leaves.
+        # Every non-lazy Persist of the step is durable before any message of the step
+        # leaves, together with the lazy records that waited for it, in order.
+        records = replica.lazy
+        gating = False
         for effect in effects:
             if type(effect) is Persist:
-                if effect.value is None:
-                    store.pop(effect.key, None)
+                records.append((effect.key, effect.value))
+                gating = gating or not effect.lazy
+        if gating:
+            store = replica.store
+            for key, value in records:
+                if value is None:
+                    store.pop(key, None)
                 else:
-                    store[effect.key] = effect.value
+                    store[key] = value
+            replica.lazy = []
         src = replica.replica_id
         for effect in effects:
             kind = type(effect)
