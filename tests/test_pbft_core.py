@@ -237,3 +237,20 @@ def test_client_accepts_f_plus_one_matching_replies_and_can_abandon():
     client.abandon()
     ts3, _ = client.submit(b"op3")  # no "one request at a time" error
     assert ts3 > ts2 > ts
+
+
+@pytest.mark.parametrize(
+    ("client", "timestamp", "endpoint"),
+    [(b"c" * 31, 1, b""), (b"c" * 32, 0, b""), (b"c" * 32, 1 << 64, b""), (b"c" * 32, 1, b"e")],
+)
+def test_malformed_client_requests_are_refused_with_an_error(client, timestamp, endpoint):
+    from phalanx.core.messages import Error, Request
+    from phalanx.protocols.pbft.replica import PbftReplica
+    from phalanx.statemachine.kv import KVStore
+
+    replica = PbftReplica(0, Q, oracle().node_crypto(0), KVStore, CONFIG)
+    request = Request(client, timestamp, b"op", endpoint)
+    out = replica.on_client_message(request.reply_to, request)
+    assert dropped(out) == ["malformed_request"]
+    errors = [e.msg for e in out if isinstance(getattr(e, "msg", None), Error)]
+    assert errors and errors[0].reason == "malformed_request"

@@ -15,12 +15,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from phalanx.core.effects import Completed, Send
+from phalanx.core.effects import Broadcast, Completed, Send, SetTimer
 from phalanx.core.messages import Reply, Request, encode
 from phalanx.crypto import KeyPair, pairwise_key
 from phalanx.protocols.pbft.messages import ALL_MESSAGES, Commit, Prepare
 from phalanx.runtime import loop_factory
-from phalanx.runtime.client import ClientRunner, ClientTransport, RequestFailed
+from phalanx.runtime.client import ClientMux, ClientRunner, ClientTransport, RequestFailed
 from phalanx.runtime.framing import TO_ACCEPTOR, FrameEncoder
 from phalanx.runtime.metrics import Metrics
 from phalanx.runtime.transport import (
@@ -524,3 +524,45 @@ def test_metrics_render_in_prometheus_text_format() -> None:
     weird = Metrics('a"b')
     weird.inc("x-y")
     assert 'phalanx_x_y{replica="a\\"b"} 1' in weird.render_prometheus()
+
+
+class RetryingToyCore(ToyClientCore):
+    """Sends to replica 0 and, on its retry timer, to everyone: answers come only then."""
+
+    def submit(self, op: bytes) -> tuple[int, list[Any]]:
+        ts, _ = super().submit(op)
+        self.request = Request(self.client_id, ts, op, endpoint=self.endpoint)
+        return ts, [Send(0, self.request), SetTimer("retry", 0.1)]
+
+    def on_timer(self, name: str) -> list[Any]:
+        return [Broadcast(self.request)]
+
+
+def test_client_mux_shares_one_connection_and_fires_retry_timers() -> None:
+    async def main() -> None:
+        async with Cluster() as c:
+            seen: list[int] = []
+
+            def answer_on_retry(i: int, client: bytes, msg: Any) -> None:
+                seen.append(i)
+                if i == 1:  # only replica 1 answers, and only the broadcast reaches it
+                    c[1].send_client(client, encode(Reply(msg.client, 0, msg.timestamp, 1, msg.op)))
+
+            for i in range(N):
+                c[i].on_client_message = functools.partial(answer_on_retry, i)
+            transport = ClientTransport(KeyPair.generate(), c.addrs, c.public_keys, decoder(), None)
+            mux = ClientMux(transport)
+            cores = [RetryingToyCore(KeyPair.generate().public_key) for _ in range(3)]
+            for core in cores:
+                core.endpoint = mux.endpoint
+            runners = [mux.add(core) for core in cores]
+            await transport.start()
+            await transport.wait_connected()
+            results = await asyncio.gather(*(r.request(b"op%d" % i) for i, r in enumerate(runners)))
+            assert results == [b"op0", b"op1", b"op2"]
+            assert seen.count(0) >= 3 and seen.count(1) == 3  # first try, then the retry
+            assert not mux.deadlines
+            assert c[1].connected_clients == {mux.endpoint}  # one connection for all three
+            await mux.close()
+
+    run(main())

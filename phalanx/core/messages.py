@@ -10,9 +10,9 @@ Tag ranges: 1-9 client messages (here), 10-39 PBFT, 40+ later protocols.
 
 from __future__ import annotations
 
-import msgspec
+from hashlib import sha256
 
-from phalanx.core.hashing import digest_parts
+import msgspec
 
 MAX_OP_BYTES = 1 << 20
 
@@ -36,7 +36,18 @@ class Request(msgspec.Struct, tag=1, array_like=True, frozen=True, gc=False):
     auth: list[bytes] = []
 
     def digest(self) -> bytes:
-        return digest_parts(self.client, self.timestamp.to_bytes(8, "big"), self.endpoint, self.op)
+        # One hash over fixed-width fields and a length-prefixed endpoint (0 or 32 bytes):
+        # unambiguous, and computed by every client and replica for every request.
+        return sha256(
+            b"".join((
+                len(self.client).to_bytes(1, "big"),
+                self.client,
+                self.timestamp.to_bytes(8, "big"),
+                len(self.endpoint).to_bytes(1, "big"),
+                self.endpoint,
+                self.op,
+            ))
+        ).digest()
 
     @property
     def reply_to(self) -> bytes:

@@ -37,6 +37,9 @@ from phalanx.runtime.transport import (
 
 log = logging.getLogger(__name__)
 
+SWEEP_INTERVAL = 0.05
+"""Seconds between a ClientMux's checks of its clients' timer deadlines."""
+
 
 class ClientTransport(Endpoint):
     """Authenticated links from one client to every replica (redialed when lost).
@@ -99,12 +102,13 @@ class ClientRunner:
     """
 
     def __init__(
-        self, core: ClientCore, transport: ClientTransport, *, shared: bool = False
+        self, core: ClientCore, transport: ClientTransport, *, mux: ClientMux | None = None
     ) -> None:
         self.core = core
         self.transport = transport
-        self.shared = shared  # the transport belongs to a ClientMux, which routes to us
-        if not shared:
+        self.mux = mux  # the transport belongs to a ClientMux, which routes to us
+        self.shared = mux is not None
+        if mux is None:
             transport.on_message = self._on_message
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._pending: asyncio.Future[bytes] | None = None
@@ -163,20 +167,29 @@ class ClientRunner:
             elif kind is SetTimer:
                 self._set_timer(effect.name, effect.delay)  # type: ignore[union-attr]
             elif kind is CancelTimer:
-                handle = self._timers.pop(effect.name, None)  # type: ignore[union-attr]
-                if handle is not None:
-                    handle.cancel()
+                self._cancel_timer(effect.name)  # type: ignore[union-attr]
             elif kind is Completed:
                 self._complete(effect)  # type: ignore[arg-type]
             elif kind is Dropped:  # cores may report rejected inputs, as replicas do
                 transport.metrics.inc("dropped_" + effect.reason)  # type: ignore[union-attr]
 
     def _set_timer(self, name: str, delay: float) -> None:
+        if self.mux is not None:
+            self.mux.set_deadline(self, name, delay)
+            return
         old = self._timers.get(name)
         if old is not None:
             old.cancel()
         loop = asyncio.get_running_loop()
         self._timers[name] = loop.call_later(delay, self._on_timer, name)
+
+    def _cancel_timer(self, name: str) -> None:
+        if self.mux is not None:
+            self.mux.deadlines.pop((self, name), None)
+            return
+        handle = self._timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
 
     def _complete(self, done: Completed) -> None:
         future = self._pending
@@ -208,6 +221,11 @@ class ClientMux:
     def __init__(self, transport: ClientTransport) -> None:
         self.transport = transport
         self.runners: dict[bytes, ClientRunner] = {}
+        # (runner, timer name) -> loop time it fires at. One periodic sweep replaces a
+        # loop timer per request: arming and cancelling those was a seventh of the
+        # client's CPU, and retransmission timeouts need no finer resolution.
+        self.deadlines: dict[tuple[ClientRunner, str], float] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         transport.on_message = self._dispatch
 
     @property
@@ -216,9 +234,25 @@ class ClientMux:
         return self.transport.keypair.public_key
 
     def add(self, core: ClientCore) -> ClientRunner:
-        runner = ClientRunner(core, self.transport, shared=True)
+        runner = ClientRunner(core, self.transport, mux=self)
         self.runners[core.client_id] = runner
         return runner
+
+    def set_deadline(self, runner: ClientRunner, name: str, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.deadlines[(runner, name)] = loop.time() + delay
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = [key for key, when in self.deadlines.items() if when <= now]
+        for key in due:
+            del self.deadlines[key]
+        for runner, name in due:
+            runner._on_timer(name)
+        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep) if self.deadlines else None
 
     def _dispatch(self, replica: int, msg: Any) -> None:
         if type(msg) is Replies:
@@ -232,6 +266,10 @@ class ClientMux:
         runner._on_message(replica, msg)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self.deadlines.clear()
         for runner in self.runners.values():
             await runner.close()
         await self.transport.close()

@@ -62,8 +62,9 @@ class PbftClient:
         if not 0 <= src < self.q.n:
             return [Dropped("unknown_sender", src)]
         if isinstance(msg, Reply):
-            self.views[src] = max(self.views.get(src, 0), msg.view)
-            self._learn_view()
+            if msg.view > self.views.get(src, 0):
+                self.views[src] = msg.view
+                self._learn_view()
             if (
                 req is None
                 or msg.timestamp != req.timestamp

@@ -201,7 +201,11 @@ class PbftReplica:
     def _request_error(self, req: Request) -> str | None:
         if len(req.op) > self.config.max_request_bytes:
             return "request_too_large"
-        if len(req.client) != 32 or req.timestamp < 1 or len(req.endpoint) not in (0, 32):
+        if (
+            len(req.client) != 32
+            or not 0 < req.timestamp < 1 << 63
+            or len(req.endpoint) not in (0, 32)
+        ):
             return "malformed_request"
         if not self.crypto.check_request(req):
             return "bad_authenticator"
