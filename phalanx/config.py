@@ -36,8 +36,8 @@ CLUSTER_FILE = "cluster.toml"
 # orders with PBFT-style checkpoints, windows and batching, so they share one set; a
 # protocol that needs more extends its entry here.
 _PBFT_OPTIONS: dict[str, tuple[int, int]] = {
-    "checkpoint_interval": (128, 1),
-    "window": (256, 1),
+    "checkpoint_interval": (256, 1),
+    "window": (512, 1),
     "max_batch": (512, 1),
     "batch_delay_ms": (0, 0),
     "max_inflight": (4, 1),

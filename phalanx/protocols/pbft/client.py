@@ -58,37 +58,36 @@ class PbftClient:
         return ts, [Send(primary, self.request), SetTimer(RETRY_TIMER, self.current_timeout)]
 
     def on_message(self, src: int, msg: Any) -> list[Any]:
-        req = self.request
         if not 0 <= src < self.q.n:
             return [Dropped("unknown_sender", src)]
         if isinstance(msg, Reply):
             if msg.view > self.views.get(src, 0):
                 self.views[src] = msg.view
                 self._learn_view()
-            if (
-                req is None
-                or msg.timestamp != req.timestamp
-                or msg.replica != src
-                or msg.client != self.client_id
-            ):
-                return []
-            self.replies[src] = msg.result
-            if sum(1 for r in self.replies.values() if r == msg.result) >= self.q.reply:
-                return self._complete(Completed(req.timestamp, msg.result))
+            return self._count_answer(src, msg, self.replies, msg.result)
+        if isinstance(msg, Error):
+            return self._count_answer(src, msg, self.errors, msg.reason)
+        return [Dropped("unexpected_message", src)]
+
+    def _count_answer(
+        self, src: int, msg: Reply | Error, answers: dict[int, Any], answer: Any
+    ) -> list[Any]:
+        """Record replica ``src``'s answer to the current request; f+1 equal answers (so
+        one from a correct replica) complete it."""
+        req = self.request
+        if (
+            req is None
+            or msg.timestamp != req.timestamp
+            or msg.replica != src
+            or msg.client != self.client_id
+        ):
+            return []  # late, for another client, or claiming another replica's voice
+        answers[src] = answer
+        if sum(1 for a in answers.values() if a == answer) < self.q.reply:
             return []
         if isinstance(msg, Error):
-            if (
-                req is None
-                or msg.timestamp != req.timestamp
-                or msg.replica != src
-                or msg.client != self.client_id
-            ):
-                return []
-            self.errors[src] = msg.reason
-            if sum(1 for r in self.errors.values() if r == msg.reason) >= self.q.reply:
-                return self._complete(Completed(req.timestamp, b"", error=msg.reason))
-            return []
-        return [Dropped("unexpected_message", src)]
+            return self._complete(Completed(req.timestamp, b"", error=answer))
+        return self._complete(Completed(req.timestamp, answer))
 
     def on_timer(self, name: str) -> list[Any]:
         if name != RETRY_TIMER or self.request is None:

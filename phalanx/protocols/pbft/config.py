@@ -7,9 +7,9 @@ from dataclasses import dataclass, fields
 
 @dataclass(frozen=True, slots=True)
 class PbftConfig:
-    checkpoint_interval: int = 128
+    checkpoint_interval: int = 256
     """K: a checkpoint every K sequence numbers."""
-    window: int = 256
+    window: int = 512
     """L: the high watermark is the last stable checkpoint + L (must be >= 2K so that the
     primary can keep proposing while the next checkpoint becomes stable)."""
     max_batch: int = 512
