@@ -35,7 +35,7 @@ from pathlib import Path
 from phalanx.bench.results import LatencyHistogram, LoadgenReport
 from phalanx.config import load
 from phalanx.runtime import run
-from phalanx.runtime.client import ClientMux, ClientRunner, RequestFailed
+from phalanx.runtime.client import ClientMux, ClientRunner
 from phalanx.runtime.cluster_client import open_client, open_clients
 from phalanx.statemachine.kv import Err, decode_result, encode_put
 
@@ -89,41 +89,64 @@ class Recorder:
         self.errors[reason] = self.errors.get(reason, 0) + 1
 
 
-async def client_loop(
-    runner: ClientRunner,
-    client_index: int,
-    keys_per_client: int,
-    payload: int,
-    recorder: Recorder,
-) -> None:
-    """One closed-loop client: submit, wait for the result, submit the next, forever."""
-    keys = [f"c{client_index:06d}-k{k:04d}".encode() for k in range(keys_per_client)]
-    filler = os.urandom(payload)
-    # Wall time from the monotonic clock: one syscall per completion, immune to clock
-    # steps while measuring latency.
-    wall_offset = time.time() - time.perf_counter()
-    await asyncio.sleep(max(0.0, recorder.window.start - time.time()))
-    counter = 0
-    while True:
-        value = (counter.to_bytes(8, "big") + filler)[:payload] if payload else b""
-        op = encode_put(keys[counter % keys_per_client], value)
-        counter += 1
-        sent = time.perf_counter()
+class ClosedLoopClient:
+    """One closed-loop client: submit, and when the result comes, submit the next.
+
+    Callback-driven (no task and no future per request): in a benchmark the load
+    generator shares the CPU with the replicas, so its cost per request matters."""
+
+    def __init__(
+        self,
+        runner: ClientRunner,
+        client_index: int,
+        keys_per_client: int,
+        payload: int,
+        recorder: Recorder,
+    ) -> None:
+        self.runner = runner
+        self.keys = [f"c{client_index:06d}-k{k:04d}".encode() for k in range(keys_per_client)]
+        self.filler = os.urandom(payload)
+        self.payload = payload
+        self.recorder = recorder
+        # Wall time from the monotonic clock: one syscall per completion, immune to clock
+        # steps while measuring latency.
+        self.wall_offset = time.time() - time.perf_counter()
+        self.counter = 0
+        self.sent = 0.0
+        self.stopped = False
+
+    def start(self) -> None:
+        self._next()
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def _next(self) -> None:
+        if self.stopped:
+            return
+        counter = self.counter
+        self.counter += 1
+        payload = self.payload
+        value = (counter.to_bytes(8, "big") + self.filler)[:payload] if payload else b""
+        op = encode_put(self.keys[counter % len(self.keys)], value)
+        self.sent = time.perf_counter()
         try:
-            raw = await runner.request(op)
-        except RequestFailed as exc:
-            recorder.failed(exc.reason)
-            continue
+            self.runner.submit(op, self._done)
         except (OSError, RuntimeError, ValueError) as exc:
-            recorder.failed(type(exc).__name__)
-            await asyncio.sleep(ERROR_BACKOFF_S)
-            continue
+            self.recorder.failed(type(exc).__name__)
+            asyncio.get_running_loop().call_later(ERROR_BACKOFF_S, self._next)
+
+    def _done(self, raw: bytes | None, error: str | None) -> None:
         done = time.perf_counter()
-        result = decode_result(raw)
-        if isinstance(result, Err):
-            recorder.failed(result.reason)
-            continue
-        recorder.completed(done + wall_offset, done - sent)
+        if error is not None or raw is None:
+            self.recorder.failed(error or "no result")
+        else:
+            result = decode_result(raw)
+            if isinstance(result, Err):
+                self.recorder.failed(result.reason)
+            else:
+                self.recorder.completed(done + self.wall_offset, done - self.sent)
+        self._next()
 
 
 async def _read_line(reader: asyncio.StreamReader) -> str:
@@ -173,21 +196,22 @@ async def generate(args: argparse.Namespace) -> int:
         )
         recorder = Recorder(window)
         cpu: dict[str, float] = {}
-        tasks = [
-            asyncio.create_task(
-                client_loop(r, args.first_client + i, args.keys_per_client, args.payload,
-                            recorder)
-            )
+        clients = [
+            ClosedLoopClient(r, args.first_client + i, args.keys_per_client, args.payload,
+                             recorder)
             for i, r in enumerate(runners)
         ]
+        await asyncio.sleep(max(0.0, window.start - time.time()))
+        for client in clients:
+            client.start()
         sampler = asyncio.create_task(_sample_cpu(window, cpu))
         while (await _read_line(reader)) not in ("stop", ""):
             pass  # anything else on stdin is ignored
         sampler.cancel()
         now_cpu = cpu_seconds()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, sampler, return_exceptions=True)
+        for client in clients:
+            client.stop()
+        await asyncio.gather(sampler, return_exceptions=True)
         report = LoadgenReport(
             clients=len(runners),
             committed=recorder.committed,

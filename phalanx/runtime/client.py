@@ -112,6 +112,7 @@ class ClientRunner:
             transport.on_message = self._on_message
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._pending: asyncio.Future[bytes] | None = None
+        self._callback: Callable[[bytes | None, str | None], None] | None = None
         self._timestamp: int | None = None
 
     async def request(self, op: bytes) -> bytes:
@@ -132,6 +133,17 @@ class ClientRunner:
                 self._perform(self.core.abandon())
             self._pending = None
             self._timestamp = None
+
+    def submit(self, op: bytes, on_done: Callable[[bytes | None, str | None], None]) -> None:
+        """Callback style: submit ``op``; ``on_done(result, None)`` or ``on_done(None,
+        reason)`` runs when it completes. No future and no task switch per request, for
+        load generators that keep many clients busy; :meth:`request` is the usual API."""
+        if self._pending is not None or self._callback is not None:
+            raise RuntimeError("a ClientRunner has one outstanding request at a time")
+        self._callback = on_done
+        timestamp, effects = self.core.submit(op)
+        self._timestamp = timestamp
+        self._perform(effects)
 
     def _on_message(self, replica: int, msg: Any) -> None:
         if type(msg) is Replies:
@@ -192,6 +204,12 @@ class ClientRunner:
             handle.cancel()
 
     def _complete(self, done: Completed) -> None:
+        callback = self._callback
+        if callback is not None and done.timestamp == self._timestamp:
+            self._callback = None
+            self._timestamp = None
+            callback(done.result if done.error is None else None, done.error)
+            return
         future = self._pending
         if future is None or future.done() or done.timestamp != self._timestamp:
             return  # a late answer to a request the caller gave up on
