@@ -43,6 +43,7 @@ _PBFT_OPTIONS: dict[str, tuple[int, int]] = {
     "max_inflight": (4, 1),
     "view_change_timeout_ms": (2000, 1),
     "max_request_bytes": (1 << 20, 1),
+    "max_batch_bytes": (4 << 20, 1),
 }
 PROTOCOL_OPTIONS: dict[str, dict[str, tuple[int, int]]] = {
     "pbft": _PBFT_OPTIONS,

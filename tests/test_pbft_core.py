@@ -254,3 +254,39 @@ def test_malformed_client_requests_are_refused_with_an_error(client, timestamp, 
     assert dropped(out) == ["malformed_request"]
     errors = [e.msg for e in out if isinstance(getattr(e, "msg", None), Error)]
     assert errors and errors[0].reason == "malformed_request"
+
+
+def test_batches_respect_the_byte_cap_whatever_the_request_sizes():
+    from phalanx.core.messages import Request, decode_batch
+    from phalanx.protocols.pbft.replica import PbftReplica
+    from phalanx.statemachine.kv import KVStore
+
+    o = oracle()
+    config = PbftConfig(max_request_bytes=1 << 20, max_batch_bytes=3 << 20, max_inflight=16)
+    replica = PbftReplica(0, Q, o.node_crypto(0), KVStore, config)
+    for _ in range(10):  # queued while nothing may be proposed, then proposed at once
+        client = o.new_client()
+        unsigned = Request(client.public_key, 1, b"x" * (1 << 20))
+        req = Request(unsigned.client, 1, unsigned.op, auth=client.authenticate(unsigned.digest()))
+        replica.pending[req.client] = replica.unproposed[req.client] = req
+    sizes = [
+        sum(len(r.op) for r in decode_batch(e.msg.payload))
+        for e in replica._propose()
+        if isinstance(e, Broadcast) and isinstance(e.msg, PrePrepare)
+    ]
+    assert sum(sizes) == 10 << 20  # nothing lost
+    assert len(sizes) > 1 and max(sizes) <= 3 << 20
+
+
+def test_cached_reply_is_not_served_to_a_request_without_a_valid_authenticator():
+    from phalanx.core.messages import Reply, Request
+    from phalanx.protocols.pbft.replica import ClientRecord, PbftReplica
+    from phalanx.statemachine.kv import KVStore
+
+    replica = PbftReplica(0, Q, oracle().node_crypto(0), KVStore, CONFIG)
+    victim = b"v" * 32
+    replica.clients[victim] = ClientRecord(7, b"secret")
+    probe = Request(victim, 7, b"", endpoint=b"a" * 32)  # replayed id, no valid MAC
+    out = replica.on_client_message(probe.reply_to, probe)
+    assert not [e for e in out if isinstance(getattr(e, "msg", None), Reply)]
+    assert dropped(out) == ["bad_authenticator"]

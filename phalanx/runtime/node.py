@@ -353,8 +353,9 @@ class ReplicaDriver:
             metrics.inc("msgs_sent", copies)
             metrics.inc("msgs_sent:" + type(msg).__name__, copies)
         for client, batch in replies.items():
-            reply = batch[0] if len(batch) == 1 else Replies(batch)
-            transport.send_client(client, encode(reply))
+            for chunk in _chunks(batch):
+                reply = chunk[0] if len(chunk) == 1 else Replies(chunk)
+                transport.send_client(client, encode(reply))
             metrics.inc("msgs_sent", len(batch))
             metrics.inc("msgs_sent:Reply", len(batch))
 
@@ -368,6 +369,23 @@ class ReplicaDriver:
         self._timers.clear()
         if self.on_fatal is not None:
             self.on_fatal(error)
+
+
+REPLIES_BYTES = 1 << 20
+"""Result bytes per Replies message: large results (GETs of big values) stay well under
+the transport's frame limit."""
+
+
+def _chunks(replies: list[Reply]) -> list[list[Reply]]:
+    chunks: list[list[Reply]] = [[]]
+    size = 0
+    for reply in replies:
+        size += len(reply.result)
+        if chunks[-1] and size > REPLIES_BYTES:
+            chunks.append([])
+            size = len(reply.result)
+        chunks[-1].append(reply)
+    return chunks
 
 
 class _Writer:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+MAX_BATCH_BYTES = 8 << 20
+"""Upper bound of max_batch_bytes: half the transport's frame limit leaves room for the
+encoding and for catch-up messages that carry a payload."""
+
 
 @dataclass(frozen=True, slots=True)
 class PbftConfig:
@@ -23,6 +27,9 @@ class PbftConfig:
     """Seconds without progress on known work before a backup suspects the primary;
     doubled on each consecutive failed view change."""
     max_request_bytes: int = 1 << 20
+    max_batch_bytes: int = 4 << 20
+    """Most bytes of requests in one pre-prepare: it must fit in one transport frame
+    (16 MiB) however large the requests are."""
     single_shot: bool = False
     """Decide exactly one value, at seq 1 (the consensus service of leaderless SMR)."""
     state_root_every_batch: bool = False
@@ -34,6 +41,11 @@ class PbftConfig:
             raise ValueError("need checkpoint_interval >= 1 and window >= 2 * checkpoint_interval")
         if self.max_batch < 1 or self.max_inflight < 1 or self.view_change_timeout <= 0:
             raise ValueError("max_batch, max_inflight and view_change_timeout must be positive")
+        if not 0 < self.max_request_bytes <= self.max_batch_bytes <= MAX_BATCH_BYTES:
+            raise ValueError(
+                f"need 0 < max_request_bytes <= max_batch_bytes <= {MAX_BATCH_BYTES} "
+                "(a pre-prepare must fit in one 16 MiB frame)"
+            )
 
     @classmethod
     def from_options(cls, options: dict[str, object]) -> PbftConfig:

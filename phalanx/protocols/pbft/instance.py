@@ -83,6 +83,10 @@ FUTURE_VIEWS = 2
 """How many views ahead normal-case messages are kept (they may overtake NEW-VIEW)."""
 MAX_FETCH = 64
 """Slots asked for or answered in one catch-up round."""
+MAX_Q_ENTRIES = 4
+"""Pre-prepared digests remembered per slot (each from a different view)."""
+MAX_POLL_INTERVAL = 32
+"""Most sync ticks between two catch-up polls that keep bringing nothing."""
 MAX_BACKOFF_EXPONENT = 4
 """View-change timeouts double per failed view change, up to 16 times the base."""
 CHECKPOINTS_PER_REPLICA = 4
@@ -109,8 +113,9 @@ class Slot:
     # the latest view in which each digest was pre-prepared here.
     p_entry: tuple[bytes, int] | None = None
     q_entries: dict[bytes, int] = field(default_factory=dict)
-    # Catch-up claims: digest -> replicas that say they committed it.
-    claims: dict[bytes, set[int]] = field(default_factory=dict)
+    # Catch-up claims: replica -> the digest it says it committed (one per replica, so a
+    # Byzantine replica cannot grow this with made-up payloads).
+    claims: dict[int, bytes] = field(default_factory=dict)
     echoed: dict[int, int] = field(default_factory=dict)  # peer -> sync tick of last answer
 
 
@@ -170,6 +175,8 @@ class PbftInstance:
         # so a replica back from a crash converges even if the cluster goes idle.
         self.catching_up = False
         self.sync_ticks = 0
+        self.poll_interval = 1  # sync ticks between polls while they bring nothing
+        self.ticks_to_poll = 0
 
         self.waiting = False  # the host has work it expects to be ordered
         self.timer_armed = False
@@ -299,7 +306,9 @@ class PbftInstance:
             return "wrong_instance"
         if isinstance(msg, PrePrepare | Prepare | Commit):
             self._note_view(src, msg.view)
-            # Even a slot we cannot accept yet tells us we are behind: catch up on it.
+            # Even a slot we cannot accept (an older view, beyond the window) tells us we
+            # may be behind: catch up on it (polls back off while they bring nothing, so
+            # a made-up seq costs little; see _on_sync_tick).
             self.max_seen = max(self.max_seen, msg.seq)
             if msg.view < self.view:
                 return "stale_view"
@@ -345,6 +354,11 @@ class PbftInstance:
             slot.prepare_votes.setdefault(view, {})[self.me] = digest
         if slot.q_entries.get(digest, -1) < view:
             slot.q_entries[digest] = view
+            if len(slot.q_entries) > MAX_Q_ENTRIES:
+                # Keep the latest views: a committed digest is re-proposed in every later
+                # view, so its entry is among the newest (and VIEW-CHANGEs stay bounded).
+                oldest = min(slot.q_entries, key=lambda d: (slot.q_entries[d], d))
+                del slot.q_entries[oldest]
             self._persist_slot(seq, slot)
         if payload is not None and digest != NULL_DIGEST:
             self.out.append(Persist(self._key(b"d", digest), payload))
@@ -526,6 +540,7 @@ class PbftInstance:
         for digest in dead - {b"", NULL_DIGEST}:
             if self.payloads.pop(digest, None) is not None:
                 self.out.append(Persist(self._key(b"d", digest), None, lazy=True))
+        self.wanted_payloads -= dead
         for by_seq in self.checkpoints.values():
             for seq in [s for s in by_seq if s <= self.low]:
                 del by_seq[seq]
@@ -577,6 +592,14 @@ class PbftInstance:
         if not self._view_change_valid(vc):
             self._drop("bad_view_change", src)
             return
+        if vc.new_view > self.view:
+            # One VIEW-CHANGE per replica for the views ahead of us (its latest): that is
+            # all the join rule needs, and it bounds what a Byzantine replica can park.
+            for v, older in list(self.view_changes.items()):
+                if self.view < v < vc.new_view:
+                    older.pop(vc.replica, None)
+            if any(v > vc.new_view and vc.replica in rs for v, rs in self.view_changes.items()):
+                return
         by_replica[vc.replica] = vc
         self._join_higher_views()
         if vc.new_view == self.view:
@@ -610,9 +633,17 @@ class PbftInstance:
             if e.seq in seen or not vc.checkpoint_seq < e.seq <= high or e.view >= vc.new_view:
                 return False
             seen.add(e.seq)
-        return all(
-            vc.checkpoint_seq < e.seq <= high and e.view < vc.new_view for e in vc.preprepared
-        )
+        # Bounded and duplicate-free: a padded VIEW-CHANGE would make NEW-VIEW too large
+        # to send, and stall every view change.
+        per_slot: dict[int, set[bytes]] = {}
+        for e in vc.preprepared:
+            if not vc.checkpoint_seq < e.seq <= high or e.view >= vc.new_view:
+                return False
+            digests = per_slot.setdefault(e.seq, set())
+            if e.digest in digests or len(digests) >= MAX_Q_ENTRIES:
+                return False
+            digests.add(e.digest)
+        return len(vc.checkpoint_proof) <= self.q.n
 
     def _try_new_view(self) -> None:
         if self.q.primary(self.view) != self.me or not self.in_view_change:
@@ -620,9 +651,15 @@ class PbftInstance:
         vcs = self.view_changes.get(self.view, {})
         if self.me not in vcs:
             return
-        chosen = [vcs[r] for r in sorted(vcs)]
-        decision = decide_new_view(chosen, self.q)
-        if decision is None:
+        # The smallest set that decides (ours first): NEW-VIEW carries every VIEW-CHANGE
+        # in it, so a bigger set only makes it bigger.
+        ordered = [vcs[self.me]] + [vcs[r] for r in sorted(vcs) if r != self.me]
+        for size in range(self.q.view_change, len(ordered) + 1):
+            chosen = ordered[:size]
+            decision = decide_new_view(chosen, self.q)
+            if decision is not None:
+                break
+        else:
             return
         missing = [d for d in decision.slots.values() if d not in self.payloads]
         if missing:
@@ -684,6 +721,9 @@ class PbftInstance:
                 self.out.append(Broadcast(Prepare(self.instance, nv.view, seq, digest)))
             self._check_prepared(seq, nv.view)
         self.next_seq = max(top, self.low, self.last_decided) + 1
+        # Slots pre-prepared in the old view beyond what the new view kept are void: they
+        # must not keep our progress timer running (we would time out alone).
+        self.max_accepted = max(top, self.low, self.last_decided)
         self.out.append(ViewInstalled(nv.view, primary))
         self._arm_progress_timer(restart=True)
         for key in sorted(k for k in self.future_preprepares if k[0] == nv.view):
@@ -746,15 +786,22 @@ class PbftInstance:
             return
         slot = self._slot(msg.seq)
         if slot.committed:
+            # Decided but its payload never came (e.g. lost with a crash): take it now.
+            if msg.digest == slot.committed_digest and msg.digest not in self.payloads:
+                self._store_payload(msg.digest, msg.payload)
+                self._deliver()
             return
-        claimants = slot.claims.setdefault(msg.digest, set())
-        claimants.add(src)
+        slot.claims[src] = msg.digest
         # f+1 replicas claiming the same commit include a correct one.
-        if len(claimants) >= self.q.weak:
+        if _count(slot.claims, msg.digest) >= self.q.weak:
             self.catching_up = True
-            self.payloads[msg.digest] = msg.payload
-            self.out.append(Persist(self._key(b"d", msg.digest), msg.payload, lazy=True))
+            self._store_payload(msg.digest, msg.payload)
             self._mark_committed(msg.seq, slot, msg.digest)
+
+    def _store_payload(self, digest: bytes, payload: bytes) -> None:
+        self.payloads[digest] = payload
+        self.wanted_payloads.discard(digest)
+        self.out.append(Persist(self._key(b"d", digest), payload, lazy=True))
 
     def _ask_for_missing(self) -> None:
         first = self.last_decided + 1
@@ -786,6 +833,8 @@ class PbftInstance:
             if own is not None:
                 self.out.append(Broadcast(own))
         stalled = self.last_decided == self.sync_mark
+        if not stalled:
+            self.poll_interval, self.ticks_to_poll = 1, 0
         if self.pending_stable is not None and (
             stalled or self.pending_stable[0] <= self.last_decided
         ):
@@ -796,10 +845,17 @@ class PbftInstance:
             seq, digest = self.state_target
             self.out.append(NeedState(seq, digest, [c.replica for c in self.stable_proof]))
         elif (stalled and self.max_seen > self.last_decided) or self.catching_up:
-            self.catching_up = False
-            self._ask_for_missing()
-            if stalled:
-                self._resend_votes()
+            if self.ticks_to_poll > 0:
+                self.ticks_to_poll -= 1
+            else:
+                self.catching_up = False
+                self._ask_for_missing()
+                if stalled:
+                    self._resend_votes()
+                    # Fruitless polls space out (a made-up seq costs ever less), but never
+                    # stop: the slot may simply not be decided anywhere yet.
+                    self.ticks_to_poll = self.poll_interval
+                    self.poll_interval = min(2 * self.poll_interval, MAX_POLL_INTERVAL)
         self.sync_mark = self.last_decided
 
     def _note_view(self, src: int, view: int) -> None:

@@ -41,6 +41,8 @@ from phalanx.protocols.pbft.messages import FetchState, StateData
 from phalanx.statemachine.base import StateMachine
 
 MAX_PENDING_REQUESTS = 100_000
+REQUEST_OVERHEAD = 256
+"""Bytes a request adds to a batch besides its op (ids, timestamp, authenticator)."""
 """Requests waiting to be ordered; beyond this new clients are refused (bounded memory)."""
 
 _SNAPSHOT_KEY = b"Rsnap"
@@ -160,14 +162,19 @@ class PbftReplica:
         out: list[Any] = []
         src = -1 if forwarder is None else forwarder
         record = self.clients.get(req.client)
-        if record is not None and req.timestamp <= record.timestamp:
-            if req.timestamp == record.timestamp and client is not None:
+        if record is not None and req.timestamp < record.timestamp:
+            out.append(Dropped("stale_request", src))
+            return out
+        # Authenticated before anything is answered, the cached reply included: otherwise
+        # anyone could read a client's last result by replaying its id and timestamp.
+        reason = self._request_error(req)
+        if reason is None and record is not None and req.timestamp == record.timestamp:
+            if client is not None:
                 # A retransmission: the reply may have been lost.
                 out.append(ToClient(client, self._reply(req.client, req.timestamp, record.result)))
             else:
                 out.append(Dropped("stale_request", src))
             return out
-        reason = self._request_error(req)
         if reason is not None:
             out.append(Dropped(reason, src))
             if client is not None:
@@ -214,9 +221,14 @@ class PbftReplica:
     def _propose(self) -> list[Any]:
         out: list[Any] = []
         while self.unproposed and self.instance.can_propose():
-            batch = []
+            batch: list[Request] = []
+            size = 0
             for client in list(itertools.islice(self.unproposed, self.config.max_batch)):
-                req = self.unproposed.pop(client)
+                req = self.unproposed[client]
+                size += len(req.op) + REQUEST_OVERHEAD
+                if batch and size > self.config.max_batch_bytes:
+                    break  # a pre-prepare must fit in one frame
+                del self.unproposed[client]
                 batch.append(req)
                 self.proposed.add((req.client, req.timestamp))
             payload = encode_batch(batch)
