@@ -6,6 +6,7 @@ outstanding request at a time); :func:`open_client` makes one.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from phalanx.config import ClusterConfig
@@ -87,10 +88,4 @@ async def _wait_for_quorum(
             await transport.close()
             reached = len(transport.connected_replicas)
             raise TimeoutError(f"could reach only {reached} of {n} replicas")
-        await _sleep(0.02)
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
+        await asyncio.sleep(0.02)

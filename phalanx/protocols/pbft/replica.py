@@ -96,7 +96,6 @@ class PbftReplica:
         self.validated: dict[bytes, list[Request]] = {}  # digest -> decoded batch
         self.snapshots: dict[int, Snapshot] = {}  # own checkpoints not yet stable
         self.stable_snapshot: Snapshot | None = None
-        self.state_target: tuple[int, bytes] | None = None
         self.batch_timer_armed = False
         self.batch_timer_expired = False
         self.instance = PbftInstance(
@@ -397,7 +396,6 @@ class PbftReplica:
     def _need_state(self, need: NeedState) -> list[Any]:
         if need.seq <= self.instance.last_decided:
             return []
-        self.state_target = (need.seq, need.digest)
         fetch = FetchState(self.INSTANCE, need.seq)
         holders = [r for r in need.holders if r != self.replica_id]
         if not holders:
@@ -414,7 +412,7 @@ class PbftReplica:
         return [Send(src, data)]
 
     def _on_state_data(self, src: int, msg: StateData) -> list[Any]:
-        target = self.state_target
+        target = self.instance.state_target  # the stable checkpoint we are fetching
         # Never install a snapshot at or below what we executed: that would roll back.
         if target is None or msg.seq < target[0] or msg.seq <= self.instance.last_decided:
             return [Dropped("unwanted_state", src)]
@@ -430,7 +428,6 @@ class PbftReplica:
         ):
             return [Dropped("bad_state", src)]
         self._install_snapshot(snap, app)
-        self.state_target = None
         out: list[Any] = [Persist(_SNAPSHOT_KEY, msgspec.msgpack.encode(snap), lazy=True)]
         out.extend(self.instance.state_transferred(snap.seq, digest, msg.proof))
         if not self.pending:  # the snapshot may have answered everything we waited for
