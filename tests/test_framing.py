@@ -10,12 +10,14 @@ from phalanx.runtime.framing import (
     FRAME_OVERHEAD,
     TO_ACCEPTOR,
     TO_CONNECTOR,
+    BadBundle,
     FrameAuthError,
     FrameDecoder,
     FrameEncoder,
     FrameError,
     FrameTooLarge,
     FrameTruncated,
+    split_bundle,
 )
 
 KEY = b"s" * 32
@@ -171,3 +173,35 @@ def test_key_switch_mid_buffer_applies_to_following_frames() -> None:
     assert bytes(decoder.next_frame()) == b"confirm"
     decoder.set_key(KEY, TO_ACCEPTOR)
     assert drain(decoder) == [b"data"]
+
+
+# -- bundles ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sizes", [[0], [5], [0, 0, 3], [1, 1000, 17, 70_000]])
+def test_a_bundle_round_trips_its_messages_in_order(sizes: list[int]) -> None:
+    rng = random.Random(len(sizes))
+    messages = [rng.randbytes(size) for size in sizes]
+    enc, dec = FrameEncoder(KEY, TO_ACCEPTOR), FrameDecoder(KEY, TO_ACCEPTOR)
+    dec.feed(enc.encode_bundle(messages))
+    frame = dec.next_frame()
+    assert frame is not None
+    assert [bytes(m) for m in split_bundle(frame)] == messages
+
+
+def test_a_bundle_is_tagged_like_one_frame_of_its_bytes() -> None:
+    # encode_bundle_into MACs the parts without joining them: same tag as the joined bytes.
+    messages = [b"alpha", b"", b"gamma" * 100]
+    joined = b"".join(len(m).to_bytes(4, "big") + m for m in messages)
+    assert FrameEncoder(KEY, TO_ACCEPTOR).encode_bundle(messages) == FrameEncoder(
+        KEY, TO_ACCEPTOR
+    ).encode(joined)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"\x00\x00", b"\x00\x00\x00\x05abc", b"\x00\x00\x00\x01a\x00", b"\xff\xff\xff\xffx"],
+)
+def test_a_malformed_bundle_is_rejected(payload: bytes) -> None:
+    with pytest.raises(BadBundle):
+        split_bundle(memoryview(payload))

@@ -127,7 +127,7 @@ def test_up_command_commits_1000_requests_converges_and_stops_on_sigint(tmp_path
     out_path = tmp_path / "up.out"
     with open(out_path, "wb") as out:
         up = subprocess.Popen(
-            [*phalanx_command(), "up", "--n", "4", "--dir", str(directory),
+            [*phalanx_command(), "up", "--n", "4", "--dir", str(directory), "--app", "kv",
              "--base-port", str(base), "--base-http-port", str(base + 4)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
         )
@@ -404,13 +404,14 @@ def test_bad_input_is_dropped_and_counted_and_the_replica_keeps_serving(
     # an oversized length header (the stream cannot be trusted: link closed).
     sock, encoder = _client_session(cluster, target)
     with sock:
-        sock.sendall(encoder.encode(b"\xc1 not msgpack"))
+        sock.sendall(encoder.encode(b"\xc1 not a bundle"))
+        sock.sendall(encoder.encode_bundle([b"\xc1 not msgpack"]))
         sock.sendall(struct.pack(">I", 0xFFFF_FFF0))
         assert _closed_by_peer(sock)
     # And a frame whose MAC is wrong (a tampered or injected frame).
     sock, encoder = _client_session(cluster, target)
     with sock:
-        frame = bytearray(encoder.encode(msgspec.msgpack.encode([1, 2, 3])))
+        frame = bytearray(encoder.encode_bundle([msgspec.msgpack.encode([1, 2, 3])]))
         frame[-1] ^= 0xFF
         sock.sendall(bytes(frame))
         assert _closed_by_peer(sock)
@@ -419,6 +420,7 @@ def test_bad_input_is_dropped_and_counted_and_the_replica_keeps_serving(
         "hs_malformed": 2,  # the garbage and the oversized header before a handshake
         "hs_incomplete": 1,  # the truncated frame (the peer hung up mid-handshake)
         "hs_unknown_replica": 1,
+        "bad_bundle": 1,
         "decode": 1,
         "frame_too_large": 1,
         "bad_mac": 1,

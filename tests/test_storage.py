@@ -53,7 +53,8 @@ def _apply(state: dict[bytes, bytes], records: list[tuple[bytes, bytes | None]])
 
 def _writer_main(path: str, start: int) -> None:
     # A tiny initial map so that the child also grows the map while it may be killed.
-    store = Store(path, map_size=1 << 20)
+    # Small log files too: generations switch (and get applied) while it may be killed.
+    store = Store(path, map_size=1 << 20, wal_bytes=128 << 10)
     i = start
     while True:
         store.write(_batch(i))
@@ -130,19 +131,80 @@ def test_closed_store_refuses_use_and_close_is_idempotent(tmp_path: Path) -> Non
         store.get(b"a")
 
 
-def test_map_grows_when_a_write_does_not_fit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("durable", [False, True])
+def test_map_grows_when_a_write_does_not_fit(tmp_path: Path, durable: bool) -> None:
     path = str(tmp_path / "log")
     big = os.urandom(3 << 20)
-    with Store(path, map_size=64 << 10) as store:
+    # With 1 MiB log files the 6 MiB batch of a durable store goes straight to LMDB.
+    with Store(path, map_size=64 << 10, durable=durable, wal_bytes=1 << 20) as store:
         before = store.map_size
         store.write([(b"small", b"x")])
         store.write([(b"big", big), (b"big2", big)])
         assert store.map_size > before
         assert store.get(b"big") == big
     # Reopening with the small configured size still maps the whole, larger file.
-    with Store(path, map_size=64 << 10) as store:
+    with Store(path, map_size=64 << 10, durable=durable) as store:
         assert store.get(b"big2") == big
         assert store.get(b"small") == b"x"
+
+
+# -- the write-ahead log of durable stores ------------------------------------------------
+
+
+def _abandon(store: Store) -> None:
+    """Drop a store the way a killed process would: no final application of the log."""
+    store._join_applier()  # a thread of a killed process would just stop
+    for file in store._wal:
+        file.close()
+    assert store._env is not None
+    store._env.close()
+    store._env = None
+
+
+def test_logged_batches_survive_generation_switches_and_reopening(tmp_path: Path) -> None:
+    path = str(tmp_path / "log")
+    state: dict[bytes, bytes] = {}
+    store = Store(path, wal_bytes=64 << 10)  # a new generation every few batches
+    for i in range(120):
+        batch = _batch(i)
+        store.write(batch)
+        _apply(state, batch)
+        if i % 17 == 0:
+            assert dict(store.items()) == state
+            assert all(store.get(k) == v for k, v in list(state.items())[-20:])
+    # Not closed: as if the process died; whatever LMDB lacks is replayed from the log.
+    _abandon(store)
+    with Store(path, wal_bytes=64 << 10) as reopened:
+        assert dict(reopened.items()) == state
+        reopened.write([(b"after", b"reopen")])
+    with Store(path, wal_bytes=64 << 10) as again:
+        assert again.get(b"after") == b"reopen"
+        assert len(list(again.items())) == len(state) + 1
+
+
+def test_a_torn_log_entry_is_dropped_whole(tmp_path: Path) -> None:
+    path = str(tmp_path / "log")
+    store = Store(path)
+    store.write([(b"a", b"1")])
+    store.write([(b"b", b"2")])
+    generation, offset = store._generation, store._offset
+    _abandon(store)
+    wal = os.path.join(path, f"wal-{generation % 2}")
+    with open(wal, "r+b") as f:  # the second entry's last payload byte never made it
+        f.seek(offset - 1)
+        last = f.read(1)
+        f.seek(offset - 1)
+        f.write(bytes([last[0] ^ 0xFF]))
+    with Store(path) as reopened:
+        assert list(reopened.items()) == [(b"a", b"1")]
+
+
+def test_the_store_key_of_the_log_is_reserved(tmp_path: Path) -> None:
+    with Store(str(tmp_path / "log")) as store:
+        store.write([(b"a", b"1")])
+        with pytest.raises(ValueError, match="reserved"):
+            store.write([(b"\xffphalanx/wal-applied", b"x")])
+        assert list(store.items()) == [(b"a", b"1")]
 
 
 # -- crash safety --------------------------------------------------------------------------

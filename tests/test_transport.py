@@ -24,6 +24,9 @@ from phalanx.runtime.client import ClientMux, ClientRunner, ClientTransport, Req
 from phalanx.runtime.framing import TO_ACCEPTOR, FrameEncoder
 from phalanx.runtime.metrics import Metrics
 from phalanx.runtime.transport import (
+    PROTOCOL_VERSION as PV,
+)
+from phalanx.runtime.transport import (
     Accept,
     Confirm,
     Hello,
@@ -163,7 +166,7 @@ def test_messages_sent_before_the_link_is_up_are_delivered_in_order() -> None:
     run(main())
 
 
-def test_sends_in_one_loop_iteration_are_coalesced_into_one_write() -> None:
+def test_sends_in_one_loop_iteration_are_bundled_into_one_frame_and_one_write() -> None:
     async def main() -> None:
         async with Cluster() as c:
             m = c.metrics[0]
@@ -171,7 +174,8 @@ def test_sends_in_one_loop_iteration_are_coalesced_into_one_write() -> None:
             for seq in range(50):
                 c[0].send(1, encode(prepare(seq)))
             await until(lambda: len(c.inbox[1]) == 50)
-            assert m.get("frames_out") - frames == 50
+            assert [msg.seq for _, msg in c.inbox[1]] == list(range(50))  # in order
+            assert m.get("frames_out") - frames == 1
             assert m.get("writes_out") - writes == 1
 
     run(main())
@@ -200,7 +204,7 @@ async def handshake_as_client(
     """A hand-rolled client handshake: returns the stream and its session key."""
     reader, writer = await asyncio.open_connection(HOST, port)
     nonce_c = os.urandom(32)
-    hello = msgspec.msgpack.encode(Hello(1, "client", -1, keypair.public_key, target, nonce_c))
+    hello = msgspec.msgpack.encode(Hello(PV, "client", -1, keypair.public_key, target, nonce_c))
     writer.write(FrameEncoder().encode(hello))
     accept = msgspec.msgpack.decode(await read_frame(reader), type=Accept)
     k = pairwise_key(keypair, replica_pk)
@@ -237,7 +241,7 @@ def test_hello_for_unknown_replica_id_is_dropped_and_counted(claimed: int) -> No
     async def main() -> None:
         async with Cluster() as c:
             reader, writer = await asyncio.open_connection(HOST, c.ports[0])
-            hello = Hello(1, "replica", claimed, b"", 0, os.urandom(32))
+            hello = Hello(PV, "replica", claimed, b"", 0, os.urandom(32))
             writer.write(FrameEncoder().encode(msgspec.msgpack.encode(hello)))
             assert await closed_by_peer(reader)
             writer.close()
@@ -252,7 +256,7 @@ def test_impostor_without_the_replica_key_fails_the_handshake() -> None:
         async with Cluster() as c:
             reader, writer = await asyncio.open_connection(HOST, c.ports[0])
             nonce_c = os.urandom(32)
-            hello = msgspec.msgpack.encode(Hello(1, "replica", 1, b"", 0, nonce_c))
+            hello = msgspec.msgpack.encode(Hello(PV, "replica", 1, b"", 0, nonce_c))
             writer.write(FrameEncoder().encode(hello))
             accept = msgspec.msgpack.decode(await read_frame(reader), type=Accept)
             # The impostor knows everything but replica 1's private key.
@@ -276,10 +280,10 @@ def test_replica_handshake_cannot_be_spliced_onto_a_client_claim() -> None:
         async with Cluster() as c:
             reader, writer = await asyncio.open_connection(HOST, c.ports[0])
             nonce_c = os.urandom(32)
-            claim = msgspec.msgpack.encode(Hello(1, "client", -1, c.public_keys[1], 0, nonce_c))
+            claim = msgspec.msgpack.encode(Hello(PV, "client", -1, c.public_keys[1], 0, nonce_c))
             writer.write(FrameEncoder().encode(claim))
             accept = msgspec.msgpack.decode(await read_frame(reader), type=Accept)
-            honest = msgspec.msgpack.encode(Hello(1, "replica", 1, b"", 0, nonce_c))
+            honest = msgspec.msgpack.encode(Hello(PV, "replica", 1, b"", 0, nonce_c))
             k = pairwise_key(c.keys[1], c.public_keys[0])
             relayed = Confirm(confirm_tag(k, hello_digest(honest), accept.nonce))
             writer.write(FrameEncoder().encode(msgspec.msgpack.encode(relayed)))
@@ -295,7 +299,7 @@ def test_invalid_client_key_is_rejected_at_hello() -> None:
     async def main() -> None:
         async with Cluster() as c:
             reader, writer = await asyncio.open_connection(HOST, c.ports[0])
-            hello = Hello(1, "client", -1, b"\x00" * 32, 0, os.urandom(32))
+            hello = Hello(PV, "client", -1, b"\x00" * 32, 0, os.urandom(32))
             writer.write(FrameEncoder().encode(msgspec.msgpack.encode(hello)))
             assert await closed_by_peer(reader)
             writer.close()
@@ -310,9 +314,9 @@ def test_frame_macd_with_a_wrong_key_closes_only_that_link() -> None:
             client = KeyPair.generate()
             reader, writer, key = await handshake_as_client(c.ports[0], client, 0, c.public_keys[0])
             good = FrameEncoder(key, TO_ACCEPTOR)
-            writer.write(good.encode(encode(prepare(5))))
+            writer.write(good.encode_bundle([encode(prepare(5))]))
             await until(lambda: (client.public_key, prepare(5)) in c.inbox[0])
-            writer.write(FrameEncoder(b"w" * 32, TO_ACCEPTOR).encode(encode(prepare(6))))
+            writer.write(FrameEncoder(b"w" * 32, TO_ACCEPTOR).encode_bundle([encode(prepare(6))]))
             assert await closed_by_peer(reader)
             writer.close()
             await until(lambda: c.metrics[0].get("dropped_bad_mac") == 1)
@@ -341,7 +345,7 @@ def test_truncated_frame_then_eof_is_counted() -> None:
         async with Cluster() as c:
             client = KeyPair.generate()
             _, writer, key = await handshake_as_client(c.ports[0], client, 0, c.public_keys[0])
-            frame = FrameEncoder(key, TO_ACCEPTOR).encode(encode(prepare(1)))
+            frame = FrameEncoder(key, TO_ACCEPTOR).encode_bundle([encode(prepare(1))])
             writer.write(frame[:-5])
             await writer.drain()
             await asyncio.sleep(0.05)
@@ -360,6 +364,25 @@ def test_undecodable_payload_is_dropped_but_the_link_survives() -> None:
             await until(lambda: (1, prepare(7)) in c.inbox[0])
             assert c.metrics[0].get("dropped_decode") == 2
             assert c.metrics[1].get("connections_closed") == 0
+
+    run(main())
+
+
+def test_malformed_bundle_is_dropped_but_the_link_survives() -> None:
+    async def main() -> None:
+        async with Cluster() as c:
+            client = KeyPair.generate()
+            _, writer, key = await handshake_as_client(c.ports[0], client, 0, c.public_keys[0])
+            encoder = FrameEncoder(key, TO_ACCEPTOR)
+            # Authentic frames whose inner lengths do not add up: a faulty sender.
+            writer.write(encoder.encode(b"\x00\x00\x10\x00 too short"))
+            writer.write(encoder.encode(encode(prepare(3)) + b"\x01"))
+            writer.write(encoder.encode_bundle([encode(prepare(4)), encode(prepare(5))]))
+            await until(lambda: (client.public_key, prepare(5)) in c.inbox[0])
+            assert c.metrics[0].get("dropped_bad_bundle") == 2
+            assert (client.public_key, prepare(4)) in c.inbox[0]
+            assert not any(m == prepare(3) for _, m in c.inbox[0])
+            writer.close()
 
     run(main())
 

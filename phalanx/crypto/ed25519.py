@@ -7,7 +7,7 @@ from nacl.signing import VerifyKey
 
 from phalanx.core.messages import Request
 from phalanx.crypto.keys import KeyPair, PairwiseKeys, pairwise_key, validate_public_key
-from phalanx.crypto.mac import mac, mac_ok
+from phalanx.crypto.mac import MacKey
 
 CLIENT_KEY_CACHE_SIZE = 65_536
 
@@ -39,7 +39,7 @@ class Ed25519NodeCrypto:
         self._keypair = keypair
         # Built once: VerifyKey construction and its checks are not free on the hot path.
         self._verify_keys = [VerifyKey(pk) for pk in replica_public_keys]
-        self._client_keys = PairwiseKeys(keypair, client_key_cache_size)
+        self._client_keys = PairwiseKeys(keypair, client_key_cache_size, MacKey)
 
     def sign(self, data: bytes) -> bytes:
         """This replica's 64-byte Ed25519 signature over ``data``."""
@@ -64,8 +64,9 @@ class Ed25519NodeCrypto:
             auth = request.auth
             if len(auth) <= self.replica_id:
                 return False
-            key = self._client_keys.get(request.client)
-            return mac_ok(key, request.digest(), auth[self.replica_id])
+            return self._client_keys.get(request.client).mac_ok(
+                request.digest(), auth[self.replica_id]
+            )
         except Exception:
             # Garbage client key (ValueError), a timestamp that does not fit the digest's
             # 8 bytes (OverflowError), wrong field types: all are a bad authenticator.
@@ -80,7 +81,7 @@ class Ed25519ClientCrypto:
 
     def __init__(self, keypair: KeyPair, replica_public_keys: list[bytes]) -> None:
         self._keypair = keypair
-        self._pairwise = [pairwise_key(keypair, pk) for pk in replica_public_keys]
+        self._pairwise = [MacKey(pairwise_key(keypair, pk)) for pk in replica_public_keys]
 
     @property
     def public_key(self) -> bytes:
@@ -89,4 +90,4 @@ class Ed25519ClientCrypto:
 
     def authenticate(self, request_digest: bytes) -> list[bytes]:
         """Entry ``j`` is the MAC of ``request_digest`` for replica ``j``."""
-        return [mac(key, request_digest) for key in self._pairwise]
+        return [key.mac(request_digest) for key in self._pairwise]

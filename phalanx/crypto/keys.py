@@ -13,7 +13,9 @@ import logging
 import os
 import stat
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import nacl.bindings
 import nacl.exceptions
@@ -145,29 +147,45 @@ def pairwise_key(my_keypair: KeyPair, their_public_key: bytes) -> bytes:
     return hashlib.sha256(PAIRWISE_CONTEXT + shared).digest()
 
 
-class PairwiseKeys:
+K = TypeVar("K")
+
+
+def _raw(key: bytes) -> bytes:
+    return key
+
+
+class PairwiseKeys(Generic[K]):
     """A bounded LRU cache of :func:`pairwise_key` for one local key pair.
 
     A Diffie-Hellman costs tens of microseconds; a replica meets the same clients again
     and again, so it computes each client's key once. The bound keeps a flood of fresh
-    client ids from growing memory without limit.
+    client ids from growing memory without limit. ``prepare`` turns the raw key into
+    what the caller uses (e.g. a :class:`~phalanx.crypto.mac.MacKey`), once per client.
     """
 
-    __slots__ = ("_cache", "_keypair", "capacity")
+    __slots__ = ("_cache", "_keypair", "_prepare", "capacity")
 
-    def __init__(self, keypair: KeyPair, capacity: int = 65_536) -> None:
+    def __init__(
+        self,
+        keypair: KeyPair,
+        capacity: int = 65_536,
+        prepare: Callable[[bytes], K] = _raw,  # type: ignore[assignment]
+    ) -> None:
         self._keypair = keypair
         self.capacity = capacity
-        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._prepare = prepare
+        self._cache: OrderedDict[bytes, K] = OrderedDict()
 
-    def get(self, their_public_key: bytes) -> bytes:
-        """The pairwise key with ``their_public_key``; ValueError if that key is invalid."""
+    def get(self, their_public_key: bytes) -> K:
+        """The (prepared) pairwise key with ``their_public_key``; ValueError if that key
+        is invalid."""
         cache = self._cache
         key = cache.get(their_public_key)
         if key is not None:
             cache.move_to_end(their_public_key)
             return key
-        key = pairwise_key(self._keypair, their_public_key)  # raises on garbage: not cached
+        # Raises on garbage: nothing is cached then.
+        key = self._prepare(pairwise_key(self._keypair, their_public_key))
         cache[their_public_key] = key
         if len(cache) > self.capacity:
             cache.popitem(last=False)

@@ -46,27 +46,37 @@ import random
 import socket
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter_ns
 from typing import Any, Literal, cast
 
 import msgspec
 
 from phalanx.crypto.keys import KeyPair, PairwiseKeys, pairwise_key
 from phalanx.crypto.mac import mac
+from phalanx.runtime.accounting import Accounting
 from phalanx.runtime.framing import (
     DEFAULT_MAX_FRAME,
     FRAME_OVERHEAD,
     HANDSHAKE_MAX_FRAME,
+    LENGTH_SIZE,
     TO_ACCEPTOR,
     TO_CONNECTOR,
+    BadBundle,
     FrameDecoder,
     FrameEncoder,
     FrameError,
+    split_bundle,
 )
 from phalanx.runtime.metrics import Metrics
+from phalanx.runtime.wan import Shaper
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
+BUNDLE_BYTES = 1 << 20
+"""Most message bytes bundled in one frame: a frame is MAC'd and parsed whole, so a huge
+one would make the receiver buffer it all before handing out its first message."""
+
+PROTOCOL_VERSION = 2  # 2: frames carry bundles of messages
 NONCE_SIZE = 32
 HANDSHAKE_TIMEOUT = 5.0
 MAX_PENDING_HANDSHAKES = 1024
@@ -269,6 +279,10 @@ class Link(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         owner = self.owner
         metrics = owner.metrics
+        acct = owner.accounting
+        if acct is not None:
+            io_start = perf_counter_ns()
+            nested = acct.nested_ns
         metrics.inc("bytes_in", len(data))
         decoder = self._decoder
         decoder.feed(data)
@@ -280,7 +294,15 @@ class Link(asyncio.Protocol):
                     break
                 if self.state is _OPEN:
                     frames += 1
-                    owner.link_payload(self, frame)
+                    try:
+                        messages = split_bundle(frame)
+                    except BadBundle as e:
+                        # Authenticated, so the peer itself is faulty: drop its frame.
+                        metrics.inc("dropped_bad_bundle")
+                        log.debug("bad bundle from %r: %s", self.peer, e)
+                        continue
+                    for message in messages:
+                        owner.link_payload(self, message)
                 elif self.state is _CLOSED:
                     break
                 else:
@@ -292,6 +314,9 @@ class Link(asyncio.Protocol):
         finally:
             if frames:
                 metrics.inc("frames_in", frames)
+            if acct is not None:
+                # Socket, framing, MAC and decoding work; handlers run nested are not ours.
+                acct.io_ns += perf_counter_ns() - io_start - (acct.nested_ns - nested)
 
     def pause_writing(self) -> None:
         # The peer reads slower than we write: keep further payloads in our bounded queue.
@@ -339,17 +364,32 @@ class Link(asyncio.Protocol):
         items = self.queue.take_all()
         if not items:
             return
+        acct = self.owner.accounting
+        io_start = perf_counter_ns() if acct is not None else 0
         encoder = self._encoder
         parts: list[bytes] = []
+        # Everything queued this turn goes in as few frames as the bundle bound allows.
+        bundle: list[bytes] = []
+        size = 0
+        frames = 1
         for payload in items:
-            encoder.encode_into(payload, parts)
+            if bundle and size + len(payload) > BUNDLE_BYTES:
+                encoder.encode_bundle_into(bundle, parts)
+                frames += 1
+                bundle, size = [], 0
+            bundle.append(payload)
+            size += len(payload) + LENGTH_SIZE
+        encoder.encode_bundle_into(bundle, parts)
         data = b"".join(parts)
         assert self.transport is not None
         self.transport.write(data)
         metrics = self.owner.metrics
-        metrics.inc("writes_out")  # frames_out / writes_out = how well writes coalesce
-        metrics.inc("frames_out", len(items))
+        metrics.inc("writes_out")
+        metrics.inc("frames_out", frames)
+        metrics.inc("msgs_out", len(items))  # msgs_out / frames_out = how well sends bundle
         metrics.inc("bytes_out", len(data))
+        if acct is not None:
+            acct.io_ns += perf_counter_ns() - io_start
 
     def close(self) -> None:
         """Close the connection (queued payloads already handed to the OS still go out)."""
@@ -368,7 +408,8 @@ class Link(asyncio.Protocol):
                 self._on_accept(_accept_decoder.decode(frame))
             elif state is _AWAIT_CONFIRM:
                 self._on_confirm(_confirm_decoder.decode(frame))
-        except msgspec.DecodeError as e:
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:
+            # Invalid UTF-8 in a str field (Hello.role) raises UnicodeDecodeError.
             raise HandshakeError("malformed", f"{state}: {e}") from None
 
     def _on_hello(self, hello: Hello) -> None:
@@ -544,6 +585,10 @@ class Endpoint:
         self.closing = False
         self.pending_handshakes = 0
         self.max_pending_handshakes = max_pending_handshakes
+        # Per-type bytes and transport time (runtime/accounting.py), if the owner wants them.
+        self.accounting: Accounting | None = None
+        # WAN emulation (runtime/wan.py): link delays and a bandwidth cap, if any.
+        self.shaper: Shaper | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -609,6 +654,15 @@ class Endpoint:
             # that no payload can raise out of the transport.)
             self.metrics.inc("dropped_decode")
             return
+        if self.accounting is not None:
+            self.accounting.received(type(msg), len(payload))
+        shaper = self.shaper
+        if shaper is not None and shaper.in_delays:
+            shaper.receive(link.peer, self._deliver_safely, link, msg)
+        else:
+            self._deliver_safely(link, msg)
+
+    def _deliver_safely(self, link: Link, msg: Any) -> None:
         try:
             self.deliver(link, msg)
         except Exception:
@@ -627,19 +681,26 @@ class Endpoint:
         if dialer is None:
             self.metrics.inc("dropped_unknown_dest")
             return
-        if len(data) > self.max_frame:
+        if len(data) > self.max_frame - LENGTH_SIZE:
             # The receiver would reject it and drop the link; refuse it here instead.
             self.metrics.inc("dropped_oversize_send")
             return
-        dialer.send(data)
+        if self.shaper is not None:
+            self.shaper.send(dest, len(data), dialer.send, data)
+        else:
+            dialer.send(data)
 
     def broadcast(self, data: bytes) -> None:
         """Send one encoded message to every replica we dial (encoded once by the caller)."""
-        if len(data) > self.max_frame:
+        if len(data) > self.max_frame - LENGTH_SIZE:
             self.metrics.inc("dropped_oversize_send")
             return
-        for dialer in self.dialers.values():
-            dialer.send(data)
+        shaper = self.shaper
+        for dest, dialer in self.dialers.items():
+            if shaper is not None:
+                shaper.send(dest, len(data), dialer.send, data)
+            else:
+                dialer.send(data)
 
     @property
     def connected_replicas(self) -> set[int]:
@@ -659,6 +720,8 @@ class Endpoint:
     async def close(self) -> None:
         """Stop dialing and close every link."""
         self.closing = True
+        if self.shaper is not None:
+            self.shaper.close()  # drop what the WAN delay lines still hold
         for dialer in self.dialers.values():
             await dialer.close()
         for link in list(self.links):
@@ -780,11 +843,18 @@ class Transport(Endpoint):
 
     def send_client(self, client: bytes, data: bytes) -> None:
         """Send to a connected client; counted as ``dropped_client_gone`` if it is not."""
+        if self.shaper is not None:
+            # Paced by the bandwidth cap here; the client adds the link's delay on arrival.
+            self.shaper.send(client, len(data), self._send_client_now, client, data)
+        else:
+            self._send_client_now(client, data)
+
+    def _send_client_now(self, client: bytes, data: bytes) -> None:
         link = self._clients.get(client)
         if link is None:
             self.metrics.inc("dropped_client_gone")
             return
-        if len(data) > self.max_frame:
+        if len(data) > self.max_frame - LENGTH_SIZE:
             self.metrics.inc("dropped_oversize_send")
             return
         link.send(data)

@@ -146,6 +146,8 @@ class PbftInstance:
         self.config = config
         self.validate = validate
         self.window = 1 if config.single_shot else config.window
+        # 2f+1, or one less with the planted bug switched on (fuzzer self-test).
+        self.commit_quorum = quorums.commit - (config.planted_bug == "commit_quorum")
 
         self.view = 0
         self.in_view_change = False
@@ -174,6 +176,10 @@ class PbftInstance:
         # Set when catch-up made progress: poll again until a round brings nothing new,
         # so a replica back from a crash converges even if the cluster goes idle.
         self.catching_up = False
+        # Last seq of the latest FetchCommitted: once everything up to it is decided and
+        # the replica is still behind, the next range is asked for at once (a replica
+        # that waited for the sync tick would fall further behind a busy cluster).
+        self.fetch_until = 0
         self.sync_ticks = 0
         self.poll_interval = 1  # sync ticks between polls while they bring nothing
         self.ticks_to_poll = 0
@@ -238,6 +244,8 @@ class PbftInstance:
 
     def set_waiting(self, waiting: bool) -> list[Any]:
         """The host has (or no longer has) requests it expects this instance to order."""
+        if waiting == self.waiting:
+            return []  # nothing changed since the last input's _finish: same timers
         self.waiting = waiting
         return self._finish()
 
@@ -295,6 +303,8 @@ class PbftInstance:
         if seq > self.low:
             self._make_stable(seq, digest, proof)
         self._deliver()
+        if self.max_seen > self.last_decided:
+            self._ask_for_missing()  # the slots decided since that checkpoint, now
         return self._finish()
 
     # -- admission: the one place where illegal inputs are rejected -------------------
@@ -335,7 +345,7 @@ class PbftInstance:
         if slot.pp_view == pp.view:
             self._drop("equivocation" if slot.digest != pp.digest else "duplicate", src)
             return
-        if sha256(pp.payload) != pp.digest:
+        if sha256(pp.payload) != pp.digest and self.config.planted_bug != "preprepare_digest":
             self._drop("bad_digest", src)
             return
         if not self.validate(pp.payload):
@@ -447,7 +457,7 @@ class PbftInstance:
         slot = self.slots.get(seq)
         if slot is None or slot.committed or slot.prepared_view != view:
             return
-        if _count(slot.commit_votes.get(view, {}), slot.digest) < self.q.commit:
+        if _count(slot.commit_votes.get(view, {}), slot.digest) < self.commit_quorum:
             return
         self._mark_committed(seq, slot, slot.digest)
 
@@ -486,15 +496,19 @@ class PbftInstance:
         self._record_checkpoint(cp)
 
     def _checkpoint_valid(self, cp: Checkpoint) -> bool:
-        return 0 <= cp.replica < self.q.n and self.crypto.verify(
-            cp.replica, cp.signed_bytes(), cp.sig
+        return 0 <= cp.replica < self.q.n and (
+            self.crypto.verify(cp.replica, cp.signed_bytes(), cp.sig)
+            or self.config.planted_bug == "checkpoint_signature"
         )
 
     def _record_checkpoint(self, cp: Checkpoint) -> None:
         mine = self.checkpoints.setdefault(cp.replica, {})
         mine[cp.seq] = cp
         while len(mine) > CHECKPOINTS_PER_REPLICA:
-            del mine[min(mine)]
+            # Evict first what no other replica vouches for: a Byzantine replica's made-up
+            # far-future checkpoints must not push out its real one that a lagging
+            # replica needs for a 2f+1 proof (found by the fuzzer, seed 105200).
+            del mine[min(mine, key=lambda s: (self._vouched(cp.replica, mine[s]), s))]
         proof = [
             c
             for by_seq in self.checkpoints.values()
@@ -507,6 +521,14 @@ class PbftInstance:
             self._make_stable(cp.seq, cp.state_digest, proof)
         elif self.pending_stable is None or self.pending_stable[0] < cp.seq:
             self.pending_stable = (cp.seq, cp.state_digest, proof)
+
+    def _vouched(self, sender: int, cp: Checkpoint) -> bool:
+        """Does another replica hold a checkpoint with the same seq and digest?"""
+        return any(
+            r != sender and (c := by_seq.get(cp.seq)) is not None
+            and c.state_digest == cp.state_digest
+            for r, by_seq in self.checkpoints.items()
+        )
 
     def _make_stable(self, seq: int, digest: bytes, proof: list[Checkpoint]) -> None:
         if self.pending_stable is not None and self.pending_stable[0] <= seq:
@@ -621,7 +643,10 @@ class PbftInstance:
     def _view_change_valid(self, vc: ViewChange) -> bool:
         if not 0 <= vc.replica < self.q.n:
             return False
-        if not self.crypto.verify(vc.replica, vc.signed_bytes(), vc.sig):
+        if (
+            not self.crypto.verify(vc.replica, vc.signed_bytes(), vc.sig)
+            and self.config.planted_bug != "view_change_proof"
+        ):
             return False
         if not self.checkpoint_proof_valid(
             vc.checkpoint_seq, vc.checkpoint_digest, vc.checkpoint_proof
@@ -797,6 +822,8 @@ class PbftInstance:
             self.catching_up = True
             self._store_payload(msg.digest, msg.payload)
             self._mark_committed(msg.seq, slot, msg.digest)
+            if self.last_decided >= self.fetch_until and self.max_seen > self.last_decided:
+                self._ask_for_missing()  # the range is in: pipeline the next one
 
     def _store_payload(self, digest: bytes, payload: bytes) -> None:
         self.payloads[digest] = payload
@@ -805,7 +832,8 @@ class PbftInstance:
 
     def _ask_for_missing(self) -> None:
         first = self.last_decided + 1
-        self.out.append(Broadcast(FetchCommitted(self.instance, first, first + MAX_FETCH - 1)))
+        self.fetch_until = first + MAX_FETCH - 1
+        self.out.append(Broadcast(FetchCommitted(self.instance, first, self.fetch_until)))
         self.sync_mark = self.last_decided
 
     def _arm_sync_timer(self) -> None:
