@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+PLANTED_BUGS = (
+    "preprepare_digest",
+    "checkpoint_signature",
+    "request_authenticator",
+    "view_change_proof",
+    "commit_quorum",
+)
+"""Deliberate bugs for the fuzzer's self-test (``tests/test_fuzz.py``): a pre-prepare
+accepted without checking its digest; CHECKPOINT signatures not verified; client
+authenticators not verified; VIEW-CHANGE signatures (NEW-VIEW's proof) not verified; a
+commit quorum one too small."""
+
 MAX_BATCH_BYTES = 8 << 20
 """Upper bound of max_batch_bytes: half the transport's frame limit leaves room for the
 encoding and for catch-up messages that carry a payload."""
@@ -35,8 +47,12 @@ class PbftConfig:
     state_root_every_batch: bool = False
     """Report the state root with every executed batch (simulator checkers); otherwise
     only at checkpoints, where it is needed anyway."""
+    planted_bug: str | None = None
+    """Testing only: switch on one of :data:`PLANTED_BUGS` (never in a real cluster)."""
 
     def __post_init__(self) -> None:
+        if self.planted_bug is not None and self.planted_bug not in PLANTED_BUGS:
+            raise ValueError(f"unknown planted bug {self.planted_bug!r}; known: {PLANTED_BUGS}")
         if self.checkpoint_interval < 1 or self.window < 2 * self.checkpoint_interval:
             raise ValueError("need checkpoint_interval >= 1 and window >= 2 * checkpoint_interval")
         if self.max_batch < 1 or self.max_inflight < 1 or self.view_change_timeout <= 0:

@@ -71,6 +71,10 @@ class Checker:
     def on_executed(self, replica: int, incarnation: int, executed: Executed) -> None:
         """Correct replica ``replica`` (in its ``incarnation``-th life) executed a slot."""
 
+    def on_dropped(self, replica: int, reason: str) -> None:
+        """Correct replica ``replica`` reported ``Dropped(reason)`` (protocols report
+        internal alarms this way, e.g. a stable checkpoint that contradicts their own)."""
+
     def violation(self, detail: str) -> SafetyViolation:
         context = self._context
         seed = context.seed if context is not None else None

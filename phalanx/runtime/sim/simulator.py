@@ -69,6 +69,9 @@ _KIND_NAMES = (
     "start", "deliver", "timer", "submit", "crash", "restart", "partition", "heal", "call",
 )
 
+TWIN_BASE = 1 << 20
+"""Endpoint of the twin of replica ``r``: ``TWIN_BASE + r`` (see :meth:`Simulation.add_twin`)."""
+
 
 class SimulationError(Exception):
     """A core or a behaviour raised; the message names the seed, time and event."""
@@ -176,6 +179,7 @@ class _Replica:
     log: dict[tuple[int, int], Executed] = field(default_factory=dict)
     executions: int = 0
     behaviour: Behaviour | None = None
+    endpoint: int = -1  # the replica id, or TWIN_BASE + id for a twin
 
 
 @dataclass(slots=True)
@@ -243,13 +247,21 @@ class Simulation:
         self.counters: Counter[str] = Counter()
         self.events_processed = 0
         self.trace: list[str] | None = [] if record_trace else None
+        # CPU and bandwidth as queued resources (sim/resources.py); None: free and instant.
+        self.resources: Any = None
         self._trace_hash = hashlib.sha256()
         self._queue: list[tuple[Any, ...]] = []
         self._sequence = 0
         self._timer_generation = 0
         self._partition_ids = 0
         self._byzantine: dict[int, Behaviour] = {}
-        self._stats: list[NodeStats] = [NodeStats() for _ in range(n)]
+        self._twins: dict[int, _Replica] = {}  # twin endpoint -> the second instance
+        self._stats: dict[int, NodeStats] = {e: NodeStats() for e in range(n)}
+        # Checkers that want Dropped observations (protocol alarms such as a detected
+        # state divergence); empty for the default checkers, so drops stay cheap.
+        self._drop_checkers = [
+            c for c in self.checkers if type(c).on_dropped is not Checker.on_dropped
+        ]
         self._clients: list[_Client] = []
         self._client_endpoint: dict[bytes, int] = {}
         self._submitted: dict[bytes, dict[int, float]] = {}
@@ -257,7 +269,7 @@ class Simulation:
         for replica_id in range(n):
             crypto = self._oracle.node_crypto(replica_id)
             core = make_replica(replica_id, crypto)
-            self._replicas.append(_Replica(replica_id, crypto, core))
+            self._replicas.append(_Replica(replica_id, crypto, core, endpoint=replica_id))
             self._push(0.0, _START, replica_id)
 
     # -- scheduling API ---------------------------------------------------------------
@@ -292,7 +304,7 @@ class Simulation:
             )
             self._clients.append(client)
             self._client_endpoint[client.client_id] = endpoint
-            self._stats.append(NodeStats())
+            self._stats[endpoint] = NodeStats()
             if requests_per_client:
                 self._push(at, _SUBMIT, index)
             ids.append(client.client_id)
@@ -343,6 +355,34 @@ class Simulation:
         self._byzantine[replica] = behaviour
         self._replicas[replica].behaviour = behaviour
 
+    def add_twin(self, replica: int, behaviour: Behaviour | None = None) -> int:
+        """Run a second instance of Byzantine ``replica`` (Twins): same id, same keys,
+        its own core and durable store, at endpoint ``TWIN_BASE + replica``. Messages to
+        ``replica`` reach both instances; messages from either come from ``replica``.
+        Put the two in different :meth:`partition` groups (name the twin by the returned
+        endpoint) and each leads its own part of the network. Twins do not crash."""
+        self._check_replica(replica)
+        if replica not in self._byzantine:
+            raise ValueError(f"replica {replica} must be Byzantine (set_byzantine) to have a twin")
+        if self.events_processed:
+            raise RuntimeError("add_twin must be called before the simulation runs")
+        endpoint = TWIN_BASE + replica
+        if endpoint in self._twins:
+            raise ValueError(f"replica {replica} already has a twin")
+        original = self._replicas[replica]
+        core = self._make_replica(replica, original.crypto)
+        self._twins[endpoint] = _Replica(
+            replica, original.crypto, core, behaviour=behaviour, endpoint=endpoint
+        )
+        self._stats[endpoint] = NodeStats()
+        self._push(0.0, _START, endpoint)
+        return endpoint
+
+    def twin(self, replica: int) -> ReplicaCore | None:
+        """The core of ``replica``'s twin (None if it has none)."""
+        twin = self._twins.get(TWIN_BASE + replica)
+        return None if twin is None else twin.core
+
     def byzantine_crypto(self, replica: int) -> SymbolicNodeCrypto:
         """Crypto of Byzantine ``replica`` that can sign as any Byzantine replica (its
         colluders) and as no correct one."""
@@ -355,7 +395,10 @@ class Simulation:
         and its filter (e.g. from a behaviour's hook)."""
         if src not in self._byzantine:
             raise PermissionError(f"only Byzantine replicas inject messages, not {src}")
-        self._transmit(src, self._endpoint(dest), msg, None)
+        endpoint = self._endpoint(dest)
+        self._transmit(src, endpoint, msg, None)
+        if endpoint < self.n and TWIN_BASE + endpoint in self._twins:
+            self._transmit(src, TWIN_BASE + endpoint, msg, None)
 
     # -- running ------------------------------------------------------------------
 
@@ -551,13 +594,23 @@ class Simulation:
             if endpoint is None:
                 raise ValueError(f"unknown client {node.hex()[:16]}")
             return endpoint
+        if node in self._twins:
+            return node
         self._check_replica(node)
         return node
 
     def _node_id(self, endpoint: int) -> NodeId:
         if endpoint < self.n:
             return endpoint
+        if endpoint >= TWIN_BASE:
+            return endpoint - TWIN_BASE
         return self._clients[endpoint - self.n].client_id
+
+    def _replica_at(self, endpoint: int) -> _Replica | None:
+        """The replica instance at ``endpoint`` (a twin too), None for a client."""
+        if endpoint < self.n:
+            return self._replicas[endpoint]
+        return self._twins.get(endpoint)
 
     def _record(self, line: str, wire: bytes | None = None) -> None:
         entry = f"{self.now!r} {line}\n".encode()
@@ -577,7 +630,8 @@ class Simulation:
             self._submit(self._clients[a])
         elif kind == _START:
             self._record(f"start {a}")
-            replica = self._replicas[a]
+            replica = self._replica_at(a)
+            assert replica is not None
             replica.alive = True
             assert replica.core is not None
             self._apply_replica(replica, replica.core.start())
@@ -598,6 +652,12 @@ class Simulation:
             raise AssertionError(f"unknown event kind {kind}")
 
     def _deliver(self, src: int, dst: int, payload: Any, incarnation: int) -> None:
+        resources = self.resources
+        if resources is not None and resources.defer(self, src, dst, payload, incarnation):
+            # The node's CPU is busy: delivered once it is free. Deferring comes before
+            # the loss checks, so a message released from the inbox and then lost still
+            # releases the next one; decoding comes after, so it happens once.
+            return
         decoder = self._decoder
         wire = payload if decoder is not None else None
         if not self.network.connected(src, dst):
@@ -606,39 +666,41 @@ class Simulation:
             self.network.counters["net.partitioned_in_flight"] += 1
             return
         n = self.n
-        if dst < n:
-            replica = self._replicas[dst]
-            if not replica.alive or replica.incarnation != incarnation:
-                self._record(f"lost {src}->{dst} (crashed)", wire)
-                self.counters["sim.to_crashed"] += 1
-                return
+        replica = self._replica_at(dst)
+        if replica is not None and (not replica.alive or replica.incarnation != incarnation):
+            self._record(f"lost {src}->{dst} (crashed)", wire)
+            self.counters["sim.to_crashed"] += 1
+            return
         msg = decoder.decode(payload) if decoder is not None else payload
         self._record(f"deliver {src}->{dst} {type(msg).__name__}", wire)
         stats = self._stats[dst]
         stats.msgs_recv += 1
         if wire is not None:
             stats.bytes_recv += len(wire)
-        if dst < n:
-            replica = self._replicas[dst]
+        source = self._node_id(src)
+        if replica is not None:
             core = replica.core
             assert core is not None
-            source = self._node_id(src)
             behaviour = replica.behaviour
             if behaviour is not None and behaviour.on_deliver(self, source, msg) is False:
                 return
-            if src < n:
-                self._apply_replica(replica, core.on_message(src, msg))
+            if resources is not None:
+                resources.receiving(dst, msg, wire)
+            if isinstance(source, int):
+                self._apply_replica(replica, core.on_message(source, msg))
             else:
                 self._apply_replica(replica, core.on_client_message(source, msg))
         else:
-            if src >= n:
+            if not isinstance(source, int):
                 raise AssertionError("client-to-client message")  # _transmit prevents it
             client = self._clients[dst - n]
-            self._apply_client(client, client.core.on_message(src, msg))
+            if resources is not None:
+                resources.receiving(dst, msg, wire)
+            self._apply_client(client, client.core.on_message(source, msg))
 
     def _fire_timer(self, endpoint: int, name: str, generation: int) -> None:
-        if endpoint < self.n:
-            replica = self._replicas[endpoint]
+        replica = self._replica_at(endpoint)
+        if replica is not None:
             if not replica.alive or replica.timers.get(name) != generation:
                 return  # cancelled, re-armed or crashed: a stale firing
             del replica.timers[name]
@@ -699,6 +761,8 @@ class Simulation:
     # -- effects ------------------------------------------------------------------
 
     def _apply_replica(self, replica: _Replica, effects: list[Any]) -> None:
+        if self.resources is not None:
+            self.resources.step(self, replica.endpoint, effects)
         # Every non-lazy Persist of the step is durable before any message of the step
         # leaves, together with the lazy records that waited for it, in order.
         records = replica.lazy
@@ -732,13 +796,16 @@ class Simulation:
                     continue
                 self._replica_send(replica, endpoint, effect.msg)
             elif kind is SetTimer:
-                self._set_timer(src, replica.timers, effect)
+                self._set_timer(replica.endpoint, replica.timers, effect)
             elif kind is CancelTimer:
                 replica.timers.pop(effect.name, None)
             elif kind is Executed:
                 self._on_executed(replica, effect)
             elif kind is Dropped:
                 self.counters[f"dropped.{effect.reason}"] += 1
+                if self._drop_checkers and src not in self._byzantine:
+                    for checker in self._drop_checkers:
+                        checker.on_dropped(src, effect.reason)
             elif kind is not Persist:
                 raise TypeError(f"replica {src} returned a non-effect {effect!r}")
 
@@ -749,14 +816,23 @@ class Simulation:
             self.counters["sim.bad_destination"] += 1
             return
         behaviour = replica.behaviour
+        twin = TWIN_BASE + dest if dest < self.n and self._twins else None
+        if twin is not None and (twin not in self._twins or twin == replica.endpoint):
+            twin = None
         if behaviour is None:
-            self._transmit(replica.replica_id, dest, msg, wire)
+            self._transmit(replica.endpoint, dest, msg, wire)
+            if twin is not None:
+                self._transmit(replica.endpoint, twin, msg, wire)
             return
         for out in behaviour.filter(self._node_id(dest), msg):
-            self._transmit(replica.replica_id, dest, out, wire if out is msg else None)
+            self._transmit(replica.endpoint, dest, out, wire if out is msg else None)
+            if twin is not None:
+                self._transmit(replica.endpoint, twin, out, wire if out is msg else None)
 
     def _apply_client(self, client: _Client, effects: list[Any]) -> None:
         src = client.endpoint
+        if self.resources is not None:
+            self.resources.step(self, src, effects)
         for effect in effects:
             kind = type(effect)
             if kind is Send:
@@ -764,21 +840,27 @@ class Simulation:
                     self.counters["sim.bad_destination"] += 1
                     continue
                 self._transmit(src, effect.dest, effect.msg, None)
+                if self._twins and TWIN_BASE + effect.dest in self._twins:
+                    self._transmit(src, TWIN_BASE + effect.dest, effect.msg, None)
             elif kind is Broadcast:
                 wire = self._encode(effect.msg)
                 for dest in range(self.n):
                     self._transmit(src, dest, effect.msg, wire)
+                for twin in self._twins:
+                    self._transmit(src, twin, effect.msg, wire)
             elif kind is SetTimer:
                 self._set_timer(src, client.timers, effect)
             elif kind is CancelTimer:
                 client.timers.pop(effect.name, None)
             elif kind is Completed:
                 self._on_completed(client, effect)
+            elif kind is Dropped:
+                self.counters[f"client_dropped.{effect.reason}"] += 1
             else:
                 raise TypeError(f"client {client.index} returned a non-effect {effect!r}")
 
     def _transmit(self, src: int, dst: int, msg: Any, wire: bytes | None) -> None:
-        if src >= self.n and dst >= self.n:
+        if self.n <= src < TWIN_BASE and self.n <= dst < TWIN_BASE:
             raise ValueError("clients talk to replicas only")
         if self._decoder is not None:
             payload: Any = wire if wire is not None else self._encode(msg)
@@ -789,8 +871,11 @@ class Simulation:
         stats = self._stats[src]
         stats.msgs_sent += 1
         stats.bytes_sent += size
-        incarnation = self._replicas[dst].incarnation if dst < self.n else 0
-        for arrival in self.network.transmit(src, dst, self.now):
+        incarnation = self._replicas[dst].incarnation if dst < self.n else 0  # twins: 0
+        sent_at = self.now
+        if self.resources is not None:
+            sent_at = self.resources.depart(self, src, dst, size, msg)
+        for arrival in self.network.transmit(src, dst, sent_at):
             self._push(arrival, _DELIVER, src, dst, payload, incarnation)
 
     def _encode(self, msg: Any) -> bytes:

@@ -1,0 +1,270 @@
+"""The Byzantine fuzzer: generator, strategies, Twins, checkers, shrinking, CLI, a bounded
+fuzz of PBFT with f Byzantine replicas, and the planted-bug self-test.
+
+Scale the bounded fuzz with PHALANX_FUZZ_SEEDS (`make fuzz` runs 10,000); a failing seed
+replays exactly with ``phalanx fuzz --seed N``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from contextlib import redirect_stdout
+
+import msgspec
+import pytest
+from pbft_harness import cluster, put_op
+
+from phalanx.byzantine.behaviours import Borgesian
+from phalanx.byzantine.checkers import AlarmChecker, LivenessChecker, LivenessViolation
+from phalanx.byzantine.fuzz import FuzzConfig, explain, make_plan, run_plan, shrink, sweep
+from phalanx.byzantine.generate import MessageGenerator, TrafficPool, is_signed
+from phalanx.byzantine.pbft import FIXUPS
+from phalanx.cli import main
+from phalanx.protocols.pbft.messages import ALL_MESSAGES, Checkpoint, ViewChange
+from phalanx.runtime.sim import SafetyViolation, Silent
+from phalanx.runtime.sim.crypto import SymbolicOracle
+from phalanx.runtime.sim.simulator import TWIN_BASE, Behaviour
+
+SEEDS = int(os.environ.get("PHALANX_FUZZ_SEEDS", "300"))
+CHUNK = 25
+
+# Planted bug -> seeds within which the Borgesian fuzzer must find it (first found at
+# seeds 41, 24 and 1 when written). "view_change_proof" and "commit_quorum" are not found
+# yet (docs/testing.md says why), so they are not asserted.
+PLANTED = {"preprepare_digest": 60, "checkpoint_signature": 40, "request_authenticator": 10}
+
+
+# -- the generator ------------------------------------------------------------------------
+
+
+def test_generator_makes_every_message_type_including_nested_ones():
+    rng = random.Random(1)
+    gen = MessageGenerator(rng, TrafficPool(rng), n=4)
+    seen = set()
+    for _ in range(30):
+        for cls in ALL_MESSAGES:
+            msg = gen.random_message(cls)
+            assert type(msg) is cls
+            seen.add(cls)
+    nested = [gen.random_message(ViewChange) for _ in range(50)]
+    assert any(vc.checkpoint_proof and isinstance(vc.checkpoint_proof[0], Checkpoint)
+               for vc in nested)
+    assert seen == set(ALL_MESSAGES)
+
+
+def test_generator_signs_only_with_byzantine_keys():
+    oracle = SymbolicOracle(random.Random(2), 4)
+    byzantine = oracle.node_crypto(3, colluders=[3])
+    honest = oracle.node_crypto(0)
+    rng = random.Random(3)
+    gen = MessageGenerator(rng, TrafficPool(rng), n=4, signers=[3], sign=byzantine.sign_as)
+    valid = 0
+    for _ in range(300):
+        for cls in (Checkpoint, ViewChange):
+            msg = gen.random_message(cls)
+            assert is_signed(cls)
+            if honest.verify(msg.replica, msg.signed_bytes(), msg.sig):
+                assert msg.replica == 3, "a signature of a correct replica was forged"
+                valid += 1
+        for msg in gen.quorum_of(gen.random_message(Checkpoint), 4):
+            if honest.verify(msg.replica, msg.signed_bytes(), msg.sig):
+                assert msg.replica == 3
+    assert valid > 100  # most are validly signed by the Byzantine replica
+
+
+def test_generator_mutates_observed_traffic_and_replays_from_its_seed():
+    def draw(seed):
+        rng = random.Random(seed)
+        pool = TrafficPool(rng)
+        pool.observe(Checkpoint(0, 8, b"d" * 32, 1, b"s" * 16))
+        gen = MessageGenerator(rng, pool, n=4, fixups=FIXUPS)
+        return [msgspec.msgpack.encode(gen.random_message(c)) for c in ALL_MESSAGES * 5]
+
+    assert draw(4) == draw(4)
+    assert draw(4) != draw(5)
+    rng = random.Random(6)
+    pool = TrafficPool(rng)
+    pool.observe(Checkpoint(0, 8, b"d" * 32, 1, b"s" * 16))
+    gen = MessageGenerator(rng, pool, n=4)
+    seqs = {gen.random_message(Checkpoint).seq for _ in range(200)}
+    assert {7, 8, 9} <= seqs  # the observed seq and its neighbours
+
+
+# -- the Borgesian node in a simulation ---------------------------------------------------
+
+
+def test_borgesian_sends_every_type_to_replicas_and_clients_and_forwards():
+    sim = cluster(seed=21)
+    borges = Borgesian(2, 21, ALL_MESSAGES, fixups=FIXUPS)
+    sim.set_byzantine(2, borges)
+    sim.add_clients(2, put_op, requests_per_client=10)
+    sent: list[tuple[object, object]] = []
+    inject = sim.inject
+    sim.inject = lambda src, dest, msg: (sent.append((dest, msg)), inject(src, dest, msg))
+    borges.attach(sim)
+    sim.run(until=30.0, stop_when=sim.all_clients_done)
+    assert sim.all_clients_done(), sim.liveness_report()
+    assert {type(m) for _, m in sent} == set(ALL_MESSAGES)
+    assert any(isinstance(d, bytes) for d, _ in sent)  # clients are channels too
+    observed = {id(m) for cls in borges.pool.by_type for m in borges.pool.messages(cls)}
+    assert any(id(m) in observed for _, m in sent)  # stored messages forwarded unchanged
+    assert sim.counters["dropped.bad_signature"] + sim.counters["dropped.bad_view_change"] > 0
+
+
+def test_a_fuzz_seed_replays_exactly():
+    config = FuzzConfig(strategies=("borgesian",))
+    first, _ = run_plan(make_plan(config, 3))
+    again, _ = run_plan(make_plan(config, 3))
+    assert (first.trace_hash, first.events) == (again.trace_hash, again.events)
+    other, _ = run_plan(make_plan(config, 4))
+    assert other.trace_hash != first.trace_hash
+
+
+# -- Twins ------------------------------------------------------------------------------
+
+
+def test_twins_run_one_identity_twice_in_two_parts_of_the_network():
+    sim = cluster(seed=31)
+    sim.set_byzantine(0, Behaviour())
+    twin = sim.add_twin(0)
+    assert twin == TWIN_BASE
+    # The primary and its twin each lead a part of the network, then everyone meets.
+    sim.partition([[0, 1], [twin, 2, 3]], at=0.0, heal_at=2.0)
+    sim.add_clients(3, put_op, requests_per_client=8)
+    sim.run(until=60.0, stop_when=sim.all_clients_done)
+    assert sim.all_clients_done(), sim.liveness_report()
+    sim.run(until=sim.now + 3.0)
+    assert sim.twin(0) is not None and sim.twin(0).last_executed > 0
+    assert sim.node_stats(twin).msgs_recv > 0 and sim.node_stats(twin).msgs_sent > 0
+    roots = {sim.replica(r).state_root() for r in (1, 2, 3)}
+    assert len(roots) == 1  # the checkers also compared every executed slot
+
+
+def test_twins_need_a_byzantine_replica():
+    sim = cluster(seed=32)
+    with pytest.raises(ValueError, match="Byzantine"):
+        sim.add_twin(1)
+
+
+# -- checkers -----------------------------------------------------------------------------
+
+
+def test_liveness_checker_fires_when_more_than_f_replicas_are_silent():
+    sim = cluster(seed=41)
+    sim.set_byzantine(1, Silent())
+    sim.set_byzantine(2, Silent())
+    sim.add_clients(1, put_op, requests_per_client=3)
+    LivenessChecker(gst=1.0, bound=5.0).install(sim, until=20.0)
+    with pytest.raises(LivenessViolation, match="beyond GST"):
+        sim.run(until=20.0)
+
+
+def test_liveness_checker_is_quiet_when_clients_finish():
+    sim = cluster(seed=42)
+    sim.add_clients(2, put_op, requests_per_client=5)
+    LivenessChecker(gst=0.0, bound=5.0).install(sim, until=10.0)
+    sim.run(until=10.0)
+    assert sim.all_clients_done()
+
+
+def test_alarm_checker_raises_on_a_protocol_alarm():
+    checker = AlarmChecker({"state_divergence"})
+    checker.on_dropped(0, "bad_digest")
+    with pytest.raises(SafetyViolation, match="state_divergence"):
+        checker.on_dropped(1, "state_divergence")
+
+
+# -- the bounded fuzz and the planted bugs -----------------------------------------------
+
+
+@pytest.mark.parametrize("first", range(0, SEEDS, CHUNK))
+def test_bounded_fuzz_of_pbft_with_f_byzantine_replicas(first):
+    config = FuzzConfig(protocol="pbft", n=4, byzantine=1)
+    failures = []
+    summary = sweep(
+        config, range(first, min(first + CHUNK, SEEDS)),
+        on_result=lambda plan, o: failures.append((o.seed, o.detail)) if o.failed else None,
+    )
+    assert summary.violations == 0, failures
+    assert summary.truncated == 0
+
+
+def test_bounded_fuzz_n7_with_two_byzantine_replicas():
+    config = FuzzConfig(protocol="pbft", n=7, byzantine=2)
+    summary = sweep(config, range(4))
+    assert summary.violations == 0, summary.failing
+
+
+@pytest.mark.parametrize(("bug", "within"), sorted(PLANTED.items()))
+def test_fuzzer_finds_planted_bug(bug, within):
+    config = FuzzConfig(planted_bug=bug, strategies=("borgesian",))
+    summary = sweep(config, range(within), stop_at_first=True)
+    assert summary.violations == 1, f"{bug} not found in {within} seeds"
+
+
+def test_failing_seed_is_shrunk_and_its_trace_explains_it():
+    config = FuzzConfig(planted_bug="request_authenticator", strategies=("borgesian",))
+    plan = make_plan(config, 1)
+    outcome, _ = run_plan(plan)
+    assert outcome.violation == "validity"
+    shrunk = shrink(plan, outcome, max_runs=25)
+    assert shrunk.outcome.violation == "validity"
+    assert shrunk.kept_actions < shrunk.total_actions
+    lines = explain(shrunk)
+    assert "validity" in lines[-1] and any("Request(" in line for line in lines)
+
+
+def test_phalanx_fuzz_cli_summary_exit_status_and_exact_replay():
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["fuzz", "--seeds", "3", "--first", "100"]) == 0
+    assert "seeds=3" in out.getvalue() and "violations=0" in out.getvalue()
+
+    def replay() -> str:
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            code = main(["fuzz", "--seed", "1", "--bug", "request_authenticator",
+                         "--strategy", "borgesian"])
+        assert code == 1
+        return buf.getvalue()
+
+    first = replay()
+    assert first == replay()
+    assert "violations=1 (validity)" in first
+
+
+# -- regressions of what the fuzzer found -------------------------------------------------
+
+
+def test_far_future_checkpoints_of_a_byzantine_replica_do_not_evict_its_real_one():
+    """Seed 105200: Byzantine replica 1 filled its quota of unstable checkpoints at a
+    lagging replica with made-up far-future ones; its genuine CHECKPOINT(8), forwarded in
+    the others' stable proofs, was evicted on arrival (the lowest seq), so the lagging
+    replica never had 2f+1 and never caught up."""
+    from phalanx.core.quorum import Quorums
+    from phalanx.protocols.pbft.config import PbftConfig
+    from phalanx.protocols.pbft.instance import CHECKPOINTS_PER_REPLICA, PbftInstance
+
+    oracle = SymbolicOracle(random.Random(5), 4)
+    lagging = PbftInstance(0, 2, Quorums.for_n(4), oracle.node_crypto(2),
+                           PbftConfig(checkpoint_interval=4, window=12), lambda p: True)
+
+    def signed(replica: int, seq: int, state: bytes) -> Checkpoint:
+        cp = Checkpoint(0, seq, state, replica)
+        return msgspec.structs.replace(
+            cp, sig=oracle.node_crypto(replica).sign(cp.signed_bytes()))
+
+    for seq in range(CHECKPOINTS_PER_REPLICA):
+        lagging.on_message(1, signed(1, 65_000 + seq, b"junk"))
+    real = b"s" * 32
+    for sender in (0, 1, 3):  # a stable proof forwarded by a correct replica
+        for cp in (signed(0, 8, real), signed(1, 8, real), signed(3, 8, real)):
+            lagging.on_message(sender, cp)
+    assert lagging.pending_stable is not None and lagging.pending_stable[0] == 8
+
+
+def test_seed_105200_lagging_replica_converges():
+    outcome, _ = run_plan(make_plan(FuzzConfig(), 105200))
+    assert not outcome.failed, outcome.detail
