@@ -57,7 +57,10 @@ PROTOCOL_OPTIONS: dict[str, dict[str, tuple[int, int]]] = {
 # and so needs only 2f+1 replicas; every other protocol needs the Byzantine 3f+1.
 _TRUSTED_COUNTER_PROTOCOLS = frozenset({"destiny"})
 
-_TOP_LEVEL_KEYS = {"protocol", "f", "replicas"}
+_TOP_LEVEL_KEYS = {"protocol", "f", "replicas", "app", "genesis"}
+APPS = ("kv", "ledger")
+"""The replicated application: the key-value store or the ledger."""
+MAX_SUPPLY = (1 << 64) - 1
 _REPLICA_KEYS = ("id", "host", "port", "http_port", "public_key")
 
 
@@ -103,6 +106,9 @@ class ClusterConfig:
     f: int
     replicas: tuple[ReplicaInfo, ...]
     options: dict[str, int] = field(default_factory=dict)
+    app: str = "kv"
+    genesis: dict[bytes, int] = field(default_factory=dict)
+    """The ledger's genesis allocation: address (32-byte public key) -> balance."""
 
     def __post_init__(self) -> None:
         spec = _option_spec(self.protocol)
@@ -136,6 +142,7 @@ class ClusterConfig:
                 f"2 * checkpoint_interval ({2 * options['checkpoint_interval']})"
             )
         object.__setattr__(self, "options", options)
+        _check_app(self.app, self.genesis)
 
     @property
     def n(self) -> int:
@@ -154,9 +161,13 @@ class ClusterConfig:
 
     def to_toml(self) -> str:
         """The configuration as TOML text that :func:`loads` reads back to an equal value."""
-        lines = [f"protocol = {_toml_string(self.protocol)}", f"f = {self.f}", ""]
+        lines = [f"protocol = {_toml_string(self.protocol)}", f"f = {self.f}",
+                 f"app = {_toml_string(self.app)}", ""]
         lines.append(f"[{_toml_key(self.protocol)}]")
         lines += [f"{name} = {value}" for name, value in self.options.items()]
+        if self.genesis:
+            lines += ["", "[genesis]  # address (public key) = balance"]
+            lines += [f'"{a.hex()}" = {b}' for a, b in sorted(self.genesis.items())]
         for r in self.replicas:
             lines += [
                 "",
@@ -205,6 +216,8 @@ def generate_cluster(
     base_port: int = 7000,
     base_http_port: int = 8000,
     overwrite: bool = False,
+    app: str = "kv",
+    genesis: dict[bytes, int] | None = None,
 ) -> ClusterConfig:
     """Create keys and a cluster file for ``n`` replicas on one host.
 
@@ -225,6 +238,8 @@ def generate_cluster(
             ReplicaInfo(i, host, base_port + i, base_http_port + i, bytes(key.verify_key))
             for i, key in enumerate(keys)
         ),
+        app=app,
+        genesis=dict(genesis or {}),
     )
     out = Path(out_dir)
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -305,7 +320,40 @@ def _parse(doc: dict[str, Any]) -> ClusterConfig:
         f=doc["f"],
         replicas=tuple(_parse_replica(i, r) for i, r in enumerate(replicas)),
         options=dict(options),
+        app=doc.get("app", "kv"),
+        genesis=_parse_genesis(doc.get("genesis", {})),
     )
+
+
+def _parse_genesis(table: Any) -> dict[bytes, int]:
+    if not isinstance(table, dict):
+        raise ConfigError("genesis must be a table of address = balance")
+    genesis: dict[bytes, int] = {}
+    for address, balance in table.items():
+        try:
+            key = bytes.fromhex(address)
+        except ValueError:
+            raise ConfigError(f"genesis: address is not hex: {address!r}") from None
+        genesis[key] = balance
+    return genesis
+
+
+def _check_app(app: object, genesis: dict[bytes, int]) -> None:
+    if app not in APPS:
+        raise ConfigError(f"app must be one of {', '.join(APPS)}, got {app!r}")
+    for address, balance in genesis.items():
+        if len(address) != KEY_BYTES:
+            raise ConfigError(
+                f"genesis: address {address.hex()!r} must be {KEY_BYTES} bytes "
+                f"(an Ed25519 public key, {2 * KEY_BYTES} hex digits)"
+            )
+        if not _is_int(balance) or not 0 <= balance <= MAX_SUPPLY:
+            raise ConfigError(f"genesis: balance of {address.hex()} must be an integer in "
+                              f"0..2**64-1, got {balance!r}")
+    if sum(genesis.values()) > MAX_SUPPLY:
+        raise ConfigError("genesis: total supply exceeds 2**64-1")
+    if genesis and app != "ledger":
+        raise ConfigError("a genesis allocation needs app = \"ledger\"")
 
 
 def _parse_replica(index: int, table: dict[str, Any]) -> ReplicaInfo:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class StateMachine(Protocol):
@@ -24,3 +24,28 @@ class StateMachine(Protocol):
     def state_root(self) -> bytes:
         """32-byte commitment to the state: equal states have equal roots."""
         ...
+
+
+class BlockStateMachine(StateMachine, Protocol):
+    """Optional extension: a state machine that turns each executed batch into a block.
+
+    A host that finds ``seal_block`` on its state machine calls it after every ``apply``
+    and persists the returned records in the same atomic store transaction as its own
+    log (``Persist`` effects), then signs the returned digest for a commit certificate.
+    ``admit`` screens a client op before it is ordered (a reason string rejects it);
+    ``check_op`` is the state-independent validity a backup requires of every op of a
+    proposed batch (False rejects the batch: only a faulty primary proposes such an op).
+    """
+
+    def seal_block(self, consensus_seq: int) -> Any:
+        """The block of the ops applied since the last seal (an object with ``height``,
+        ``digest`` and ``records``), or None if there were none."""
+        ...
+
+    def last_block(self) -> tuple[int, bytes]:
+        """Height and hash of the last sealed block (after a restore: the snapshot's)."""
+        ...
+
+    def admit(self, op: bytes) -> str | None: ...
+
+    def check_op(self, op: bytes) -> bool: ...

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import msgspec
 
+from phalanx.core.certificates import BlockSig, Certificates, FetchCertificates
 from phalanx.core.messages import CLIENT_MESSAGES, encode
 
 _opts = dict(array_like=True, frozen=True, gc=False)
@@ -156,4 +157,6 @@ PBFT_MESSAGES = (
     StateData,
 )
 
-ALL_MESSAGES = CLIENT_MESSAGES + PBFT_MESSAGES
+# Commit certificates of a block-making state machine (the ledger): BlockSig (tag 39)
+# votes, and FetchCertificates / Certificates (37, 38) for replicas that missed them.
+ALL_MESSAGES = CLIENT_MESSAGES + PBFT_MESSAGES + (BlockSig, FetchCertificates, Certificates)

@@ -15,6 +15,13 @@ from typing import Any
 
 import msgspec
 
+from phalanx.core.certificates import (
+    CERT_TICK,
+    BlockCertifier,
+    BlockSig,
+    Certificates,
+    FetchCertificates,
+)
 from phalanx.core.crypto import NodeCrypto
 from phalanx.core.effects import (
     Broadcast,
@@ -47,6 +54,7 @@ REQUEST_OVERHEAD = 256
 
 _SNAPSHOT_KEY = b"Rsnap"
 BATCH_TIMER = "pbft.batch"
+CERT_TIMER = "ledger.certificates"
 
 
 class ClientRecord(msgspec.Struct, array_like=True, gc=False):
@@ -101,21 +109,37 @@ class PbftReplica:
         self.instance = PbftInstance(
             self.INSTANCE, replica_id, quorums, crypto, self.config, self._validate_batch
         )
+        # A state machine that makes blocks (the ledger) gets admission checks, atomic
+        # block records and commit certificates; for any other (the KV store) this stays
+        # None and costs one test per batch.
+        self.certifier: BlockCertifier | None = (
+            BlockCertifier(replica_id, quorums, crypto) if hasattr(self.app, "seal_block")
+            else None
+        )
+        self.cert_timer_armed = False
 
     # -- ReplicaCore ---------------------------------------------------------------------
 
     def recover(self, records: Iterable[tuple[bytes, bytes]]) -> None:
         records = list(records)
+        if self.certifier is not None:
+            self.certifier.recover(records)
         state_seq = 0
         for key, value in records:
             if key == _SNAPSHOT_KEY:
                 snapshot = msgspec.msgpack.decode(value, type=Snapshot)
                 self._install_snapshot(snapshot)
+                self._expect_snapshot_block()  # nothing to persist: no votes yet
                 state_seq = snapshot.seq
         self.instance.recover(records, state_seq=state_seq)
 
     def start(self) -> list[Any]:
-        return self._host(self.instance.start())
+        return self._host(self.instance.start()) + self._arm_cert_timer()
+
+    @property
+    def recovery_skip(self) -> tuple[bytes, ...]:
+        """Store key prefixes :meth:`recover` does not need (the driver skips them)."""
+        return tuple(getattr(self.app, "recovery_skip", ()))
 
     def on_message(self, src: int, msg: Any) -> list[Any]:
         if isinstance(msg, Request):
@@ -123,6 +147,8 @@ class PbftReplica:
             return self._on_request(msg, None, src)
         if isinstance(msg, FetchState):
             return self._on_fetch_state(src, msg)
+        if isinstance(msg, (BlockSig, FetchCertificates, Certificates)):
+            return self._on_certificate_message(src, msg)
         if isinstance(msg, StateData):
             return self._on_state_data(src, msg)
         return self._host(self.instance.on_message(src, msg))
@@ -137,6 +163,9 @@ class PbftReplica:
         return self._on_request(msg, client, None)
 
     def on_timer(self, name: str) -> list[Any]:
+        if name == CERT_TIMER and self.certifier is not None:
+            self.cert_timer_armed = False
+            return self.certifier.tick() + self._arm_cert_timer()
         if name == BATCH_TIMER:
             self.batch_timer_armed, self.batch_timer_expired = False, True
             out = self._host([])
@@ -154,6 +183,33 @@ class PbftReplica:
     @property
     def last_executed(self) -> int:
         return self.instance.last_decided
+
+    # -- block certificates (state machines that make blocks) --------------------------
+
+    def _on_certificate_message(self, src: int, msg: Any) -> list[Any]:
+        certifier = self.certifier
+        if certifier is None:
+            return [Dropped("unexpected_message", src)]
+        if isinstance(msg, BlockSig):
+            return certifier.on_block_sig(src, msg)
+        if isinstance(msg, FetchCertificates):
+            return certifier.on_fetch(src, msg)
+        return certifier.on_certificates(src, msg)
+
+    def _arm_cert_timer(self) -> list[Any]:
+        """Tick while blocks wait for certificates: missed signatures are fetched."""
+        if self.certifier is None or self.cert_timer_armed or not self.certifier.waiting():
+            return []
+        self.cert_timer_armed = True
+        return [SetTimer(CERT_TIMER, CERT_TICK)]
+
+    def _expect_snapshot_block(self) -> list[Any]:
+        """After installing a snapshot: its last block is known (proven by the checkpoint)
+        but was not executed here; have it certified so that proofs can use it."""
+        if self.certifier is None:
+            return []
+        height, block_hash = self.app.last_block()  # type: ignore[attr-defined]
+        return self.certifier.expect(height, block_hash)
 
     # -- requests and batching ---------------------------------------------------------
 
@@ -174,6 +230,8 @@ class PbftReplica:
             else:
                 out.append(Dropped("stale_request", src))
             return out
+        if reason is None and self.certifier is not None:
+            reason = self.app.admit(req.op)  # type: ignore[attr-defined]
         if reason is not None:
             out.append(Dropped(reason, src))
             if client is not None:
@@ -213,7 +271,10 @@ class PbftReplica:
             or len(req.endpoint) not in (0, 32)
         ):
             return "malformed_request"
-        if not self.crypto.check_request(req):
+        if (
+            not self.crypto.check_request(req)
+            and self.config.planted_bug != "request_authenticator"
+        ):
             return "bad_authenticator"
         return None
 
@@ -248,6 +309,10 @@ class PbftReplica:
         if not batch or len(batch) > self.config.max_batch:
             return False
         if any(self._request_error(req) is not None for req in batch):
+            return False
+        if self.certifier is not None and not all(
+            self.app.check_op(req.op) for req in batch  # type: ignore[attr-defined]
+        ):
             return False
         self.validated[sha256(payload)] = batch
         return True
@@ -340,6 +405,14 @@ class PbftReplica:
                 latest[req.client] = req.timestamp
         results = self.app.apply([req.op for req in fresh]) if fresh else []
         out: list[Any] = []
+        if self.certifier is not None:
+            sealed = self.app.seal_block(decided.seq)  # type: ignore[attr-defined]
+            if sealed is not None:
+                # Gating (not lazy): the replies below leave only once the block, its
+                # tx index and state changes are durable with the log that ordered them.
+                out.extend(Persist(key, value) for key, value in sealed.records)
+                out.extend(self.certifier.sealed(sealed.height, sealed.digest))
+                out.extend(self._arm_cert_timer())
         for req, result in zip(fresh, results, strict=True):
             self.clients[req.client] = ClientRecord(req.timestamp, result)
             waiting = self.pending.get(req.client)
@@ -429,6 +502,8 @@ class PbftReplica:
             return [Dropped("bad_state", src)]
         self._install_snapshot(snap, app)
         out: list[Any] = [Persist(_SNAPSHOT_KEY, msgspec.msgpack.encode(snap), lazy=True)]
+        out.extend(self._expect_snapshot_block())
+        out.extend(self._arm_cert_timer())
         out.extend(self.instance.state_transferred(snap.seq, digest, msg.proof))
         if not self.pending:  # the snapshot may have answered everything we waited for
             out.extend(self.instance.set_waiting(False))

@@ -1,0 +1,240 @@
+"""A light client of the ledger over the replicas' HTTP API.
+
+It trusts no single replica: a balance is accepted only with a Merkle proof that checks
+against the state root of a block header carrying 2f+1 valid replica signatures (or,
+at height 0, against the genesis it computes from the cluster config itself); a
+transaction counts as committed once f+1 replicas report it committed in the same
+block of their durable tx index (so at least one correct replica executed it there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from phalanx.config import ClusterConfig
+from phalanx.core.certificates import signed_bytes
+from phalanx.core.quorum import Quorums
+from phalanx.ledger import tx as txm
+from phalanx.ledger.block import BlockHeader
+from phalanx.ledger.smt import Proof, verify_proof
+from phalanx.ledger.state import Ledger, account_key, account_value
+from phalanx.ledger.tx import Transfer
+
+HTTP_TIMEOUT_S = 5.0
+POLL_INTERVAL_S = 0.1
+
+
+class LedgerError(Exception):
+    """The cluster could not answer (or no answer verified)."""
+
+
+class TxRefused(LedgerError):
+    """Every replica tried refused the transaction at admission; ``reason`` says why."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"transaction refused: {reason}" + (f" ({detail})" if detail else ""))
+        self.reason = reason
+
+
+class ProofError(LedgerError):
+    """A replica's answer did not verify."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedAccount:
+    address: bytes
+    balance: int
+    nonce: int
+    height: int  # the certified block the proof is against
+    state_root: bytes
+    signers: tuple[int, ...]  # replicas whose signatures certified the block (() at genesis)
+    replica: int  # who answered
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    tx_id: str
+    status: str  # "committed" or "rejected"
+    height: int
+    reason: str
+    replicas: tuple[int, ...]  # the f+1 (or more) replicas that agree
+
+
+class LedgerClient:
+    """Talks to every replica of ``config``'s cluster. Use as ``async with``."""
+
+    def __init__(self, config: ClusterConfig, *, timeout: float = HTTP_TIMEOUT_S) -> None:
+        if config.app != "ledger":
+            raise ValueError(f"the cluster runs app {config.app!r}, not the ledger")
+        self.config = config
+        self.q = Quorums(config.n, config.f)
+        genesis = Ledger(config.genesis)
+        self.chain_id = genesis.chain_id
+        self.genesis_hash = genesis.genesis_header().hash()
+        self._verify_keys = [VerifyKey(k) for k in config.public_keys]
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> LedgerClient:
+        self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def _url(self, replica: int, path: str) -> str:
+        info = self.config.replica(replica)
+        return f"http://{info.host}:{info.http_port}{path}"
+
+    async def _request(self, method: str, replica: int, path: str,
+                       body: Any = None) -> tuple[int, Any]:
+        if self._session is None:
+            raise RuntimeError("use 'async with LedgerClient(...)'")
+        async with self._session.request(method, self._url(replica, path), json=body) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    async def account(self, address: bytes) -> VerifiedAccount:
+        """Balance and nonce of ``address``, verified (see the module docstring); asks
+        the replicas in turn until one answer verifies."""
+        problems = []
+        for replica in range(self.config.n):
+            try:
+                status, body = await self._request("GET", replica, f"/account/{address.hex()}")
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                problems.append(f"replica {replica}: {type(exc).__name__}")
+                continue
+            if status != 200:
+                problems.append(f"replica {replica}: HTTP {status} {body.get('error')}")
+                continue
+            try:
+                return self.verify_account(address, body, replica)
+            except (ProofError, KeyError, TypeError, ValueError) as exc:
+                problems.append(f"replica {replica}: did not verify: {exc}")
+        raise LedgerError("no verified answer: " + "; ".join(problems))
+
+    def verify_account(self, address: bytes, body: dict[str, Any], replica: int = -1
+                       ) -> VerifiedAccount:
+        """Check one ``GET /account`` answer; raises :class:`ProofError` if it does not
+        verify against the cluster's keys (or genesis)."""
+        header = BlockHeader.from_json(body["header"])
+        if header.chain_id != self.chain_id:
+            raise ProofError("header of another chain")
+        block_hash = header.hash()
+        signers: tuple[int, ...] = ()
+        if header.height == 0:
+            if block_hash != self.genesis_hash:
+                raise ProofError("height 0 but not our genesis")
+        else:
+            signers = self.verify_certificate(header, body.get("certificate"))
+        balance, nonce = body["balance"], body["nonce"]
+        if body.get("height") != header.height:
+            raise ProofError("answer height differs from its header")
+        value = None if body["value"] is None else account_value(balance, nonce)
+        if value is None and (balance, nonce) != (0, 0):
+            raise ProofError("absent account with a non-zero balance or nonce")
+        if not verify_proof(header.state_root, account_key(address), value,
+                            Proof.from_json(body["proof"])):
+            raise ProofError("Merkle proof does not match the certified state root")
+        return VerifiedAccount(address, balance, nonce, header.height, header.state_root,
+                               signers, replica)
+
+    def verify_certificate(self, header: BlockHeader, cert: Any) -> tuple[int, ...]:
+        """The replicas whose valid signatures certify ``header`` (at least 2f+1)."""
+        if not isinstance(cert, dict):
+            raise ProofError("no commit certificate")
+        block_hash = header.hash()
+        if cert.get("height") != header.height or cert.get("block_hash") != block_hash.hex():
+            raise ProofError("certificate is for another block")
+        message = signed_bytes(header.height, block_hash)
+        signers = set()
+        for entry in cert.get("sigs", []):
+            replica = entry.get("replica")
+            if type(replica) is not int or not 0 <= replica < self.config.n:
+                continue
+            try:
+                self._verify_keys[replica].verify(message, bytes.fromhex(entry.get("sig", "")))
+            except (BadSignatureError, ValueError, TypeError):
+                continue
+            signers.add(replica)
+        if len(signers) < self.q.strong:
+            raise ProofError(f"only {len(signers)} valid signatures, need {self.q.strong}")
+        return tuple(sorted(signers))
+
+    # -- transactions -----------------------------------------------------------------------
+
+    async def submit(self, tx: Transfer) -> str:
+        """POST ``tx``; returns its id (hex). Tries the next replica if one refuses or
+        is down; raises :class:`TxRefused` if every replica refused it."""
+        body = {"from": tx.sender.hex(), "to": tx.to.hex(), "amount": tx.amount,
+                "nonce": tx.nonce, "signature": tx.signature.hex()}
+        refusal: TxRefused | None = None
+        for replica in range(self.config.n):
+            try:
+                status, answer = await self._request("POST", replica, "/tx", body)
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                continue
+            if status == 202:
+                return str(answer["tx_id"])
+            refusal = refusal or TxRefused(answer.get("error", f"HTTP {status}"),
+                                           answer.get("detail", ""))
+        raise refusal or LedgerError("no replica answered")
+
+    async def wait_committed(self, tx_id: str, timeout: float = 30.0) -> Confirmation:
+        """Poll every replica until f+1 agree on the tx's fate (committed or rejected,
+        same block); TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answers = await asyncio.gather(
+                *(self._request("GET", r, f"/tx/{tx_id}") for r in range(self.config.n)),
+                return_exceptions=True,
+            )
+            votes: dict[tuple[str, int, str], list[int]] = {}
+            for replica, answer in enumerate(answers):
+                if isinstance(answer, BaseException) or answer[0] != 200:
+                    continue
+                body = answer[1]
+                if body.get("status") in ("committed", "rejected") and "height" in body:
+                    key = (body["status"], body["height"], body.get("reason", ""))
+                    votes.setdefault(key, []).append(replica)
+            for (status, height, reason), replicas in votes.items():
+                if len(replicas) >= self.q.weak:
+                    return Confirmation(tx_id, status, height, reason, tuple(replicas))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tx {tx_id} not confirmed by f+1={self.q.weak} replicas "
+                                   f"within {timeout} s")
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def transfer(self, wallet: Any, to: bytes, amount: int, *,
+                       timeout: float = 30.0) -> Confirmation:
+        """Sign and submit a transfer from ``wallet`` with its next nonce, and wait for
+        f+1 confirmations. The nonce comes from the verified account; if the certified
+        state lags (an earlier transfer not certified yet), the next nonce is tried."""
+        account = await self.account(wallet.address)
+        nonce = account.nonce
+        for _ in range(8):
+            tx = wallet.sign(self.chain_id, to, amount, nonce)
+            try:
+                tx_id = await self.submit(tx)
+            except TxRefused as exc:
+                if exc.reason == txm.STALE_NONCE:
+                    nonce += 1
+                    continue
+                raise
+            return await self.wait_committed(tx_id, timeout)
+        raise LedgerError("could not find a fresh nonce (is another client using the wallet?)")

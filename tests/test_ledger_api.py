@@ -1,0 +1,187 @@
+"""The ledger HTTP API contract: every error case gets the right status and reason and
+changes nothing (no state change, nothing queued for ordering); the happy path queues
+exactly one transaction; GET endpoints answer from the replica's state and store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import msgspec
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from phalanx.api.ledger import MAX_TX_BODY, Gateway, LedgerApi
+from phalanx.client.ledger import LedgerClient, ProofError
+from phalanx.client.wallet import Wallet
+from phalanx.config import generate_cluster
+from phalanx.core.quorum import Quorums
+from phalanx.crypto.ed25519 import Ed25519NodeCrypto
+from phalanx.crypto.keys import KeyPair
+from phalanx.ledger.state import MAX_NONCE_AHEAD, make_ledger_factory
+from phalanx.protocols.pbft.replica import PbftReplica
+from phalanx.runtime.metrics import Metrics
+from phalanx.storage.lmdb_store import Store
+
+ALICE, BOB = Wallet(KeyPair.from_seed(b"a" * 32)), Wallet(KeyPair.from_seed(b"b" * 32))
+
+
+@pytest.fixture
+def world(tmp_path):
+    config = generate_cluster(tmp_path / "c", 4, app="ledger", genesis={ALICE.address: 1000})
+    seed = bytes.fromhex((tmp_path / "c" / "replica-0.key").read_text().strip())
+    crypto = Ed25519NodeCrypto(0, KeyPair.from_seed(seed), config.public_keys)
+    core = PbftReplica(0, Quorums(4, 1), crypto, make_ledger_factory(config.genesis))
+    store = Store(str(tmp_path / "store"), durable=False)
+    gateway = Gateway(config)
+    yield config, core, store, gateway
+    store.close()
+
+
+def body(wallet: Wallet, chain: bytes, to: bytes, amount: int, nonce: int) -> dict:
+    tx = wallet.sign(chain, to, amount, nonce)
+    return {"from": tx.sender.hex(), "to": tx.to.hex(), "amount": tx.amount,
+            "nonce": tx.nonce, "signature": tx.signature.hex()}
+
+
+def run_with_client(core, store, gateway, scenario, **limits) -> None:
+    async def main() -> None:
+        app = web.Application()
+        metrics = Metrics("0")
+        LedgerApi(core, store, gateway, metrics, **limits).install(app)
+        async with TestClient(TestServer(app)) as client:
+            await scenario(client, metrics)
+
+    asyncio.run(main())
+
+
+def test_post_tx_errors_have_the_right_status_and_change_nothing(world) -> None:
+    _config, core, store, gateway = world
+    chain = core.app.chain_id
+    good = body(ALICE, chain, BOB.address, 10, 0)
+    forged = {**good, "amount": 11}
+    cases = [
+        ("not json", 400, "malformed"),
+        (json.dumps([1, 2]), 400, "malformed"),
+        (json.dumps({**good, "extra": 1}), 400, "malformed"),
+        (json.dumps({k: v for k, v in good.items() if k != "nonce"}), 400, "malformed"),
+        (json.dumps({**good, "from": "zz"}), 400, "malformed"),
+        (json.dumps({**good, "amount": "10"}), 400, "malformed"),
+        (json.dumps({**good, "amount": 2**64}), 400, "malformed"),
+        (json.dumps({**good, "to": "00" * 31}), 400, "malformed"),
+        (json.dumps(body(ALICE, chain, BOB.address, 0, 0)), 400, "amount_not_positive"),
+        (json.dumps(forged), 403, "bad_signature"),
+        (json.dumps(body(ALICE, bytes(32), BOB.address, 10, 0)), 403, "bad_signature"),
+        (json.dumps(body(ALICE, chain, BOB.address, 5000, 0)), 422, "insufficient_funds"),
+        (json.dumps(body(BOB, chain, ALICE.address, 1, 0)), 422, "insufficient_funds"),
+        (json.dumps(body(ALICE, chain, BOB.address, 1, MAX_NONCE_AHEAD + 1)), 409,
+         "nonce_too_far"),
+        ("x" * (MAX_TX_BODY + 1), 413, "body_too_large"),
+    ]
+    root = core.app.state_root()
+
+    async def scenario(client, metrics) -> None:
+        for text, status, reason in cases:
+            resp = await client.post("/tx", data=text)
+            answer = await resp.json()
+            assert (resp.status, answer["error"]) == (status, reason), text[:80]
+            assert answer["detail"]
+        assert gateway.queue.qsize() == 0 and not gateway.outcomes  # nothing ordered
+        assert core.app.state_root() == root  # nothing changed
+        assert metrics.get("api_rejected:bad_signature") == 2
+        # A stale nonce: make Alice's nonce 1 by executing a transfer, then resend nonce 0.
+        core.app.apply([json_to_raw(good)])
+        core.app.seal_block(1)
+        resp = await client.post("/tx", json=good)
+        assert (resp.status, (await resp.json())["error"]) == (409, "stale_nonce")
+        # The happy path: 202 with the id, queued once (a resubmission is idempotent).
+        fresh = body(ALICE, chain, BOB.address, 10, 1)
+        first = await (await client.post("/tx", json=fresh)).json()
+        again = await client.post("/tx", json=fresh)
+        assert again.status == 202 and (await again.json())["tx_id"] == first["tx_id"]
+        assert gateway.queue.qsize() == 1
+        status = await (await client.get(f"/tx/{first['tx_id']}")).json()
+        assert status["status"] == "pending"
+
+    run_with_client(core, store, gateway, scenario)
+
+
+def json_to_raw(fields: dict) -> bytes:
+    from phalanx.api.ledger import tx_from_json
+    from phalanx.ledger.tx import encode_tx
+
+    return encode_tx(tx_from_json(fields))
+
+
+def test_get_endpoints_errors_and_answers(world) -> None:
+    config, core, store, gateway = world
+    chain = core.app.chain_id
+    raw = json_to_raw(body(ALICE, chain, BOB.address, 10, 0))
+    core.app.apply([raw, raw])  # the second is a replay: rejected (bad nonce)
+    sealed = core.app.seal_block(1)
+    store.write(list(sealed.records))
+    from phalanx.ledger.tx import tx_id
+
+    tid = tx_id(raw).hex()
+
+    async def scenario(client, metrics) -> None:
+        for path, status, reason in [
+            ("/tx/abc", 400, "bad_tx_id"),
+            ("/tx/" + "00" * 32, 404, "unknown_tx"),
+            ("/account/xyz", 400, "bad_address"),
+            ("/account/" + "00" * 16, 400, "bad_address"),
+            ("/block/-1", 400, "bad_height"),
+            ("/block/zz", 400, "bad_height"),
+            ("/block/7", 404, "unknown_block"),
+        ]:
+            resp = await client.get(path)
+            assert (resp.status, (await resp.json())["error"]) == (status, reason), path
+        committed = await (await client.get(f"/tx/{tid}")).json()
+        assert committed == {"tx_id": tid, "status": "committed", "height": 1, "index": 0}
+        block = await (await client.get("/block/1")).json()
+        assert [o["status"] for o in block["outcomes"]] == ["applied", "rejected"]
+        assert block["outcomes"][1]["reason"] == "bad_nonce"
+        assert block["txs"][0]["amount"] == 10 and block["certificate"] is None
+        assert (await (await client.get("/block/0")).json())["header"]["height"] == 0
+        # No certificate yet for block 1: the account is proven at genesis, which the
+        # light client checks against the config it holds.
+        account = await (await client.get(f"/account/{ALICE.address.hex()}")).json()
+        assert (account["height"], account["balance"], account["nonce"]) == (0, 1000, 0)
+        assert account["executed"] == {"height": 1, "balance": 990, "nonce": 1}
+        verifier = LedgerClient(config)
+        assert verifier.verify_account(ALICE.address, account).balance == 1000
+        for tampered in ({**account, "balance": 1001},
+                         {**account, "header": {**account["header"], "height": 1}},
+                         {**account, "proof": {"siblings": [], "leaf": None}}):
+            with pytest.raises((ProofError, ValueError, KeyError)):
+                verifier.verify_account(ALICE.address, tampered)
+        missing = await (await client.get(f"/account/{'ab' * 32}")).json()
+        assert (missing["balance"], missing["value"]) == (0, None)
+        assert verifier.verify_account(bytes.fromhex("ab" * 32), missing).nonce == 0
+
+    run_with_client(core, store, gateway, scenario)
+
+
+def test_rate_limit_per_client_answers_429(world) -> None:
+    _, core, store, gateway = world
+
+    async def scenario(client, metrics) -> None:
+        codes = [(await client.get("/block/0")).status for _ in range(6)]
+        assert codes == [200, 200, 200, 429, 429, 429]
+        assert metrics.get("api_rejected:rate_limited") == 3
+
+    run_with_client(core, store, gateway, scenario, rate=0.001, burst=3)
+
+
+def test_certificate_checks_reject_forged_or_short_certificates(world) -> None:
+    config, core, *_ = world
+    verifier = LedgerClient(config)
+    header = core.app.genesis_header()
+    header = msgspec.structs.replace(header, height=1)
+    with pytest.raises(ProofError):
+        verifier.verify_certificate(header, None)
+    forged = {"height": 1, "block_hash": header.hash().hex(),
+              "sigs": [{"replica": r, "sig": "00" * 64} for r in range(4)]}
+    with pytest.raises(ProofError, match="only 0 valid"):
+        verifier.verify_certificate(header, forged)
