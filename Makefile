@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint fuzz clean
+.PHONY: install test demo lint fuzz clean results peers peers-etcd peers-plenum
 
 install: $(STAMP)
 
@@ -19,6 +19,32 @@ test: install
 
 demo: install
 	$(BIN)/phalanx demo
+
+# Peer baselines (not part of `make test`: minutes, and they install etcd / a Python 3.8
+# venv): bench/peers/results/{etcd,plenum,plenum-below}.json; see docs/peers.md.
+peers: peers-etcd peers-plenum
+
+peers-etcd: install
+	$(BIN)/python -m bench.peers.etcd_bench --clients 64 --payload 512 --duration 30 \
+		--json bench/peers/results/etcd.json
+
+peers-plenum: install
+	$(BIN)/python -m bench.peers.plenum_bench --clients 512 --duration 45 \
+		--json bench/peers/results/plenum.json
+	$(BIN)/python -m bench.peers.plenum_bench --clients 32 --duration 45 \
+		--json bench/peers/results/plenum-below.json
+
+results: install  # the lab: calibrate, sweeps, validation, scaling -> docs/results.md
+	$(BIN)/phalanx lab report --out docs
+
+# The long Byzantine fuzz (not part of `make test`, which runs 300 seeds): FUZZ_SEEDS seeds
+# of PBFT n=4 with one Byzantine replica, then n=7 with two; see docs/testing.md.
+FUZZ_SEEDS ?= 10000
+fuzz: install
+	nice -n 10 $(BIN)/phalanx fuzz --protocol pbft --n 4 --byzantine 1 \
+		--seeds $(FUZZ_SEEDS) --first 100000 --progress 500
+	nice -n 10 $(BIN)/phalanx fuzz --protocol pbft --n 7 --byzantine 2 \
+		--seeds $$(( $(FUZZ_SEEDS) / 20 )) --first 200000 --progress 100
 
 lint: install
 	$(BIN)/ruff check phalanx tests

@@ -1,4 +1,4 @@
-"""The ``phalanx`` command: keygen, node, up, client, bench, sim, demo."""
+"""The ``phalanx`` command: keygen, node, up, client, bench, sim, fuzz, demo."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 def _cmd_node(args: argparse.Namespace) -> int:
     from phalanx.runtime.launcher import serve_replica
 
-    return serve_replica(args.config, args.id, args.key, args.data_dir, args.durability)
+    return serve_replica(args.config, args.id, args.key, args.data_dir, args.durability,
+                         accounting=not args.no_accounting, wan_path=args.wan,
+                         burn_us_per_op=args.burn_us_per_op)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -34,18 +36,81 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
+    if args.client_command in ("transfer", "balance"):
+        from phalanx.client.cli import run_ledger_client
+
+        return run_ledger_client(args)
     from phalanx.runtime.client_cli import run_client
 
     return run_client(args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "trace", None):
+        from phalanx.bench.trace_run import TRACE_CLIENTS, run_trace_bench
+
+        if getattr(args, "netns", False):
+            print("phalanx bench: --netns is not supported with --trace", file=sys.stderr)
+            return 2
+        if args.clients is None:
+            args.clients = TRACE_CLIENTS
+        return run_trace_bench(args)
+    if args.clients is None:
+        args.clients = 64
     from phalanx.bench.run import run_bench
 
     return run_bench(args)
 
 
+def _cmd_bench_sweep(args: argparse.Namespace) -> int:
+    from phalanx.bench.sweep import run_sweep
+
+    return run_sweep(args)
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from phalanx.bench.lab import run_lab
+
+    return run_lab(args)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from phalanx.bench.calibrate import calibrate
+
+    model = calibrate(args.protocol, requests=args.requests, real_run=not args.no_real_run)
+    model.dump(args.out)
+    print(f"wrote {args.out}: {len(model.handler)} handler costs, transport send "
+          f"{model.transport_send[0] / 1000:.1f} µs + {model.transport_send[1]:.2f} ns/B, "
+          f"runtime {model.runtime_per_msg_ns / 1000:.1f} µs per message")
+    return 0
+
+
+def _cmd_sim_costed(args: argparse.Namespace) -> int:
+    from phalanx.bench.results import render_summary, to_json
+    from phalanx.bench.simbench import ScaleSpec, run_scale
+    from phalanx.runtime.sim.costmodel import CostModel
+    from phalanx.runtime.wan import parse_bandwidth
+
+    spec = ScaleSpec(
+        protocol=args.protocol, n=args.n, clients=args.clients, payload=args.payload,
+        warmup=args.warmup, duration=args.duration, seed=args.seed, wan=args.wan,
+        regions=tuple(r.strip() for r in args.regions.split(",")) if args.regions else (),
+        latency_s=args.latency_ms / 1000,
+        bandwidth_bps=parse_bandwidth(args.bandwidth) if args.bandwidth else None,
+        host_cores=args.host_cores, client_procs=args.client_procs,
+        cpu_share=args.cpu_share,
+        checkers=not args.no_checkers, cost_model_name=str(args.cost_model),
+    )
+    results = run_scale(spec, CostModel.load(args.cost_model))
+    render_summary(results)
+    if args.json:
+        Path(args.json).write_text(to_json(results) + "\n")
+    return 0 if results["committed_tx"] > 0 else 1
+
+
 def _cmd_sim(args: argparse.Namespace) -> int:
+    if args.cost_model:
+        return _cmd_sim_costed(args)
     from phalanx.simrun import SimSpec, render, run, to_json
 
     crashes = []
@@ -68,7 +133,17 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return 0 if summary["stuck_clients"] == 0 else 1
 
 
+def _cmd_fuzz(args: argparse.Namespace) -> int:
+    from phalanx.byzantine.command import run_fuzz
+
+    return run_fuzz(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.app == "ledger":
+        from phalanx.client.demo import run_ledger_demo
+
+        return run_ledger_demo(args)
     from phalanx.cluster import run_demo
 
     return run_demo(args)
@@ -101,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fsync: writes reach the disk before the replica answers (survives "
                         "power loss); process: they reach the OS page cache (survives the "
                         "replica being killed, not a power loss), several times cheaper")
+    p.add_argument("--no-accounting", action="store_true",
+                   help="do not measure per-type and per-phase costs (for overhead checks)")
+    p.add_argument("--wan", help="WAN plan JSON written by 'phalanx bench --wan' (link "
+                                 "delays and bandwidth cap of this replica)")
+    p.add_argument("--burn-us-per-op", type=float, default=0.0,
+                   help="make execution cost this many CPU microseconds per op (benchmarks)")
     p.set_defaults(func=_cmd_node)
 
     p = sub.add_parser("up", help="run a local cluster of N replica processes (Ctrl-C stops)")
@@ -110,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-port", type=int, default=7000)
     p.add_argument("--base-http-port", type=int, default=8000)
     p.add_argument("--fresh", action="store_true", help="new keys and empty data dirs")
+    p.add_argument("--app", choices=("ledger", "kv"), default="ledger",
+                   help="the replicated application of a new cluster (ledger: with a "
+                        "funded DIR/faucet.key wallet)")
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("client", help="talk to a running cluster")
@@ -123,12 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("key")
     c = csub.add_parser("delete", help="remove a key")
     c.add_argument("key")
+    from phalanx.client.cli import add_client_commands, add_wallet_parser
+
+    add_client_commands(csub)
     p.set_defaults(func=_cmd_client)
+    add_wallet_parser(sub)
 
     p = sub.add_parser("bench", help="closed-loop benchmark of a local cluster")
     p.add_argument("--protocol", default="pbft", choices=protocols)
     p.add_argument("--n", type=int, default=4)
-    p.add_argument("--clients", type=int, default=64)
+    p.add_argument("--clients", type=int, default=None,
+                   help="closed-loop clients (default 64; with --trace 512, transfers in "
+                        "flight: a trace's mempool is deep)")
     p.add_argument("--payload", type=int, default=512, help="request payload bytes")
     p.add_argument("--duration", type=float, default=30.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
@@ -140,16 +230,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=None, help="working directory (default: a temp dir)")
     p.add_argument("--base-port", type=int, default=17000)
     p.add_argument("--json", help="write the results JSON here")
+    p.add_argument("--trace", help="ledger mode: replay this transfer CSV (from_address, "
+                                   "to_address, value|value_wei|value_raw [, block_timestamp])")
+    p.add_argument("--speedup", type=float, default=None,
+                   help="with --trace: pace by the trace's timestamps, X times faster "
+                        "(default: as fast as the cluster goes)")
+    p.add_argument("--sender-window", type=int, default=64,
+                   help="with --trace: transfers of one sender in flight at once")
+    p.add_argument("--trace-limit", type=int, default=None,
+                   help="with --trace: replay only the first N rows")
     p.add_argument("--durability", choices=("fsync", "process"), default="fsync",
                    help="the replicas' write durability (see 'phalanx node --help')")
     p.add_argument("--connection-per-client", action="store_true",
                    help="every client opens its own connections (default: the clients of a "
                         "load-generator process share one connection per replica)")
+    p.add_argument("--nemesis", default=None, metavar="FILE",
+                   help="fault schedule (TOML/JSON): SIGKILL/restart, SIGSTOP/SIGCONT, "
+                        "partitions, slowed links during the window (docs/testing.md)")
     p.add_argument("--kill-primary-at", type=float, default=None,
                    help="SIGKILL replica 0 this many seconds into the measured window")
     p.add_argument("--keys-per-client", type=int, default=64,
                    help="distinct keys each client writes in turn (bounds the state)")
+    p.add_argument("--f", type=int, default=None, help="faults tolerated (default (n-1)//3)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="open loop: offered tx/s in all (--clients is then the pool of "
+                        "requests in flight); default: closed loop")
+    p.add_argument("--batch-size", dest="max_batch", type=int, default=None,
+                   help="most requests per batch (same as --max-batch)")
+    p.add_argument("--batch-delay-ms", type=int, default=None,
+                   help="ms the primary may wait for a batch to fill")
+    p.add_argument("--wan", help="RTT matrix CSV: delay every link by RTT/2 of its regions")
+    p.add_argument("--regions", help="with --wan: comma-separated regions of the replicas "
+                                     "(then of the load generators, round-robin)")
+    p.add_argument("--bandwidth", help="egress cap per replica, e.g. 1Gbit, 100Mbit")
+    p.add_argument("--netns", action="store_true",
+                   help="root: one network namespace per process, veth pairs and a bridge; "
+                        "the kernel (tc netem, htb) applies --wan delays and --bandwidth")
+    p.add_argument("--burn-us-per-op", type=float, default=0.0,
+                   help="execution cost per op in CPU µs (makes execution the bottleneck)")
+    p.add_argument("--no-accounting", action="store_true",
+                   help="replicas skip the per-phase accounting (to measure its overhead)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no live progress display")
     p.set_defaults(func=_cmd_bench)
+    bench_sub = p.add_subparsers(dest="bench_command", metavar="{sweep}")
+    s = bench_sub.add_parser("sweep", help="a grid of bench runs -> CSV, plots, HTML report")
+    from phalanx.bench.sweep import add_arguments as add_sweep_arguments
+
+    add_sweep_arguments(s, protocols)
+    s.set_defaults(func=_cmd_bench_sweep)
 
     p = sub.add_parser("sim", help="a deterministic simulated run; prints committed-log hashes")
     p.add_argument("--protocol", default="pbft", choices=protocols)
@@ -168,11 +297,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wan", help="RTT matrix CSV (e.g. ../shared/data/latency_*/rtt_matrix_ms.csv)")
     p.add_argument("--regions", help="comma-separated region per replica (with --wan)")
     p.add_argument("--json", help="also write the summary as JSON")
+    p.add_argument("--cost-model", help="calibrated costs (phalanx calibrate): CPU and "
+                   "bandwidth become queued resources; reports a bench results object over "
+                   "--duration seconds after --warmup, with closed-loop clients")
+    p.add_argument("--bandwidth", help="with --cost-model: egress cap per replica, e.g. 1Gbit")
+    p.add_argument("--warmup", type=float, default=1.0, help="with --cost-model")
+    p.add_argument("--host-cores", type=int, default=None,
+                   help="with --cost-model: all nodes share this many cores (default: one "
+                        "core per node)")
+    p.add_argument("--client-procs", type=int, default=2,
+                   help="with --cost-model: load-generator CPUs the clients share")
+    p.add_argument("--cpu-share", type=float, default=1.0,
+                   help="with --cost-model: share of each core the run gets (the rest is "
+                        "other tenants' work, as measured by a bench's host_cpu_busy)")
+    p.add_argument("--no-checkers", action="store_true",
+                   help="with --cost-model: skip the safety checkers (largest committees)")
     p.set_defaults(func=_cmd_sim)
 
+    p = sub.add_parser("calibrate", help="measure this machine's CPU costs -> cost model JSON")
+    p.add_argument("--protocol", default="pbft", choices=protocols)
+    p.add_argument("--out", default="cost-model.json")
+    p.add_argument("--requests", type=int, default=20_000,
+                   help="requests through the in-process handler measurement")
+    p.add_argument("--no-real-run", action="store_true",
+                   help="skip the short real bench that measures the runtime's per-message "
+                        "overhead")
+    p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser("lab", help="the lab: 'phalanx lab report' regenerates docs/results.md")
+    lab_sub = p.add_subparsers(dest="lab_command", required=True)
+    r = lab_sub.add_parser("report", help="calibrate, sweep, validate, simulate; write "
+                                          "OUT/results.md and OUT/results/")
+    r.add_argument("--out", default="docs")
+    r.add_argument("--quick", action="store_true", help="fewer points, shorter runs")
+    r.add_argument("--skip-measure", action="store_true",
+                   help="only rewrite results.md from the JSON already in OUT/results")
+    r.set_defaults(func=_cmd_lab)
+
+    p = sub.add_parser("fuzz", help="Byzantine fuzzing in the simulator: seeds, shrunk "
+                                    "traces of violations, exact replay of one seed")
+    from phalanx.byzantine.command import add_arguments as add_fuzz_arguments
+
+    add_fuzz_arguments(p)
+    p.set_defaults(func=_cmd_fuzz)
+
     p = sub.add_parser("demo", help="start a local 4-replica cluster, load it, print results")
+    p.add_argument("--app", choices=("ledger", "kv"), default="ledger",
+                   help="the ledger (wallets, signed transfers, verified balances) or the "
+                        "key-value store")
+    p.add_argument("--wallets", type=int, default=32, help="ledger: load wallets")
     p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--clients", type=int, default=16, help="kv: closed-loop clients")
     p.add_argument("--payload", type=int, default=512, help="bytes per PUT value")
     p.add_argument("--keys", type=int, default=1000, help="size of the key space")
     p.set_defaults(func=_cmd_demo)

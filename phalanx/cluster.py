@@ -172,7 +172,11 @@ class LocalCluster:
         options: dict[str, int] | None = None,
         fresh: bool = True,
         host: str = "127.0.0.1",
+        app: str = "kv",
+        genesis: dict[bytes, int] | None = None,
     ) -> None:
+        self.app = app
+        self.genesis = dict(genesis or {})
         self.dir = Path(dir)
         self.n = n
         self.protocol = protocol
@@ -209,6 +213,7 @@ class LocalCluster:
             config = generate_cluster(
                 self.dir, self.n, protocol=self.protocol, host=self.host,
                 base_port=base, base_http_port=http, overwrite=self.fresh,
+                app=self.app, genesis=self.genesis,
             )
             # New keys make old data meaningless (and its signatures unverifiable).
             shutil.rmtree(self.dir / "data", ignore_errors=True)
@@ -390,6 +395,22 @@ class LocalCluster:
 
 # -- phalanx up --------------------------------------------------------------------------
 
+FAUCET_FILE = "faucet.key"
+FAUCET_BALANCE = 10**15
+"""What ``phalanx up`` gives the faucet wallet of a new ledger cluster at genesis."""
+
+
+def faucet_genesis(directory: Path) -> dict[bytes, int]:
+    """A genesis that funds ``directory/faucet.key`` (created, mode 0600, if missing)."""
+    from phalanx.client.wallet import Wallet
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / FAUCET_FILE
+    wallet = Wallet.load(path) if path.exists() else Wallet.new()
+    if not path.exists():
+        wallet.save(path)
+    return {wallet.address: FAUCET_BALANCE}
+
 
 def run_up(args: argparse.Namespace) -> int:
     """``phalanx up``: run a local cluster until SIGINT or SIGTERM (then exit 0)."""
@@ -398,9 +419,11 @@ def run_up(args: argparse.Namespace) -> int:
     console = Console()
     directory = Path(args.dir)
     reuse = not args.fresh and (directory / CLUSTER_FILE).exists()
+    app = getattr(args, "app", "kv")
+    genesis = faucet_genesis(directory) if app == "ledger" and not reuse else None
     cluster = LocalCluster(
         directory, args.n, protocol=args.protocol, base_port=args.base_port,
-        base_http_port=args.base_http_port, fresh=args.fresh,
+        base_http_port=args.base_http_port, fresh=args.fresh, app=app, genesis=genesis,
     )
     stop = threading.Event()
 
@@ -453,8 +476,14 @@ def _print_up(console: Any, cluster: LocalCluster) -> None:
     http = config.replicas[0].http_port
     # Plain prints: commands must stay copy-pasteable, never wrapped at the console width.
     print("try:")
-    print(f"  phalanx client --config {path} put k v")
-    print(f"  phalanx client --config {path} get k")
+    if config.app == "ledger":
+        faucet = cluster.dir / FAUCET_FILE
+        print("  phalanx wallet new --out alice.key")
+        print(f"  phalanx client --config {path} transfer --wallet {faucet} --to alice.key 1000")
+        print(f"  phalanx client --config {path} balance alice.key")
+    else:
+        print(f"  phalanx client --config {path} put k v")
+        print(f"  phalanx client --config {path} get k")
     print(f"  curl http://{config.replicas[0].host}:{http}/status")
     print("Ctrl-C stops the cluster.")
     sys.stdout.flush()

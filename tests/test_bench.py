@@ -204,7 +204,10 @@ def test_results_figures_follow_from_the_inputs():
     assert results["client_cpu_s"] == pytest.approx(0.8)
     assert results["timeline"]["committed"] == [1, 2, 0, 1]
     assert results["longest_stall_s"] == 0.5
-    assert results["bottleneck"]["verdict"] == "undetermined"
+    # Nothing saturated (2% of a core at most, no link cap): latency-bound, no phase named.
+    assert (results["bottleneck"]["verdict"], results["bottleneck"]["resource"]) == (
+        "none", "latency")
+    assert results["bottleneck"]["evidence"]["busiest_cpu_node"] == 3
 
 
 def test_a_kill_splits_committed_into_before_and_after():

@@ -52,12 +52,16 @@ def make_app(
         body["bytes_recv"] = snapshot.get("bytes_in", 0)
         body["msgs_sent"] = snapshot.get("msgs_sent", 0)
         body["dropped"] = {k[8:]: v for k, v in snapshot.items() if k.startswith("dropped_")}
+        if driver.accounting is not None:
+            body["accounting"] = driver.accounting.snapshot()
         return web.json_response(body)
 
     async def prometheus(_: web.Request) -> web.Response:
         stats = process_stats()
         metrics.set("process_cpu_seconds", stats["cpu_s"])
         metrics.set("process_rss_bytes", stats["rss_bytes"])
+        if driver.accounting is not None:
+            driver.accounting.export(metrics)
         return web.Response(text=metrics.render_prometheus(), content_type="text/plain")
 
     async def executed_log(request: web.Request) -> web.Response:

@@ -16,6 +16,16 @@ streams, one line at a time:
 Client ``c`` writes ``Put`` ops over its own ``keys_per_client`` keys in turn, so the
 replicated state stays bounded however long the run; each value is ``payload`` bytes and
 starts with a counter, so every write really changes the state.
+
+With ``--rate R`` the load is open-loop instead: requests *arrive* every ``1/R`` seconds
+whether or not earlier ones finished, and are handed to an idle client (``--clients``
+is then the most requests in flight); an arrival that finds none waits in a backlog.
+Latency is measured from the arrival, not from when a client became free, so a
+saturated system shows its queueing delay instead of hiding it (no coordinated
+omission).
+
+With ``--wan PLAN --wan-index K`` the process sits in its region of the WAN plan: its
+requests and the replies it receives are delayed by the links' one-way times.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import os
 import resource
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +48,7 @@ from phalanx.config import load
 from phalanx.runtime import run
 from phalanx.runtime.client import ClientMux, ClientRunner
 from phalanx.runtime.cluster_client import open_client, open_clients
+from phalanx.runtime.wan import WanPlan
 from phalanx.statemachine.kv import Err, decode_result, encode_put
 
 log = logging.getLogger("phalanx.bench.loadgen")
@@ -122,6 +134,10 @@ class ClosedLoopClient:
         self.stopped = True
 
     def _next(self) -> None:
+        self._submit(time.perf_counter())
+
+    def _submit(self, started: float) -> None:
+        """Submit the next op; its latency counts from ``started`` (perf_counter)."""
         if self.stopped:
             return
         counter = self.counter
@@ -129,7 +145,7 @@ class ClosedLoopClient:
         payload = self.payload
         value = (counter.to_bytes(8, "big") + self.filler)[:payload] if payload else b""
         op = encode_put(self.keys[counter % len(self.keys)], value)
-        self.sent = time.perf_counter()
+        self.sent = started
         try:
             self.runner.submit(op, self._done)
         except (OSError, RuntimeError, ValueError) as exc:
@@ -147,6 +163,77 @@ class ClosedLoopClient:
             else:
                 self.recorder.completed(done + self.wall_offset, done - self.sent)
         self._next()
+
+
+class OpenLoopClient(ClosedLoopClient):
+    """A client of the open-loop pool: it submits when the pool hands it an arrival and
+    returns to the pool when the request finishes."""
+
+    pool: OpenLoop
+
+    def start(self) -> None:
+        self.pool.free(self)
+
+    def issue(self, arrival: float) -> None:
+        self._submit(arrival)
+
+    def _next(self) -> None:
+        # Called after each completion (and after a failed submit's back-off).
+        if not self.stopped:
+            self.pool.free(self)
+
+
+class OpenLoop:
+    """Arrivals at a fixed ``rate`` (requests per second), served by a pool of clients."""
+
+    TICK_S = 0.001
+    MAX_BACKLOG = 1_000_000  # arrivals beyond this are counted, not kept
+
+    def __init__(self, clients: list[OpenLoopClient], rate: float, recorder: Recorder) -> None:
+        if not rate > 0:
+            raise ValueError("rate must be > 0")
+        self.clients = clients
+        self.rate = rate
+        self.recorder = recorder
+        self.idle: deque[OpenLoopClient] = deque()
+        self.backlog: deque[float] = deque()
+        self.arrivals = 0
+        self.max_backlog = 0
+        self.t0 = 0.0
+        self.stopped = False
+        for client in clients:
+            client.pool = self
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+        for client in self.clients:
+            client.start()
+        self._tick()
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def free(self, client: OpenLoopClient) -> None:
+        if self.backlog:
+            client.issue(self.backlog.popleft())
+        else:
+            self.idle.append(client)
+
+    def _tick(self) -> None:
+        if self.stopped:
+            return
+        due = int((time.perf_counter() - self.t0) * self.rate)
+        while self.arrivals < due:
+            arrival = self.t0 + self.arrivals / self.rate
+            self.arrivals += 1
+            if self.idle:
+                self.idle.popleft().issue(arrival)
+            elif len(self.backlog) < self.MAX_BACKLOG:
+                self.backlog.append(arrival)
+            else:
+                self.recorder.failed("backlog_full")
+        self.max_backlog = max(self.max_backlog, len(self.backlog))
+        asyncio.get_running_loop().call_later(self.TICK_S, self._tick)
 
 
 async def _read_line(reader: asyncio.StreamReader) -> str:
@@ -185,6 +272,12 @@ async def generate(args: argparse.Namespace) -> int:
         except (TimeoutError, OSError) as exc:
             print(f"error cannot connect clients: {exc}", flush=True)
             return 1
+        if args.wan:
+            # Connected first (handshakes are not what we measure), then shaped.
+            plan = WanPlan.load(args.wan)
+            transports = {id(r.transport): r.transport for r in runners}
+            for transport in transports.values():
+                transport.shaper = plan.loadgen_shaper(args.wan_index)
         print(f"ready {len(runners)}", flush=True)
 
         line = await _read_line(reader)
@@ -196,14 +289,18 @@ async def generate(args: argparse.Namespace) -> int:
         )
         recorder = Recorder(window)
         cpu: dict[str, float] = {}
+        kind = OpenLoopClient if args.rate else ClosedLoopClient
         clients = [
-            ClosedLoopClient(r, args.first_client + i, args.keys_per_client, args.payload,
-                             recorder)
+            kind(r, args.first_client + i, args.keys_per_client, args.payload, recorder)
             for i, r in enumerate(runners)
         ]
+        open_loop = OpenLoop(clients, args.rate, recorder) if args.rate else None  # type: ignore[arg-type]
         await asyncio.sleep(max(0.0, window.start - time.time()))
-        for client in clients:
-            client.start()
+        if open_loop is not None:
+            open_loop.start()
+        else:
+            for client in clients:
+                client.start()
         sampler = asyncio.create_task(_sample_cpu(window, cpu))
         while (await _read_line(reader)) not in ("stop", ""):
             pass  # anything else on stdin is ignored
@@ -211,6 +308,9 @@ async def generate(args: argparse.Namespace) -> int:
         now_cpu = cpu_seconds()
         for client in clients:
             client.stop()
+        if open_loop is not None:
+            open_loop.stop()
+            recorder.errors["open_loop_max_backlog"] = open_loop.max_backlog
         await asyncio.gather(sampler, return_exceptions=True)
         report = LoadgenReport(
             clients=len(runners),
@@ -244,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--payload", type=int, default=512, help="value bytes per Put")
     p.add_argument("--keys-per-client", type=int, default=64)
     p.add_argument("--out", required=True, help="where to write the JSON report")
+    p.add_argument("--rate", type=float, default=None,
+                   help="open loop: requests per second from this process (default: closed "
+                        "loop)")
+    p.add_argument("--wan", help="WAN plan JSON (see phalanx.runtime.wan)")
+    p.add_argument("--wan-index", type=int, default=0, help="this process's place in the plan")
     p.add_argument("--connection-per-client", dest="shared_connection", action="store_false",
                    help="one connection per client and replica (default: the clients of a "
                         "process share one connection per replica)")

@@ -34,6 +34,10 @@ from typing import Any
 
 import msgspec
 
+from phalanx.bench.verdict import NodeCosts, verdict
+from phalanx.runtime.accounting import delta as accounting_delta
+from phalanx.runtime.accounting import phase_split
+
 # The keys of the results object, in the order DESIGN.md lists them, then the extras.
 RESULT_KEYS: tuple[str, ...] = (
     "protocol",
@@ -267,6 +271,24 @@ class NodeWindow:
     rss_bytes: int | None = None
     executed: int | None = None
     killed: bool = False
+    accounting: dict[str, Any] | None = None  # runtime/accounting.py delta over the window
+    bandwidth_bps: float | None = None  # the node's emulated link cap, if any
+
+    def phases(self) -> dict[str, Any] | None:
+        """CPU, bytes and messages per phase over the window (None without accounting)."""
+        if not self.accounting:
+            return None
+        return phase_split(self.accounting, self.cpu_s)
+
+    def costs(self) -> NodeCosts:
+        """What the bottleneck verdict needs of this node."""
+        split = self.phases()
+        return NodeCosts(
+            id=self.id, cpu_s=self.cpu_s, bytes_sent=self.bytes_sent,
+            bytes_recv=self.bytes_recv, phase_cpu_s=split["cpu_s"] if split else {},
+            phase_bytes=split["bytes"] if split else {}, bandwidth_bps=self.bandwidth_bps,
+            busy_s=split["busy_s"] if split else None,
+        )
 
     @property
     def bytes_total(self) -> int | None:
@@ -275,7 +297,7 @@ class NodeWindow:
         return self.bytes_sent + self.bytes_recv
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "cpu_s": None if self.cpu_s is None else round(self.cpu_s, 4),
             "bytes_sent": self.bytes_sent,
@@ -286,6 +308,30 @@ class NodeWindow:
             "executed_seqs": self.executed,
             "killed": self.killed,
         }
+        split = self.phases()
+        if split is not None and self.accounting is not None:
+            out["phases"] = {
+                p: {"cpu_s": round(split["cpu_s"][p], 4), "bytes": split["bytes"][p],
+                    "msgs": split["msgs"][p]}
+                for p in split["cpu_s"]
+            }
+            other = split.get("other_cpu_s")  # None: unknown (see phase_split)
+            out["other_cpu_s"] = None if other is None else round(other, 4)
+            if "wall_inflation" in split:
+                out["wall_inflation"] = split["wall_inflation"]
+            acct = self.accounting
+            out["by_type"] = {
+                "recv": acct.get("recv", {}),
+                "sent": acct.get("sent", {}),
+                "handler_ms": {k: round(v / 1e6, 3) for k, v in acct.get("handler_ns", {}).items()},
+                "send_ms": {k: round(v / 1e6, 3) for k, v in acct.get("send_ns", {}).items()},
+                "execution_ms": round(acct.get("exec_ns", 0) / 1e6, 3),
+                "execution_ops": acct.get("exec_ops", 0),
+                "transport_io_ms": round(acct.get("io_ns", 0) / 1e6, 3),
+            }
+        if self.bandwidth_bps:
+            out["bandwidth_bps"] = self.bandwidth_bps
+        return out
 
 
 def _delta(start: dict[str, Any], end: dict[str, Any], key: str) -> Any:
@@ -309,6 +355,7 @@ def node_window(
     end: dict[str, Any] | None,
     *,
     killed: bool = False,
+    bandwidth_bps: float | None = None,
 ) -> NodeWindow:
     """Per-node deltas between two ``GET /status`` bodies (None where unknown)."""
     if start is None or end is None:
@@ -325,6 +372,9 @@ def node_window(
         rss_bytes=end.get("rss_bytes"),
         executed=None if seq_start is None or seq_end is None else seq_end - seq_start,
         killed=killed,
+        accounting=accounting_delta(start.get("accounting"), end.get("accounting"))
+        if end.get("accounting") is not None else None,
+        bandwidth_bps=bandwidth_bps,
     )
 
 
@@ -405,46 +455,46 @@ def max_node_bytes_per_tx(nodes: list[NodeWindow], committed: int) -> float | No
     return per_tx(max(totals), committed) if totals else None
 
 
-def _busiest(nodes: list[NodeWindow], measure: str) -> NodeWindow | None:
-    known = [n for n in nodes if getattr(n, measure) is not None]
-    return max(known, key=lambda n: getattr(n, measure)) if known else None
+def bottleneck(
+    nodes: list[NodeWindow], committed: int, duration_s: float,
+    host_cpu_busy: float | None = None, run_cpu_share: float | None = None,
+) -> dict[str, Any]:
+    """The bottleneck verdict with its evidence (see :mod:`phalanx.bench.verdict`)."""
+    return verdict([n.costs() for n in nodes], committed, duration_s,
+                   host_cpu_busy=host_cpu_busy, run_cpu_share=run_cpu_share)
 
 
-def bottleneck(nodes: list[NodeWindow], committed: int, duration_s: float) -> dict[str, Any]:
-    """What the window says about data, consensus and execution, without guessing.
+def run_cpu_share(replica_cpu_s: float, client_cpu_s: float, duration_s: float,
+                  cores: int | None) -> float | None:
+    """Share of the host's CPUs this run's processes used over the window."""
+    if not cores or not duration_s:
+        return None
+    return (replica_cpu_s + client_cpu_s) / (duration_s * cores)
 
-    Whole-process counters cannot split a replica's CPU or bytes into dissemination,
-    ordering and execution, so this reports the busiest replica by bytes and by CPU and
-    leaves the verdict undetermined until per-phase accounting exists.
-    """
-    by_bytes = _busiest(nodes, "bytes_total")
-    by_cpu = _busiest(nodes, "cpu_s")
-    data: dict[str, Any] = {"busiest_node": None, "bytes_per_tx": None, "mbit_per_s": None}
-    if by_bytes is not None and by_bytes.bytes_total is not None:
-        data = {
-            "busiest_node": by_bytes.id,
-            "bytes_per_tx": _round(per_tx(by_bytes.bytes_total, committed), 1),
-            "mbit_per_s": _round(by_bytes.bytes_total * 8 / 1e6 / duration_s, 3)
-            if duration_s else None,
-            "note": "all traffic of the node (requests, protocol messages, replies)",
-        }
-    consensus: dict[str, Any] = {"busiest_node": None, "cpu_us_per_tx": None}
-    if by_cpu is not None and by_cpu.cpu_s is not None:
-        consensus = {
-            "busiest_node": by_cpu.id,
-            "cpu_us_per_tx": _round(per_tx(by_cpu.cpu_s, committed, 1e6), 1),
-            "cpu_utilisation": _round(by_cpu.cpu_s / duration_s, 4) if duration_s else None,
-            "note": "whole-process CPU of the busiest replica (transport, crypto, ordering "
-            "and execution together)",
-        }
-    return {
-        "data": data,
-        "consensus": consensus,
-        "execution": {"cpu_us_per_tx": None, "note": "not measured separately yet"},
-        "verdict": "undetermined",
-        "note": "per-phase accounting (data / consensus / execution) comes with the lab "
-        "issue; until then only whole-node CPU and bytes are measured",
-    }
+
+def reverdict(results: dict[str, Any]) -> dict[str, Any]:
+    """The verdict recomputed from a results object's per-node figures (for results
+    written before a change of the rules)."""
+    nodes = []
+    for node in results["per_node"]:
+        phases = node.get("phases") or {}
+        by_type = node.get("by_type") or {}
+        busy = (sum(by_type.get("handler_ms", {}).values())
+                + sum(by_type.get("send_ms", {}).values()) + by_type.get("execution_ms", 0)
+                + by_type.get("transport_io_ms", 0)) / 1000 if by_type else None
+        nodes.append(NodeCosts(
+            id=node["id"], cpu_s=node["cpu_s"], bytes_sent=node["bytes_sent"],
+            bytes_recv=node["bytes_recv"], phase_cpu_s={p: v["cpu_s"] for p, v in phases.items()},
+            phase_bytes={p: v["bytes"] for p, v in phases.items()},
+            bandwidth_bps=node.get("bandwidth_bps"), busy_s=busy,
+        ))
+    env = results.get("environment", {})
+    replica_cpu = sum(n["cpu_s"] or 0.0 for n in results["per_node"])
+    share = run_cpu_share(replica_cpu, results.get("client_cpu_s", 0.0) or
+                          env.get("loadgen_cpu_s", 0.0), results["duration_s"],
+                          env.get("cpu_count"))
+    return verdict(nodes, results["committed_tx"], results["duration_s"],
+                   host_cpu_busy=env.get("host_cpu_busy"), run_cpu_share=share)
 
 
 def timeline_split(timeline: list[int], bin_s: float, at_s: float) -> tuple[int, int]:
@@ -592,7 +642,11 @@ def build_results(
         ],
         "cpu_us_per_tx": _round(cpu_us_per_tx(nodes, committed), 1),
         "max_node_bytes_per_tx": _round(max_node_bytes_per_tx(nodes, committed), 1),
-        "bottleneck": bottleneck(nodes, committed, duration),
+        "bottleneck": bottleneck(
+            nodes, committed, duration, env.get("host_cpu_busy"),
+            run_cpu_share(total_cpu, client_cpu or env.get("loadgen_cpu_s") or 0.0, duration,
+                          env.get("cpu_count")),
+        ),
         "safety": safety.to_json(),
         "environment": {**env, "loadgen_cpu_s": round(env.get("loadgen_cpu_s") or 0.0, 3)},
         "client_cpu_s": round(client_cpu, 3),
@@ -718,16 +772,19 @@ def render_summary(results: dict[str, Any], console: Any = None) -> None:
         )
     head.add_row("longest stall", f"{results['longest_stall_s']:.1f} s")
 
-    def verdict(ok: bool) -> str:
+    def yes_no(ok: bool) -> str:
         return "[green]yes[/green]" if ok else "[red]NO[/red]"
 
     head.add_row(
         "safety",
-        f"state roots equal: {verdict(safety['state_roots_equal'])}, "
-        f"logs consistent: {verdict(safety['logs_consistent'])} "
+        f"state roots equal: {yes_no(safety['state_roots_equal'])}, "
+        f"logs consistent: {yes_no(safety['logs_consistent'])} "
         f"({safety['compared_seqs']:,} seqs compared)",
     )
-    head.add_row("bottleneck", f"{results['bottleneck']['verdict']} (per-phase accounting pending)")
+    neck = results["bottleneck"]
+    head.add_row("bottleneck", f"[bold]{neck['verdict']}[/bold]"
+                 + (f" ({neck['resource']}): {neck['reason']}" if neck.get("resource") else
+                    f": {neck.get('reason', '')}"))
     head.add_row(
         "environment",
         f"Python {env['python']}, {env['cpu_count']} CPUs"

@@ -35,11 +35,13 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from phalanx.bench.progress import show_progress
 from phalanx.bench.results import (
     LoadgenReport,
     NodeWindow,
@@ -58,6 +60,12 @@ from phalanx.bench.results import (
 )
 from phalanx.config import CLUSTER_FILE, ClusterConfig, default_options, generate_cluster
 from phalanx.runtime import run
+from phalanx.runtime.linkfaults import LINK_FAULTS_ENV
+from phalanx.runtime.wan import WanPlan
+
+if TYPE_CHECKING:
+    from phalanx.bench.netns import Testbed
+    from phalanx.byzantine.nemesis import Nemesis
 
 READY_TIMEOUT_S = 30.0  # replicas answering /status, load generators connected
 STATUS_TIMEOUT_S = 5.0  # one /status request of a loaded replica
@@ -91,6 +99,8 @@ class Children:
 
     def __init__(self) -> None:
         self.procs: dict[str, asyncio.subprocess.Process] = {}
+        # argv prefix per child name (``--netns``: ``ip netns exec <its namespace>``)
+        self.wrap: Callable[[str], list[str]] = lambda name: []
         atexit.register(self.kill_all)
 
     async def start(
@@ -98,7 +108,7 @@ class Children:
     ) -> asyncio.subprocess.Process:
         with open(log_path, "ab") as log_file:
             proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *self.wrap(name), *argv,
                 stdin=asyncio.subprocess.PIPE if pipes else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE if pipes else log_file,
                 stderr=log_file,
@@ -152,7 +162,7 @@ class Children:
 
 def _options(args: argparse.Namespace, protocol: str) -> dict[str, int]:
     options: dict[str, int] = {}
-    for name in ("max_batch", "max_inflight", "checkpoint_interval"):
+    for name in ("max_batch", "max_inflight", "checkpoint_interval", "batch_delay_ms"):
         value = getattr(args, name, None)
         if value is not None:
             options[name] = value
@@ -166,8 +176,8 @@ def _options(args: argparse.Namespace, protocol: str) -> dict[str, int]:
 def make_cluster(workdir: Path, args: argparse.Namespace) -> ClusterConfig:
     """A fresh cluster in ``workdir``: new keys, the given options, no old data."""
     config = generate_cluster(
-        workdir, args.n, protocol=args.protocol, base_port=args.base_port,
-        base_http_port=args.base_port + args.n, overwrite=True,
+        workdir, args.n, f=getattr(args, "f", None), protocol=args.protocol,
+        base_port=args.base_port, base_http_port=args.base_port + args.n, overwrite=True,
     )
     options = _options(args, args.protocol)
     if options:
@@ -182,9 +192,11 @@ class Cluster:
     """The replicas of one bench run, as seen through their HTTP API."""
 
     def __init__(self, config: ClusterConfig, workdir: Path, children: Children,
-                 session: aiohttp.ClientSession, durability: str = "fsync") -> None:
+                 session: aiohttp.ClientSession, durability: str = "fsync",
+                 node_flags: list[str] | None = None) -> None:
         self.config = config
         self.durability = durability
+        self.node_flags = list(node_flags or [])  # accounting, WAN plan, execution cost
         self.workdir = workdir
         self.children = children
         self.session = session
@@ -198,12 +210,21 @@ class Cluster:
         info = self.config.replica(replica_id)
         return f"http://{info.host}:{info.http_port}{path}"
 
+    def _argv(self, replica_id: int) -> list[str]:
+        return [sys.executable, "-m", "phalanx.cli", "node",
+                "--config", str(self.workdir / CLUSTER_FILE), "--id", str(replica_id),
+                "--durability", self.durability, *self.node_flags]
+
+    async def restart(self, replica_id: int) -> None:
+        """Start a killed replica again on its data directory (the nemesis)."""
+        name = f"replica-{replica_id}"
+        await self.children.start(name, self._argv(replica_id),
+                                  self.workdir / "logs" / f"{name}.log")
+        self.killed.discard(replica_id)
+
     async def start(self) -> None:
         for r in self.config.replicas:
-            argv = [sys.executable, "-m", "phalanx.cli", "node",
-                    "--config", str(self.workdir / CLUSTER_FILE), "--id", str(r.id),
-                    "--durability", self.durability]
-            await self.children.start(f"replica-{r.id}", argv,
+            await self.children.start(f"replica-{r.id}", self._argv(r.id),
                                       self.workdir / "logs" / f"replica-{r.id}.log")
         deadline = time.monotonic() + READY_TIMEOUT_S
         for r in self.config.replicas:
@@ -332,6 +353,11 @@ class LoadGenerators:
                     "--out", str(self._report_path(name))]
             if getattr(args, "connection_per_client", False):
                 argv.append("--connection-per-client")
+            if getattr(args, "rate", None):
+                # Every process offers its clients' share of the total rate.
+                argv += ["--rate", repr(args.rate * count / args.clients)]
+            if getattr(args, "wan_plan", None):
+                argv += ["--wan", str(args.wan_plan), "--wan-index", str(index)]
             await self.children.start(name, argv, self.workdir / "logs" / f"{name}.log",
                                       pipes=True)
             self.names.append(name)
@@ -409,9 +435,16 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Run the experiment in ``workdir``; returns the results object."""
     children = Children()
     config = make_cluster(workdir, args)
+    nemesis = _nemesis(args, config.n, workdir)
+    wan = _wan_plan(args, workdir, config.n)
+    testbed: Testbed | None = None
     try:
+        testbed = _netns_testbed(args, wan, config.n, children)
+        if testbed is not None:
+            config = testbed_config(workdir, config, testbed)
         async with aiohttp.ClientSession() as session:
-            cluster = Cluster(config, workdir, children, session, args.durability)
+            cluster = Cluster(config, workdir, children, session, args.durability,
+                              _node_flags(args))
             await cluster.start()
             loadgens = LoadGenerators(children, workdir)
             await loadgens.start(args)
@@ -420,6 +453,14 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             window_start = start + args.warmup
             window_end = window_start + args.duration
             await loadgens.go(start, window_start, window_end)
+            progress = None
+            if getattr(args, "progress", True):
+                # Poll a backup: /status serialises the accounting snapshot, and the
+                # primary (replica 0 in view 0) is the busiest process of the run.
+                polled = cluster.live[-1]
+                progress = asyncio.create_task(show_progress(
+                    lambda: cluster.status(polled, timeout=1.0), start, window_start, window_end
+                ))
 
             await _sleep_until(window_start)
             host_start = host_cpu_times()
@@ -427,22 +468,42 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             ends: dict[int, dict[str, Any] | None] = {}
             fault: dict[str, Any] = {}
             killer = None
-            if args.kill_primary_at is not None:
+            if nemesis is not None:
+                killer = asyncio.create_task(nemesis.run(cluster, window_start, _sleep_until))
+            elif args.kill_primary_at is not None:
                 killer = asyncio.create_task(_kill_primary(
                     cluster, window_start + args.kill_primary_at, window_start, ends, fault
                 ))
             await _sleep_until(window_end)
             if killer is not None:
                 await killer
+            if nemesis is not None:
+                await nemesis.finish(cluster)
             ends.update(await cluster.statuses(cluster.live))
+            if nemesis is not None:
+                # A replica killed (and maybe restarted) counts up to its kill; restarted
+                # ones stay live, so the safety checks below include them.
+                for r in nemesis.killed_ever:
+                    ends[r] = nemesis.last_status.get(r)
             host_end = host_cpu_times()
+            if progress is not None:
+                progress.cancel()
+                await asyncio.gather(progress, return_exceptions=True)
             reports = await loadgens.stop()
             safety = await cluster.check_safety()
     finally:
+        if nemesis is not None:
+            os.environ.pop(LINK_FAULTS_ENV, None)
         await children.shutdown()
+        if testbed is not None:
+            testbed.teardown()  # after the processes inside it are gone
 
+    bandwidth = wan.bandwidth_bps if wan is not None else None
     nodes: list[NodeWindow] = [
-        node_window(r.id, starts.get(r.id), ends.get(r.id), killed=r.id in cluster.killed)
+        node_window(r.id, starts.get(r.id), ends.get(r.id),
+                    killed=r.id in cluster.killed or (nemesis is not None
+                                                      and r.id in nemesis.killed_ever),
+                    bandwidth_bps=bandwidth)
         for r in config.replicas
     ]
     spec = RunSpec(
@@ -454,7 +515,97 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     env = environment(sum(r.total_cpu_s for r in reports), host_cpu_busy(host_start, host_end))
     env["durability"] = args.durability
     env["shared_client_connections"] = not args.connection_per_client
-    return build_results(spec, reports, nodes, safety, env, fault or None)
+    env["accounting"] = not getattr(args, "no_accounting", False)
+    env["wan_emulation"] = "netns" if testbed is not None else (
+        "transport" if wan is not None else None)
+    results = build_results(spec, reports, nodes, safety, env, fault or None)
+    results["load"] = {
+        "mode": "open" if getattr(args, "rate", None) else "closed",
+        "rate_tps": getattr(args, "rate", None),
+        "burn_us_per_op": getattr(args, "burn_us_per_op", 0.0) or 0.0,
+    }
+    if nemesis is not None:
+        results["nemesis"] = nemesis.report()
+    if wan is not None:
+        results["wan"] = {**wan.to_json(),
+                          "loadgen_regions": [wan.loadgen_region(i) for i in range(len(reports))]}
+    if testbed is not None:
+        results["netns"] = testbed.topology.to_json()
+    return results
+
+
+def _nemesis(args: argparse.Namespace, n: int, workdir: Path) -> Nemesis | None:
+    """With ``--nemesis FILE``: the schedule, and the replicas told (by an environment
+    variable they inherit) where their link-fault control files are."""
+    if not getattr(args, "nemesis", None):
+        return None
+    if args.kill_primary_at is not None:
+        raise ValueError("--nemesis and --kill-primary-at exclude each other "
+                         "(schedule the kill in the nemesis file)")
+    from phalanx.byzantine.nemesis import make_nemesis
+
+    nemesis = make_nemesis(args.nemesis, n, args.duration, workdir)
+    os.environ[LINK_FAULTS_ENV] = str(nemesis.control_dir)
+    return nemesis
+
+
+def _netns_testbed(args: argparse.Namespace, wan: WanPlan | None, n: int,
+                   children: Children) -> Testbed | None:
+    """With ``--netns``: the namespaces of this run, built (see :mod:`phalanx.bench.netns`);
+    the children start inside them and the transport delays nothing (the kernel does)."""
+    if not getattr(args, "netns", False):
+        return None
+    from phalanx.bench.netns import NetnsError, build
+
+    loadgens = len(split_clients(args.clients, args.client_procs))
+    try:
+        testbed = build(n, loadgens, wan, wan.bandwidth_bps if wan else None).up()
+    except NetnsError as exc:
+        raise BenchError(str(exc)) from None
+    args.wan_plan = None  # no delay lines, no pacing in the processes
+    children.wrap = testbed.topology.exec_prefix
+    return testbed
+
+
+def testbed_config(workdir: Path, config: ClusterConfig, testbed: Testbed) -> ClusterConfig:
+    """``config`` with each replica at its namespace's address (same ports), rewritten."""
+    replicas = tuple(dataclasses.replace(r, host=testbed.topology.replicas[r.id].address)
+                     for r in config.replicas)
+    config = dataclasses.replace(config, replicas=replicas)
+    config.dump(workdir / CLUSTER_FILE)
+    return config
+
+
+def _wan_plan(args: argparse.Namespace, workdir: Path, n: int) -> WanPlan | None:
+    """The WAN plan of ``--wan/--regions/--bandwidth`` (written for the children), or
+    None on plain loopback. ``--bandwidth`` alone caps links without delays."""
+    matrix = getattr(args, "wan", None)
+    bandwidth = getattr(args, "bandwidth", None)
+    if not matrix and not bandwidth:
+        args.wan_plan = None
+        return None
+    if not matrix:
+        # A one-region matrix: zero delay everywhere, only the cap applies.
+        matrix = str(workdir / "loopback.csv")
+        Path(matrix).write_text("src_region\\dst_region,local\nlocal,0\n")
+        regions: str | list[str] = ["local"]
+    else:
+        regions = getattr(args, "regions", None) or ""
+    plan = WanPlan.build(matrix, regions, n, bandwidth)
+    args.wan_plan = workdir / "wan.json"
+    plan.dump(args.wan_plan)
+    return plan
+
+
+def _node_flags(args: argparse.Namespace) -> list[str]:
+    flags: list[str] = []
+    if getattr(args, "no_accounting", False):
+        flags.append("--no-accounting")
+    if getattr(args, "wan_plan", None):
+        flags += ["--wan", str(args.wan_plan)]
+    if getattr(args, "burn_us_per_op", 0.0):
+        flags += ["--burn-us-per-op", repr(args.burn_us_per_op)]
+    return flags
 
 
 def _validate(args: argparse.Namespace) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,22 @@ import msgspec
 from aiohttp import web
 
 from phalanx.api.http import make_app
+from phalanx.api.ledger import Gateway, LedgerApi
 from phalanx.config import ClusterConfig, load, load_private_key
 from phalanx.core.quorum import Quorums
 from phalanx.crypto.ed25519 import Ed25519NodeCrypto
 from phalanx.crypto.keys import KeyPair
+from phalanx.ledger.state import make_ledger_factory
 from phalanx.protocols.registry import protocol
 from phalanx.runtime import run
+from phalanx.runtime.accounting import Accounting, phase_table, timed_factory
+from phalanx.runtime.linkfaults import LINK_FAULTS_ENV
+from phalanx.runtime.linkfaults import install as install_link_faults
 from phalanx.runtime.metrics import Metrics
 from phalanx.runtime.node import ReplicaDriver
 from phalanx.runtime.transport import Transport
-from phalanx.statemachine.kv import KVStore
+from phalanx.runtime.wan import WanPlan
+from phalanx.statemachine.burn import kv_factory
 from phalanx.storage.lmdb_store import Store
 
 log = logging.getLogger("phalanx.node")
@@ -55,6 +62,10 @@ class ReplicaServer:
         seed: bytes,
         data_dir: str | None,
         durability: str = "fsync",
+        *,
+        accounting: bool = True,
+        wan: WanPlan | None = None,
+        burn_us_per_op: float = 0.0,
     ):
         self.config = config
         self.replica_id = replica_id
@@ -66,7 +77,15 @@ class ReplicaServer:
         quorums = Quorums(config.n, config.f)
         self.metrics = Metrics(replica=str(replica_id))
         crypto = Ed25519NodeCrypto(replica_id, keypair, public_keys)
-        self.core = spec.make_replica(replica_id, quorums, crypto, KVStore, config.options)
+        make_app = kv_factory(burn_us_per_op)
+        if config.app == "ledger":
+            make_app = make_ledger_factory(config.genesis)
+        # The driver and transport measure per-type and per-phase costs; the core stays
+        # pure (the state machine it is given is timed from outside).
+        self.accounting = Accounting(phase_table(config.protocol)) if accounting else None
+        if self.accounting is not None:
+            make_app = timed_factory(make_app, self.accounting)
+        self.core = spec.make_replica(replica_id, quorums, crypto, make_app, config.options)
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
         self.store = Store(data_dir, durable=durability == "fsync") if data_dir else None
@@ -75,11 +94,17 @@ class ReplicaServer:
             replica_id, keypair, addrs, public_keys, message_decoder(config.protocol),
             None, None, self.metrics,
         )
+        self.transport.accounting = self.accounting
+        if wan is not None:
+            self.transport.shaper = wan.replica_shaper(replica_id)
         self.stopped = asyncio.Event()
         self.driver = ReplicaDriver(
-            self.core, self.transport, self.store, self.metrics, on_fatal=self._fatal
+            self.core, self.transport, self.store, self.metrics, on_fatal=self._fatal,
+            accounting=self.accounting,
         )
         self._http: web.AppRunner | None = None
+        self.gateway: Gateway | None = None
+        self.blocks: Any = None  # the ledger API's BlockFetcher
 
     def describe(self) -> dict[str, Any]:
         core: Any = self.core
@@ -97,6 +122,16 @@ class ReplicaServer:
         await self.transport.start(self.info.host, self.info.port)
         self.driver.start()
         app = make_app(self.driver, self.metrics, self.describe)
+        if self.config.app == "ledger":
+            # POST /tx, GET /tx, /account, /block; admitted txs enter ordering through
+            # this process's gateway clients.
+            self.gateway = Gateway(self.config)
+            await self.gateway.start()
+            from phalanx.api.block_fetch import BlockFetcher
+
+            self.blocks = BlockFetcher(self.config, self.replica_id)
+            LedgerApi(self.core, self.store, self.gateway, self.metrics,
+                      blocks=self.blocks).install(app)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         await web.TCPSite(self._http, self.info.host, self.info.http_port).start()
@@ -104,6 +139,10 @@ class ReplicaServer:
                  self.info.port, self.info.http_port)
 
     async def close(self) -> None:
+        if self.blocks is not None:
+            await self.blocks.close()
+        if self.gateway is not None:
+            await self.gateway.close()
         await self.driver.close()
         await self.transport.close()
         if self._http is not None:
@@ -120,6 +159,9 @@ async def _serve(server: ReplicaServer) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.stopped.set)
+    faults_dir = os.environ.get(LINK_FAULTS_ENV)
+    if faults_dir:  # set by ``phalanx bench --nemesis``: partitions and slow links
+        install_link_faults(server.transport, server.replica_id, faults_dir, server.metrics)
     await server.start()
     await server.stopped.wait()
     await server.close()
@@ -131,6 +173,10 @@ def serve_replica(
     key_path: str | None = None,
     data_dir: str | None = None,
     durability: str = "fsync",
+    *,
+    accounting: bool = True,
+    wan_path: str | None = None,
+    burn_us_per_op: float = 0.0,
 ) -> int:
     """Run replica ``replica_id`` until SIGINT/SIGTERM. Returns the exit code."""
     logging.basicConfig(
@@ -141,6 +187,8 @@ def serve_replica(
     key = Path(key_path) if key_path else base / f"replica-{replica_id}.key"
     seed = load_private_key(key, config.replica(replica_id).public_key)
     data = data_dir or str(base / "data" / f"replica-{replica_id}")
-    server = ReplicaServer(config, replica_id, seed, data, durability)
+    wan = WanPlan.load(wan_path) if wan_path else None
+    server = ReplicaServer(config, replica_id, seed, data, durability, accounting=accounting,
+                           wan=wan, burn_us_per_op=burn_us_per_op)
     run(_serve(server))
     return 1 if server.driver.fatal_error is not None else 0

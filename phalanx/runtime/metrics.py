@@ -36,6 +36,11 @@ class Metrics:
         counters = self._counters
         counters[name] = counters.get(name, 0) + by
 
+    def set_counter(self, name: str, value: int | float) -> None:
+        """Set counter ``name`` to ``value``: for counters kept elsewhere (e.g. the
+        per-type accounting) and copied in when ``/metrics`` is scraped."""
+        self._counters[name] = value
+
     def set(self, name: str, value: int | float) -> None:
         """Set gauge ``name`` to ``value``."""
         self._gauges[name] = value

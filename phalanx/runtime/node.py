@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from time import perf_counter_ns
 from typing import Any, Protocol
 
 from phalanx.core.effects import (
@@ -34,6 +35,7 @@ from phalanx.core.effects import (
 )
 from phalanx.core.messages import Replies, Reply, encode
 from phalanx.core.node import ReplicaCore
+from phalanx.runtime.accounting import Accounting
 from phalanx.runtime.metrics import Metrics
 from phalanx.runtime.transport import Transport
 
@@ -51,7 +53,7 @@ class Store(Protocol):
 
     def write(self, records: list[tuple[bytes, bytes | None]]) -> None: ...
 
-    def items(self) -> Iterator[tuple[bytes, bytes]]: ...
+    def items(self, skip: tuple[bytes, ...] = ()) -> Iterator[tuple[bytes, bytes]]: ...
 
 
 class ReplicaDriver:
@@ -74,8 +76,11 @@ class ReplicaDriver:
         metrics: Metrics,
         *,
         on_fatal: Callable[[BaseException], None] | None = None,
+        accounting: Accounting | None = None,
     ) -> None:
         self.core = core
+        # Per-type and per-phase costs (see runtime/accounting.py); None: not measured.
+        self.accounting = accounting
         self.transport = transport
         self.store = store
         self.metrics = metrics
@@ -111,7 +116,10 @@ class ReplicaDriver:
         if self._writer is not None:
             self._writer.start(self._loop)
         if self.store is not None:
-            records = list(self.store.items())
+            # Records the core never recovers from (a ledger's blocks and tx index,
+            # which grow with history) are not even read.
+            skip = tuple(getattr(self.core, "recovery_skip", ()))
+            records = list(self.store.items(skip) if skip else self.store.items())
             if records:
                 # Not contained: a replica that cannot rebuild its state must not run.
                 self.core.recover(records)
@@ -175,17 +183,38 @@ class ReplicaDriver:
     def on_replica_message(self, src: int, msg: Any) -> None:
         """A message from replica ``src`` (authenticated by its link)."""
         if self._running:
-            self._step("message", self.core.on_message, src, msg)
+            if self.accounting is None:
+                self._step("message", self.core.on_message, src, msg)
+            else:
+                self._timed_step(type(msg), "message", self.core.on_message, src, msg)
 
     def on_client_message(self, client: bytes, msg: Any) -> None:
         """A message from the client with public key ``client`` (authenticated link)."""
         if self._running:
-            self._step("client message", self.core.on_client_message, client, msg)
+            if self.accounting is None:
+                self._step("client message", self.core.on_client_message, client, msg)
+            else:
+                self._timed_step(type(msg), "client message", self.core.on_client_message,
+                                 client, msg)
 
     def _on_timer(self, name: str) -> None:
         self._timers.pop(name, None)
         if self._running:
-            self._step("timer", self.core.on_timer, name)
+            if self.accounting is None:
+                self._step("timer", self.core.on_timer, name)
+            else:
+                self._timed_step("timer:" + name, "timer", self.core.on_timer, name)
+
+    def _timed_step(self, kind: Any, what: str, call: Callable[..., list[Effect]],
+                    *args: Any) -> None:
+        """:meth:`_step`, its time charged to ``kind`` (execution time excluded: the
+        state machine wrapper charges that to execution)."""
+        acct = self.accounting
+        assert acct is not None
+        exec_before = acct.exec_ns
+        start = perf_counter_ns()
+        self._step(what, call, *args)
+        acct.handled(kind, perf_counter_ns() - start - (acct.exec_ns - exec_before))
 
     def _step(self, what: str, call: Callable[..., list[Effect]], *args: Any) -> None:
         try:
@@ -325,6 +354,8 @@ class ReplicaDriver:
     def _send(self, effects: list[Effect]) -> None:
         metrics = self.metrics
         transport = self.transport
+        acct = self.accounting
+        mark = perf_counter_ns() if acct is not None else 0
         # One encoding per message object, even if the core sends it to several replicas.
         encoded: dict[int, bytes] = {}
         replies: dict[bytes, list[Reply]] = {}
@@ -352,12 +383,22 @@ class ReplicaDriver:
                 continue
             metrics.inc("msgs_sent", copies)
             metrics.inc("msgs_sent:" + type(msg).__name__, copies)
+            if acct is not None:
+                now = perf_counter_ns()
+                acct.sent_msg(type(msg), copies, copies * len(data))
+                acct.sending(type(msg), now - mark)
+                mark = now
         for client, batch in replies.items():
             for chunk in _chunks(batch):
                 reply = chunk[0] if len(chunk) == 1 else Replies(chunk)
-                transport.send_client(client, encode(reply))
+                data = encode(reply)
+                transport.send_client(client, data)
+                if acct is not None:
+                    acct.sent_msg(Reply, len(chunk), len(data))
             metrics.inc("msgs_sent", len(batch))
             metrics.inc("msgs_sent:Reply", len(batch))
+        if acct is not None and replies:
+            acct.sending(Reply, perf_counter_ns() - mark)
 
     def _fail(self, error: BaseException) -> None:
         self.metrics.inc("store_errors")

@@ -1,0 +1,1 @@
+"""Benchmarks that are scripts, not part of the phalanx package (see bench/peers)."""
