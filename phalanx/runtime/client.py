@@ -281,6 +281,11 @@ class ClientMux:
         if runner is None:
             self.transport.metrics.inc("dropped_unknown_client")
             return
+        if runner._timestamp != getattr(msg, "timestamp", None):
+            # An answer to a request that already completed (the replies beyond the f+1
+            # that decided it: half of all replies at n=4) or was given up: nothing to do.
+            self.transport.metrics.inc("late_replies")
+            return
         runner._on_message(replica, msg)
 
     async def close(self) -> None:
