@@ -43,6 +43,8 @@ STRATEGY_WEIGHTS = {
     "vote_all": 10,
     "selective": 10,
     "silent": 6,
+    "forge_view": 6,
+    "hide_commit": 10,
 }
 """How often each Byzantine strategy is drawn (``twins`` is built by the driver)."""
 

@@ -6,7 +6,9 @@ Strategies (besides the generic Borgesian and selective-delivery ones):
   different replicas — the real batch, a reordered or shortened one, an older one, the
   null request;
 - ``vote_all``: votes PREPARE and COMMIT for every proposal and vote it sees, conflicting
-  ones included, and signs a CHECKPOINT for every checkpoint it sees.
+  ones included, and signs a CHECKPOINT for every checkpoint it sees;
+- ``forge_view`` and ``hide_commit``: targeted view-change attacks
+  (:mod:`phalanx.byzantine.pbft_attacks`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import msgspec
 from phalanx.byzantine.behaviours import Borgesian, Log, Rewriter, SelectiveDelivery, Voter
 from phalanx.byzantine.checkers import AlarmChecker, register_checkers
 from phalanx.byzantine.generate import MessageGenerator
+from phalanx.byzantine.pbft_attacks import ForgeNewView, HideCommit
 from phalanx.byzantine.protocols import FuzzProtocol
 from phalanx.core.hashing import digest
 from phalanx.core.messages import Request, decode_batch, encode_batch
@@ -224,6 +227,14 @@ def vote_all(replica: int, seed: int, disabled: frozenset[int], log: Log | None)
     return Voter(replica, seed, votes, name="vote_all", disabled=disabled, log=log)
 
 
+def forge_view(replica: int, seed: int, disabled: frozenset[int], log: Log | None) -> Behaviour:
+    return ForgeNewView(replica, seed, disabled=disabled, log=log)
+
+
+def hide_commit(replica: int, seed: int, disabled: frozenset[int], log: Log | None) -> Behaviour:
+    return HideCommit(replica, seed, disabled=disabled, log=log)
+
+
 def fuzz_spec() -> FuzzProtocol:
     return FuzzProtocol(
         name="pbft",
@@ -235,6 +246,8 @@ def fuzz_spec() -> FuzzProtocol:
             "selective": selective,
             "equivocate": equivocate,
             "vote_all": vote_all,
+            "forge_view": forge_view,
+            "hide_commit": hide_commit,
         },
         planted_bugs=PLANTED_BUGS,
         signer_field="replica",
