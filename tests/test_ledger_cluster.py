@@ -75,8 +75,14 @@ def test_sigkill_a_replica_during_a_trace_replay_restart_catch_up_nothing_lost(t
         committed = run(replay(config, raws, on_commit))
         assert events == ["killed", "restarted"] and len(committed) == len(trace.txs)
         seq, root = cluster.wait_converged(timeout=60)
-        heights = {i: cluster.get_json(i, f"/tx/{committed[-1].hex()}")["height"]
-                   for i in range(4)}
+        heights = {}
+        for i in range(4):
+            try:
+                heights[i] = cluster.get_json(i, f"/tx/{committed[-1].hex()}")["height"]
+            except OSError:
+                # Only the restarted replica may lack it: it may have skipped that block
+                # by state transfer (checked below: never in another block).
+                assert i == 1, f"replica {i} does not know the last committed tx"
         assert len(set(heights.values())) == 1, heights
         # No committed transaction lost: all in every replica's durable tx index, in the
         # same block everywhere (the restarted one included, recovered or caught up).
