@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,9 +107,21 @@ def test_sigkill_a_replica_during_a_trace_replay_restart_catch_up_nothing_lost(t
         # its store) and executed everything after its restart.
         status = cluster.status(1)
         assert status["executed_seq"] == seq and status["current_state_root"] == root
-        balances = {i: cluster.get_json(i, f"/account/{'00' * 32}")["executed"]
-                    for i in range(4)}
+        balances = {i: _account_when_certified(cluster, i, "00" * 32) for i in range(4)}
         assert len({json_key(b) for b in balances.values()}) == 1
+
+
+def _account_when_certified(cluster, i: int, address: str, timeout: float = 20.0) -> dict:
+    """``GET /account`` of replica ``i``, waiting out a 503 while its latest block's
+    certificate is still being fetched from its peers (a replica that just caught up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return cluster.get_json(i, f"/account/{address}")["executed"]
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def json_key(value: dict) -> tuple:
