@@ -173,11 +173,17 @@ def _options(args: argparse.Namespace, protocol: str) -> dict[str, int]:
     return options
 
 
-def make_cluster(workdir: Path, args: argparse.Namespace) -> ClusterConfig:
+def make_cluster(
+    workdir: Path,
+    args: argparse.Namespace,
+    app: str = "kv",
+    genesis: dict[bytes, int] | None = None,
+) -> ClusterConfig:
     """A fresh cluster in ``workdir``: new keys, the given options, no old data."""
     config = generate_cluster(
         workdir, args.n, f=getattr(args, "f", None), protocol=args.protocol,
         base_port=args.base_port, base_http_port=args.base_port + args.n, overwrite=True,
+        app=app, genesis=genesis,
     )
     options = _options(args, args.protocol)
     if options:

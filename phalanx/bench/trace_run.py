@@ -45,12 +45,12 @@ from phalanx.bench.run import (
     BenchError,
     Children,
     Cluster,
-    _options,
     _readline,
+    make_cluster,
     split_clients,
 )
 from phalanx.bench.trace import Trace, load_trace, sign
-from phalanx.config import CLUSTER_FILE, generate_cluster
+from phalanx.config import CLUSTER_FILE
 from phalanx.ledger.state import MAX_NONCE_AHEAD, Ledger
 from phalanx.ledger.tx import decode_tx, signature_valid
 from phalanx.runtime import run
@@ -124,18 +124,7 @@ async def measure_trace(args: argparse.Namespace, workdir: Path) -> dict[str, An
     genesis = trace.genesis()
     chain_id = Ledger(genesis).chain_id
     verify_us = measure_verify_us(trace, chain_id)
-    config = generate_cluster(
-        workdir, args.n, protocol=args.protocol, base_port=args.base_port,
-        base_http_port=args.base_port + args.n, overwrite=True, app="ledger", genesis=genesis,
-    )
-    options = _options(args, args.protocol)
-    if options:
-        import dataclasses
-
-        config = dataclasses.replace(config, options={**config.options, **options})
-        config.dump(workdir / CLUSTER_FILE)
-    shutil.rmtree(workdir / "data", ignore_errors=True)
-    (workdir / "logs").mkdir(exist_ok=True)
+    config = make_cluster(workdir, args, app="ledger", genesis=genesis)
     children = Children()
     try:
         async with aiohttp.ClientSession() as session:
