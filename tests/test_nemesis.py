@@ -45,7 +45,7 @@ replica = "primary"
 [[event]]
 at = 4.5
 action = "restart"
-replica = 0
+replica = "killed"
 [[event]]
 at = 5.0
 action = "heal"
@@ -59,6 +59,7 @@ def test_schedule_parses_sorts_and_resolves_primary_later(tmp_path: Path):
     assert [e.action for e in events][:3] == ["partition", "heal", "slow"]
     assert events[0].groups == ((0, 1), (2, 3))
     assert next(e for e in events if e.action == "kill").replica == "primary"
+    assert next(e for e in events if e.action == "restart").replica == "killed"
     as_json = tmp_path / "s.json"
     as_json.write_text(json.dumps([{"at": 1, "action": "kill", "replica": 2}]))
     assert load_schedule(as_json, n=4, duration=8.0)[0].replica == 2
@@ -71,6 +72,8 @@ def test_schedule_parses_sorts_and_resolves_primary_later(tmp_path: Path):
         ({"at": 9, "action": "kill", "replica": 0}, "within the measured window"),
         ({"at": 1, "action": "kill", "replica": 4}, "no replica 4"),
         ({"at": 1, "action": "restart", "replica": "primary"}, "no replica"),
+        ({"at": 1, "action": "kill", "replica": "killed"}, "no replica"),
+        ({"at": 1, "action": "cont", "replica": "killed"}, "no replica"),
         ({"at": 1, "action": "partition", "groups": [[0, 1], [1, 2]]}, "two groups"),
         ({"at": 1, "action": "slow", "link": [0, 1], "delay_ms": -5}, "delay_ms"),
         ({"at": 1, "action": "kill", "replica": 0, "when": 2}, "unknown keys"),
@@ -124,7 +127,7 @@ def test_bench_with_a_nemesis_ends_safe_with_every_fault_applied(tmp_path: Path)
     applied = [e["action"] for e in results["nemesis"]["events"]]
     assert applied == ["partition", "heal", "slow", "stop", "cont", "kill", "restart", "heal"]
     assert all("error" not in e and "skipped" not in e for e in results["nemesis"]["events"])
-    assert results["nemesis"]["killed"] == [0]
+    assert len(results["nemesis"]["killed"]) == 1  # the primary when the kill fired
     safety = results["safety"]
     assert safety["state_roots_equal"] and safety["logs_consistent"] and safety["converged"]
     assert set(safety["executed_seq"]) == {"0", "1", "2", "3"}  # the restarted one too

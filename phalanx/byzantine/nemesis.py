@@ -10,7 +10,7 @@ window::
     [[event]]
     at = 4.0
     action = "restart"       # start it again on its data directory
-    replica = 0
+    replica = "killed"       # the last one killed (or "stopped" for cont), or an id
     [[event]]
     at = 5.0
     action = "stop"          # SIGSTOP; "cont" sends SIGCONT
@@ -63,7 +63,7 @@ class NemesisError(ValueError):
 class Event:
     at: float
     action: str
-    replica: int | str | None = None  # an id, or "primary" (resolved when it fires)
+    replica: int | str | None = None  # an id, or "primary"/"killed"/"stopped" (when it fires)
     groups: tuple[tuple[int, ...], ...] = ()
     link: tuple[int, int] | None = None
     delay_ms: float = 0.0
@@ -110,8 +110,10 @@ def parse_event(item: Any, index: int, n: int, duration: float) -> Event:
     delay = 0.0
     if action in ("kill", "restart", "stop", "cont"):
         value = item.get("replica")
-        replica = "primary" if value == "primary" and action in ("kill", "stop") else (
-            replica_id(value))
+        # Names resolved when the event fires: the primary then, or the replica the last
+        # kill (stop) hit — a view change may have moved the primary in between.
+        symbolic = {"kill": "primary", "stop": "primary", "restart": "killed", "cont": "stopped"}
+        replica = value if value == symbolic[action] else replica_id(value)
     elif action == "partition":
         raw_groups = item.get("groups")
         if not isinstance(raw_groups, list) or len(raw_groups) < 2:
@@ -156,6 +158,8 @@ class Nemesis:
     applied: list[dict[str, Any]] = field(default_factory=list)
     stopped: set[int] = field(default_factory=set)
     killed_ever: set[int] = field(default_factory=set)
+    last_killed: int | None = None
+    last_stopped: int | None = None
     last_status: dict[int, dict[str, Any] | None] = field(default_factory=dict)
     _blocked: dict[int, set[int]] = field(default_factory=dict)
     _delays: dict[int, dict[int, float]] = field(default_factory=dict)
@@ -191,13 +195,17 @@ class Nemesis:
     async def _apply(self, cluster: NemesisCluster, event: Event) -> dict[str, Any]:
         action = event.action
         if action in ("kill", "stop", "restart", "cont"):
-            r = await self._target(cluster, event.replica)
+            try:
+                r = await self._target(cluster, event.replica)
+            except NemesisError as e:
+                return {"skipped": str(e)}
             if action == "kill":
                 # Its counters up to now stand for its share of the window.
                 self.last_status[r] = await cluster.status(r, timeout=1.0)
                 self.stopped.discard(r)
                 cluster.kill(r)
                 self.killed_ever.add(r)
+                self.last_killed = r
             elif action == "restart":
                 if r not in cluster.killed:
                     return {"replica": r, "skipped": "not killed"}
@@ -212,6 +220,7 @@ class Nemesis:
             elif action == "stop":
                 self._signal(cluster, r, signal.SIGSTOP)
                 self.stopped.add(r)
+                self.last_stopped = r
             else:
                 self._signal(cluster, r, signal.SIGCONT)
                 self.stopped.discard(r)
@@ -234,6 +243,11 @@ class Nemesis:
         return {}
 
     async def _target(self, cluster: NemesisCluster, replica: int | str | None) -> int:
+        if replica in ("killed", "stopped"):
+            last = self.last_killed if replica == "killed" else self.last_stopped
+            if last is None:
+                raise NemesisError(f"no replica was {replica} before this event")
+            return last
         if replica == "primary":
             live = [r.id for r in cluster.config.replicas if r.id not in cluster.killed]
             votes: dict[int, int] = {}
