@@ -11,7 +11,12 @@ from typing import Any
 
 import pytest
 
+from phalanx.crypto.keys import KeyPair
 from phalanx.runtime import loop_factory
+from phalanx.runtime.framing import FRAME_OVERHEAD
+from phalanx.runtime.launcher import message_decoder
+from phalanx.runtime.metrics import Metrics
+from phalanx.runtime.transport import Transport
 from phalanx.runtime.wan import RELEASE_SLACK_S, Shaper, _DelayLine
 
 
@@ -53,6 +58,14 @@ class UvClock:
             self.ms = max(self.ms, at)
             fn()
 
+    def run_due(self) -> None:
+        """Run the callbacks due by the current ms (time does not move)."""
+        while self._queue and self._queue[0][0] <= self.ms:
+            _, _, fn, handle = heapq.heappop(self._queue)
+            if not handle.cancelled:
+                self.callbacks += 1
+                fn()
+
 
 def test_a_delay_line_on_a_ms_clock_releases_without_spinning():
     clock = UvClock()
@@ -81,7 +94,7 @@ def test_the_shaper_paces_egress_fifo_per_link_and_forgets_empty_lines():
     shaper.send(1, 1000, arrive, "a")  # leaves after 10 ms, arrives at 60 ms
     shaper.send(1, 1000, arrive, "b")  # leaves at 20 ms, arrives at 70 ms
     shaper.send(2, 1000, arrive, "c")  # leaves at 30 ms, no delay
-    assert shaper.lines == 2
+    assert shaper.lines == 0 and shaper.held_bytes == 3 * (1000 + FRAME_OVERHEAD)  # on the wire
     clock.run()
     assert [tag for tag, _ in got] == ["c", "a", "b"]
     times = dict(got)
@@ -132,3 +145,50 @@ def test_on_the_real_loop_a_fractional_ms_delay_does_not_rearm(monkeypatch):
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         assert runner.run(scenario()) == ["a", "b"]
     assert calls <= 3
+
+
+def test_an_overloaded_bandwidth_cap_holds_bounded_bytes_counts_drops_and_keeps_delivering():
+    clock = UvClock()
+    drops: list[int] = []
+    # 800 kbit/s = one 100-byte payload per ms, offered at 10 per ms: 10x the capacity.
+    shaper = Shaper({1: 0.005}, {}, bandwidth_bps=8e5, loop=clock,  # type: ignore[arg-type]
+                    limit_bytes=1_000, on_drop=lambda: drops.append(1))
+    got: list[int] = []
+    held: list[int] = []
+    for i in range(2_000):
+        if i % 10 == 0:
+            clock.ms += 1
+            clock.run_due()
+        shaper.send(1, 100 - FRAME_OVERHEAD, got.append, i)
+        held.append(shaper.held_bytes)
+    clock.run()
+    assert max(held) <= 2 * 1_000  # the wire's limit plus the link's line
+    assert len(drops) == shaper.dropped > 1_500
+    # A dropped payload takes no wire time: the newest are delivered, about at capacity.
+    assert got[-1] == 1_999 and 220 <= len(got) <= 300  # 200 ms / 0.8 ms, plus the queue
+    assert len(got) + len(drops) == 2_000
+
+
+def test_an_uncapped_delay_line_is_bounded_too():
+    clock = UvClock()
+    shaper = Shaper({1: 0.05}, {}, loop=clock, limit_bytes=500)  # type: ignore[arg-type]
+    got: list[int] = []
+    for i in range(100):
+        shaper.send(1, 100 - FRAME_OVERHEAD, got.append, i)
+    assert shaper._lines[("out", 1)].nbytes <= 500
+    clock.run()
+    assert got == list(range(95, 100)) and shaper.dropped == 95
+
+
+def test_a_transport_bounds_its_shaper_by_its_send_queue_and_counts_its_drops():
+    keys = [KeyPair.generate() for _ in range(2)]
+    metrics = Metrics(0)
+    transport = Transport(0, keys[0], {1: ("127.0.0.1", 1)}, [k.public_key for k in keys],
+                          message_decoder("pbft"), None, None, metrics,
+                          send_queue_limit=1 << 20)
+    shaper = Shaper({1: 0.05}, {})
+    transport.shaper = shaper
+    assert shaper.limit_bytes == transport.send_queue_limit
+    assert shaper.on_drop is not None
+    shaper.on_drop()
+    assert metrics.get("dropped_send_queue_full") == 1

@@ -455,11 +455,14 @@ def modeled_cpu_s(model: CostModel, acct: dict[str, Any]) -> tuple[float, int]:
             ns += count * (model.handle_ns(kind, int(size)) + cost_ns(model.transport_recv,
                                                                         int(size)))
             msgs += count
+    encoded = acct.get("encoded", {})
     for kind, (count, nbytes) in acct.get("sent", {}).items():
         if count:
             size = nbytes / count
-            ns += count * (cost_ns(model.encode.get(kind), int(size))
-                           + cost_ns(model.transport_send, int(size)))
+            # As the simulator charges it: one encoding per broadcast, transport per copy.
+            encodings = encoded.get(kind, count)
+            ns += (encodings * cost_ns(model.encode.get(kind), int(size))
+                   + count * cost_ns(model.transport_send, int(size)))
             msgs += count
     ns += model.execute_ns(acct.get("exec_ops", 0), 0)
     return ns / 1e9, msgs
@@ -505,6 +508,7 @@ def _node_accounting(node: dict[str, Any]) -> dict[str, Any] | None:
     if not by_type:
         return None
     return {"recv": by_type["recv"], "sent": by_type["sent"],
+            "encoded": by_type.get("encoded", {}),
             "exec_ops": by_type.get("execution_ops", 0)}
 
 

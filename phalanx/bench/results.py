@@ -323,6 +323,7 @@ class NodeWindow:
             out["by_type"] = {
                 "recv": acct.get("recv", {}),
                 "sent": acct.get("sent", {}),
+                "encoded": acct.get("encoded", {}),  # encodings (a broadcast: one)
                 "handler_ms": {k: round(v / 1e6, 3) for k, v in acct.get("handler_ns", {}).items()},
                 "send_ms": {k: round(v / 1e6, 3) for k, v in acct.get("send_ns", {}).items()},
                 "execution_ms": round(acct.get("exec_ns", 0) / 1e6, 3),

@@ -133,8 +133,8 @@ def run_scale(spec: ScaleSpec, model: CostModel,
     start, end = spec.warmup, spec.warmup + spec.duration
     marks: dict[str, Any] = {}
     def mark(name: str) -> Any:
-        def take(_: Simulation) -> None:
-            marks[name] = resources.snapshot()
+        def take(at: Simulation) -> None:
+            marks[name] = resources.snapshot(at.now)
             marks[name + "_loadgen"] = resources.loadgen_cpu_s()
         return take
 
@@ -191,6 +191,13 @@ def run_scale(spec: ScaleSpec, model: CostModel,
         "bandwidth_bps": spec.bandwidth_bps, "host_cores": spec.host_cores,
         "checkers": spec.checkers,
     }
+    if spec.bandwidth_bps is not None:
+        # What the capped links still held when the window closed: a growing backlog
+        # means the run had not reached a steady state.
+        results["sim"]["egress_backlog_bytes"] = {
+            str(r): marks["end"][r]["egress_backlog_bytes"] for r in range(spec.n)}
+        results["sim"]["egress_delay_s"] = {
+            str(r): round(marks["end"][r]["egress_delay_s"], 6) for r in range(spec.n)}
     results["environment"]["wall_s"] = None
     return results
 

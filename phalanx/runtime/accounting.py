@@ -96,13 +96,15 @@ class Accounting:
     """The counters of one node. Keys are message types (or timer names) as given; the
     snapshot names them. All methods are O(1) dict updates."""
 
-    __slots__ = ("exec_ns", "exec_ops", "handler_ns", "io_ns", "nested_ns", "phase_of", "recv",
-                 "send_ns", "sent")
+    __slots__ = ("encoded", "exec_ns", "exec_ops", "handler_ns", "io_ns", "nested_ns", "phase_of",
+                 "recv", "send_ns", "sent")
 
     def __init__(self, phase_of: Mapping[str, str] | None = None) -> None:
         self.phase_of: dict[str, str] = dict(phase_of or {})
         self.recv: dict[Any, list[int]] = {}
         self.sent: dict[Any, list[int]] = {}
+        # Encodings per type: a broadcast is encoded once for all its copies.
+        self.encoded: dict[Any, int] = {}
         self.handler_ns: dict[Any, int] = {}
         self.send_ns: dict[Any, int] = {}
         self.exec_ns = 0
@@ -122,8 +124,11 @@ class Accounting:
             entry[0] += 1
             entry[1] += nbytes
 
-    def sent_msg(self, kind: Any, msgs: int, nbytes: int) -> None:
-        """``msgs`` messages of ``kind`` left, ``nbytes`` payload bytes in all."""
+    def sent_msg(self, kind: Any, msgs: int, nbytes: int, encodings: int = 1) -> None:
+        """``msgs`` messages of ``kind`` left, ``nbytes`` payload bytes in all, from
+        ``encodings`` encodings (one for all the copies of a broadcast)."""
+        encoded = self.encoded
+        encoded[kind] = encoded.get(kind, 0) + encodings
         entry = self.sent.get(kind)
         if entry is None:
             self.sent[kind] = [msgs, nbytes]
@@ -152,6 +157,7 @@ class Accounting:
         return {
             "recv": {_name(k): list(v) for k, v in self.recv.items()},
             "sent": {_name(k): list(v) for k, v in self.sent.items()},
+            "encoded": {_name(k): v for k, v in self.encoded.items()},
             "handler_ns": {_name(k): v for k, v in self.handler_ns.items()},
             "send_ns": {_name(k): v for k, v in self.send_ns.items()},
             "exec_ns": self.exec_ns,
@@ -202,6 +208,7 @@ def delta(start: Mapping[str, Any] | None, end: Mapping[str, Any] | None) -> dic
     return {
         "recv": pairs("recv"),
         "sent": pairs("sent"),
+        "encoded": scalars("encoded"),
         "handler_ns": scalars("handler_ns"),
         "send_ns": scalars("send_ns"),
         "exec_ns": end.get("exec_ns", 0) - start.get("exec_ns", 0),

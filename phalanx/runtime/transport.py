@@ -588,7 +588,22 @@ class Endpoint:
         # Per-type bytes and transport time (runtime/accounting.py), if the owner wants them.
         self.accounting: Accounting | None = None
         # WAN emulation (runtime/wan.py): link delays and a bandwidth cap, if any.
-        self.shaper: Shaper | None = None
+        self._shaper: Shaper | None = None
+
+    @property
+    def shaper(self) -> Shaper | None:
+        """The WAN shaper payloads pass through before the send queues, if any."""
+        return self._shaper
+
+    @shaper.setter
+    def shaper(self, shaper: Shaper | None) -> None:
+        # What it holds waits in front of the bounded send queues: bound it the same way.
+        if shaper is not None:
+            shaper.bind(self.send_queue_limit, self._shaper_dropped)
+        self._shaper = shaper
+
+    def _shaper_dropped(self) -> None:
+        self.metrics.inc("dropped_send_queue_full")
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

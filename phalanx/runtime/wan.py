@@ -12,6 +12,10 @@ A :class:`Shaper` is installed on a node's transport:
 - every payload a node sends waits ``RTT/2`` of its link before it is handed to the
   socket (a delay line per destination, so links stay FIFO like TCP), after first
   waiting for the node's egress "wire" to be free at the capped bandwidth;
+- what waits is bounded like the transport's send queue: beyond ``limit_bytes`` per
+  line (and on the wire) the oldest payloads are dropped and counted
+  (``dropped_send_queue_full``), so ``--rate`` beyond capacity or a bandwidth cap
+  cannot grow a node's memory without bound;
 - replicas do not know which client key sits where, so the replica->client direction is
   delayed on arrival at the client instead (same one-way delay, same FIFO order).
 
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from phalanx.runtime.framing import FRAME_OVERHEAD
 from phalanx.runtime.sim.latency import LatencyMatrix
 
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(bit|bps|b|Bps|B)?(/s)?\s*$")
@@ -130,32 +135,49 @@ becomes ``call_soon``), so a timer can fire up to half a ms before the due time 
 armed for; insisting on ``due <= now`` then re-arms and spins until the next tick."""
 
 
+_NO_LIMIT = 1 << 62
+
+
 class _DelayLine:
     """Items released in FIFO order at their due times (loop clock, at most
-    :data:`RELEASE_SLACK_S` early), one timer at a time."""
+    :data:`RELEASE_SLACK_S` early), one timer at a time; at most ``limit`` bytes held,
+    the oldest dropped (``on_drop``) beyond it."""
 
-    __slots__ = ("_handle", "_items", "_loop", "_on_empty")
+    __slots__ = ("_handle", "_items", "_limit", "_loop", "_on_drop", "_on_empty", "nbytes")
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 on_empty: Callable[[], None] | None = None) -> None:
+                 on_empty: Callable[[], None] | None = None, *,
+                 limit: int = _NO_LIMIT, on_drop: Callable[[], None] | None = None) -> None:
         self._loop = loop
-        self._items: deque[tuple[float, Callable[..., None], tuple[Any, ...]]] = deque()
+        self._items: deque[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = deque()
         self._handle: asyncio.TimerHandle | None = None
         # Called once the line has nothing left, so its owner can forget it (a replica
         # gets one line per client key; they must not pile up).
         self._on_empty = on_empty
+        self._limit = limit
+        self._on_drop = on_drop
+        self.nbytes = 0
 
-    def push(self, due: float, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
-        self._items.append((due, fn, args))
+    def push(self, due: float, fn: Callable[..., None], args: tuple[Any, ...],
+             nbytes: int = 0) -> None:
+        items = self._items
+        items.append((due, nbytes, fn, args))
+        self.nbytes += nbytes
+        while self.nbytes > self._limit and len(items) > 1:
+            # Like the transport's SendQueue: the newest messages are the useful ones.
+            self.nbytes -= items.popleft()[1]
+            if self._on_drop is not None:
+                self._on_drop()
         if self._handle is None:
-            self._handle = self._loop.call_at(due, self._release)
+            self._handle = self._loop.call_at(items[0][0], self._release)
 
     def _release(self) -> None:
         self._handle = None
         items = self._items
         now = self._loop.time() + RELEASE_SLACK_S
         while items and items[0][0] <= now:
-            _, fn, args = items.popleft()
+            _, nbytes, fn, args = items.popleft()
+            self.nbytes -= nbytes
             fn(*args)
         if items:
             if self._handle is None:  # (a released callback may have pushed and armed)
@@ -168,6 +190,72 @@ class _DelayLine:
             self._handle.cancel()
             self._handle = None
         self._items.clear()
+        self.nbytes = 0
+
+
+class _Wire:
+    """A node's egress at ``bps``: payloads leave one after the other, each once the
+    one before it did; at most ``limit`` bytes wait, the oldest dropped (``on_drop``)
+    beyond it. A dropped payload takes no wire time, so an overloaded wire keeps
+    delivering the newest payloads instead of falling ever further behind."""
+
+    __slots__ = ("_free", "_handle", "_items", "_limit", "_loop", "_on_drop", "bps", "nbytes")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, bps: float, limit: int,
+                 on_drop: Callable[[], None] | None) -> None:
+        self._loop = loop
+        self.bps = bps
+        self._limit = limit
+        self._on_drop = on_drop
+        # (arrival, payload bytes, framed bytes, then): ``then(departs)`` once the last
+        # bit left. Wire time is paced by payload bytes (as the simulator's links are),
+        # the limit counts framed bytes (as the send queues do).
+        self._items: deque[tuple[float, int, int, Callable[[float], None]]] = deque()
+        self._free = 0.0  # when the wire finished its last payload
+        self._handle: asyncio.TimerHandle | None = None
+        self.nbytes = 0
+
+    def push(self, nbytes: int, framed: int, then: Callable[[float], None]) -> None:
+        now = self._loop.time()
+        self._advance(now)  # what left by now is not "waiting" any more
+        items = self._items
+        items.append((now, nbytes, framed, then))
+        self.nbytes += framed
+        while self.nbytes > self._limit and len(items) > 1:
+            self.nbytes -= items.popleft()[2]
+            # The payload on the wire now is aborted; the next one starts now.
+            self._free = max(self._free, now)
+            if self._on_drop is not None:
+                self._on_drop()
+        self._arm()
+
+    def _departs(self) -> float:
+        arrival, nbytes, _, _ = self._items[0]
+        return max(self._free, arrival) + nbytes * 8 / self.bps
+
+    def _advance(self, now: float) -> None:
+        items = self._items
+        while items and (departs := self._departs()) <= now:
+            _, _, framed, then = items.popleft()
+            self.nbytes -= framed
+            self._free = departs
+            then(departs)
+
+    def _arm(self) -> None:
+        if self._handle is None and self._items:
+            self._handle = self._loop.call_at(self._departs(), self._release)
+
+    def _release(self) -> None:
+        self._handle = None
+        self._advance(self._loop.time() + RELEASE_SLACK_S)
+        self._arm()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._items.clear()
+        self.nbytes = 0
 
 
 class Shaper:
@@ -175,19 +263,38 @@ class Shaper:
 
     ``out_delays[dest]`` is added to everything sent to ``dest`` (seconds);
     ``in_delays[src]`` to everything received from ``src``; ``bandwidth_bps`` paces all
-    outgoing payloads of the node, one after the other, like a NIC.
+    outgoing payloads of the node, one after the other, like a NIC. The wire and every
+    line hold at most ``limit_bytes`` (framed), dropping the oldest and calling
+    ``on_drop`` beyond it; the transport sets both from its send queue
+    (:meth:`bind`).
     """
 
     def __init__(self, out_delays: dict[Hashable, float], in_delays: dict[Hashable, float],
                  bandwidth_bps: float | None = None, *,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None,
+                 limit_bytes: int = _NO_LIMIT,
+                 on_drop: Callable[[], None] | None = None) -> None:
         self.out_delays = out_delays
         self.in_delays = in_delays
         self.bandwidth_bps = bandwidth_bps
         self._lines: dict[Hashable, _DelayLine] = {}
-        self._egress_free = 0.0
+        self._wire: _Wire | None = None
         self._loop = loop  # default: the running loop at first use
+        self.limit_bytes = limit_bytes
+        self.on_drop = on_drop
         self.delayed = 0
+        self.dropped = 0
+
+    def bind(self, limit_bytes: int, on_drop: Callable[[], None] | None) -> None:
+        """Bound what is held to ``limit_bytes`` and report drops to ``on_drop`` (set by
+        the transport the shaper is installed on, before anything is sent)."""
+        self.limit_bytes = limit_bytes
+        self.on_drop = on_drop
+
+    def _dropped(self) -> None:
+        self.dropped += 1
+        if self.on_drop is not None:
+            self.on_drop()
 
     def _line(self, key: Hashable) -> _DelayLine:
         line = self._lines.get(key)
@@ -195,7 +302,8 @@ class Shaper:
             if self._loop is None:
                 self._loop = asyncio.get_running_loop()
             line = self._lines[key] = _DelayLine(
-                self._loop, lambda: self._lines.pop(key, None))
+                self._loop, lambda: self._lines.pop(key, None),
+                limit=self.limit_bytes, on_drop=self._dropped)
         return line
 
     def send(self, dest: Hashable, nbytes: int, fn: Callable[..., None], *args: Any) -> None:
@@ -207,14 +315,17 @@ class Shaper:
             return
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        now = self._loop.time()
-        departs = now
-        if self.bandwidth_bps is not None:
-            # The last bit leaves once everything queued before it did.
-            departs = max(now, self._egress_free) + (nbytes * 8) / self.bandwidth_bps
-            self._egress_free = departs
         self.delayed += 1
-        self._line(("out", dest)).push(departs + delay, fn, args)
+        framed = nbytes + FRAME_OVERHEAD
+        if self.bandwidth_bps is None:
+            self._line(("out", dest)).push(self._loop.time() + delay, fn, args, framed)
+            return
+        if self._wire is None:
+            self._wire = _Wire(self._loop, self.bandwidth_bps, self.limit_bytes, self._dropped)
+
+        def left(departs: float) -> None:
+            self._line(("out", dest)).push(departs + delay, fn, args, framed)
+        self._wire.push(nbytes, framed, left)
 
     def receive(self, src: Hashable, fn: Callable[..., None], *args: Any) -> None:
         """Call ``fn(*args)`` after the one-way delay from ``src``."""
@@ -224,15 +335,23 @@ class Shaper:
             return
         line = self._line(("in", src))
         assert self._loop is not None
-        line.push(self._loop.time() + delay, fn, args)
+        line.push(self._loop.time() + delay, fn, args)  # (bounded by the sender's lines)
 
     @property
     def lines(self) -> int:
         """Delay lines holding something now."""
         return len(self._lines)
 
+    @property
+    def held_bytes(self) -> int:
+        """Framed bytes of outgoing payloads held now (on the wire and in the lines)."""
+        wire = self._wire.nbytes if self._wire is not None else 0
+        return wire + sum(line.nbytes for line in self._lines.values())
+
     def close(self) -> None:
         """Drop everything still held (the transport is closing)."""
         for line in self._lines.values():
             line.cancel()
         self._lines.clear()
+        if self._wire is not None:
+            self._wire.cancel()

@@ -69,6 +69,10 @@ class Resources:
         self.cpu_free: dict[Any, float] = {}
         self.cpu_ns: dict[Any, float] = {}
         self.egress_free: dict[int, float] = {}
+        # Per replica, (leaves, type, bytes) of what its capped link has not sent yet:
+        # a snapshot counts a message as sent once it left, so no window can hold more
+        # bytes than the link carries in it.
+        self._egress: dict[int, deque[tuple[float, str, int]]] = {}
         self.accounting = [Accounting(phase_of) for _ in range(n)]
         self._inbox: dict[Any, deque[tuple[int, int, Any, int]]] = {}
         self._releasing: dict[Any, tuple[int, int, Any, int]] = {}
@@ -77,6 +81,9 @@ class Resources:
         self._core = 0
         self._clock = 0.0
         self._client_frames: set[Any] = set()
+        # Messages of the current step already encoded (by id): a broadcast is encoded
+        # once for all its copies, as the real driver does.
+        self._encoded: set[int] = set()
 
     # -- where work runs -------------------------------------------------------------
 
@@ -138,39 +145,48 @@ class Resources:
         """Charge the input just handled by ``endpoint`` (message, timer or submit) and
         the execution among its ``effects``."""
         key = self.cpu_key(endpoint)
-        start = max(sim.now, self.cpu_free.get(key, 0.0))
+        ready = max(sim.now, self.cpu_free.get(key, 0.0))
+        start = ready
         if self.cores is not None:
             self._core = min(range(len(self.cores)), key=self.cores.__getitem__)
             start = max(start, self.cores[self._core])
         model = self.model
         replica = endpoint < self.n
-        acct = self.accounting[endpoint] if replica else None
-        cost = 0.0
+        recv = handle = run = 0.0
+        ops = 0
         inp = self._input
         self._input = None
         if inp is not None and inp[0] == endpoint:
             _, kind, size = inp
             recv = model.recv_ns(size, replica)
             handle = model.handle_ns(kind, size) if replica else model.client_handle_ns(kind, size)
-            cost += recv + handle
-            if acct is not None:
-                acct.received(kind, size)
-                acct.handled(kind, int(handle))
-                acct.io_ns += int(recv)
         elif replica:
-            cost += model.timer_ns
+            handle = model.timer_ns  # (timers are not accounted, as in the real runtime)
         else:
-            cost += model.client_submit[0]
+            handle = model.client_submit[0]
         for effect in effects:
             if type(effect) is Executed and effect.requests:
-                ops = len(effect.requests)
-                run = model.execute_ns(ops, ops * self.op_bytes)
-                cost += run
-                if acct is not None:
-                    acct.executed(ops, int(run))
+                ops += len(effect.requests)
+                run += model.execute_ns(len(effect.requests),
+                                        len(effect.requests) * self.op_bytes)
+        cost = recv + handle + run
+        if replica:
+            # The accounting gets occupied time, as the real one gets wall time: the work
+            # stretched by the core share, plus the wait for a shared core, spread over
+            # the step's parts. cpu_ns keeps the work itself.
+            occupied = cost / self.cpu_share + (start - ready) * 1e9
+            scale = occupied / cost if cost > 0 else 1.0 / self.cpu_share
+            acct = self.accounting[endpoint]
+            if inp is not None and inp[0] == endpoint:
+                acct.received(inp[1], inp[2])
+                acct.handled(inp[1], int(handle * scale))
+                acct.io_ns += int(recv * scale)
+            if ops:
+                acct.executed(ops, int(run * scale))
         self._key = key
         self._clock = start + cost / 1e9 / self.cpu_share
         self._client_frames = set()
+        self._encoded = set()
         self._commit(key, cost)
 
     def depart(self, sim: Any, src: int, dst: int, size: int, msg: Any) -> float:
@@ -181,9 +197,12 @@ class Resources:
             self._key = key
             self._clock = max(sim.now, self.cpu_free.get(key, 0.0))
             self._client_frames = set()
+            self._encoded = set()
         model = self.model
         kind = type(msg).__name__
-        encode = cost_ns(model.encode.get(kind), size)
+        first = id(msg) not in self._encoded
+        self._encoded.add(id(msg))
+        encode = cost_ns(model.encode.get(kind), size) if first else 0.0
         frame = model.transport_send[0]
         if src < self.n and dst >= self.n:
             # Replies to the clients of one load generator travel in one frame per step.
@@ -197,15 +216,20 @@ class Resources:
         cost = encode + transport
         if src < self.n:
             acct = self.accounting[src]
-            acct.sent_msg(kind, 1, size)
-            acct.sending(kind, int(encode))
-            acct.io_ns += int(transport)
+            acct.sent_msg(kind, 1, size, 1 if first else 0)
+            acct.sending(kind, int(encode / self.cpu_share))  # occupied time, as in step
+            acct.io_ns += int(transport / self.cpu_share)
         self._clock += cost / 1e9 / self.cpu_share
         self._commit(key, cost)
         leaves = self._clock
         if self.bandwidth_bps is not None and src < self.n:
             leaves = max(leaves, self.egress_free.get(src, 0.0)) + size * 8 / self.bandwidth_bps
             self.egress_free[src] = leaves
+            queue = self._egress.get(src)
+            if queue is None:
+                queue = self._egress[src] = deque()
+            _prune(queue, sim.now)
+            queue.append((leaves, kind, size))
         return leaves
 
     def _commit(self, key: Any, cost: float) -> None:
@@ -217,17 +241,42 @@ class Resources:
 
     # -- reading -------------------------------------------------------------------
 
-    def snapshot(self) -> dict[int, dict[str, Any]]:
-        """Per replica: CPU seconds charged so far and its accounting snapshot."""
-        return {
-            r: {"cpu_s": self.cpu_ns.get(r, 0.0) / 1e9,
-                "accounting": self.accounting[r].snapshot()}
-            for r in range(self.n)
-        }
+    def snapshot(self, now: float | None = None) -> dict[int, dict[str, Any]]:
+        """Per replica: CPU seconds charged so far and its accounting snapshot. Given
+        the simulated time ``now``, bytes still queued on a capped link are not counted
+        as sent yet (nor their messages), and ``egress_backlog_bytes`` /
+        ``egress_delay_s`` say how much waits there and for how long."""
+        out: dict[int, dict[str, Any]] = {}
+        for r in range(self.n):
+            snap = self.accounting[r].snapshot()
+            entry: dict[str, Any] = {"cpu_s": self.cpu_ns.get(r, 0.0) / 1e9, "accounting": snap}
+            queue = self._egress.get(r)
+            if now is not None and self.bandwidth_bps is not None:
+                backlog = 0
+                if queue:
+                    _prune(queue, now)
+                    per_byte_s = 8 / self.bandwidth_bps
+                    for leaves, kind, size in queue:
+                        # Bytes not on the wire yet (the head may be half out).
+                        unsent = min(size, round((leaves - now) / per_byte_s))
+                        sent = snap["sent"][kind]  # (the snapshot's own lists)
+                        sent[0] -= 1
+                        sent[1] -= unsent
+                        backlog += unsent
+                entry["egress_backlog_bytes"] = backlog
+                entry["egress_delay_s"] = max(0.0, self.egress_free.get(r, 0.0) - now)
+            out[r] = entry
+        return out
 
     def snapshot_loadgen(self) -> float:
         return self.loadgen_cpu_s()
 
     def loadgen_cpu_s(self) -> float:
         return sum(v for k, v in self.cpu_ns.items() if isinstance(k, tuple)) / 1e9
+
+
+def _prune(queue: deque[tuple[float, str, int]], now: float) -> None:
+    """Forget what left a link by ``now``."""
+    while queue and queue[0][0] <= now:
+        queue.popleft()
 
