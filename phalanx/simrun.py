@@ -40,10 +40,31 @@ class SimSpec:
     options: dict[str, Any] | None = None
 
 
+def kv_simulation(
+    protocol_name: str,
+    n: int,
+    seed: int,
+    network: NetworkModel,
+    options: dict[str, Any],
+    client_retransmit_s: float,
+    **kwargs: Any,
+) -> Simulation:
+    """A simulated cluster of ``protocol_name`` replicas over the key-value store, with
+    its clients' cores; ``kwargs`` go to :class:`Simulation` (checkers, trace, ...)."""
+    proto = protocol(protocol_name)
+    quorums = Quorums.for_n(n)
+    return Simulation(
+        seed,
+        n,
+        lambda rid, crypto: proto.make_replica(rid, quorums, crypto, KVStore, options),
+        lambda crypto: proto.make_client(crypto, quorums, client_retransmit_s),
+        network,
+        messages=proto.messages,
+        **kwargs,
+    )
+
+
 def build(spec: SimSpec) -> Simulation:
-    proto = protocol(spec.protocol)
-    quorums = Quorums.for_n(spec.n)
-    options = dict(spec.options or {})
     latency: LatencyModel
     if spec.wan:
         if not spec.regions:
@@ -58,14 +79,7 @@ def build(spec: SimSpec) -> Simulation:
     network = NetworkModel(
         latency=latency, drop=spec.drop, duplicate=spec.duplicate, reorder=spec.reorder_ms / 1000
     )
-    sim = Simulation(
-        spec.seed,
-        spec.n,
-        lambda rid, crypto: proto.make_replica(rid, quorums, crypto, KVStore, options),
-        lambda crypto: proto.make_client(crypto, quorums, 0.5),
-        network,
-        messages=proto.messages,
-    )
+    sim = kv_simulation(spec.protocol, spec.n, spec.seed, network, dict(spec.options or {}), 0.5)
     value = b"v" * spec.payload
 
     def ops(client: int, i: int) -> bytes:

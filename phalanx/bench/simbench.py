@@ -32,14 +32,14 @@ from phalanx.bench.results import (
     build_results,
 )
 from phalanx.core.quorum import Quorums
-from phalanx.protocols.registry import protocol as protocol_spec
 from phalanx.runtime.accounting import delta, phase_table
 from phalanx.runtime.sim.costmodel import CostModel
 from phalanx.runtime.sim.latency import LatencyMatrix
 from phalanx.runtime.sim.network import ConstantLatency, LatencyModel, MatrixLatency, NetworkModel
 from phalanx.runtime.sim.resources import Resources
 from phalanx.runtime.sim.simulator import Simulation
-from phalanx.statemachine.kv import KVStore, encode_put
+from phalanx.simrun import kv_simulation
+from phalanx.statemachine.kv import encode_put
 
 TIMELINE_BIN_S = 0.1
 LOOPBACK_ONE_WAY_S = 0.00005
@@ -96,16 +96,9 @@ def build_scale(spec: ScaleSpec, model: CostModel) -> Simulation:
     installed as ``sim.resources`` (not yet run)."""
     if spec.n < 1 or spec.clients < 1 or spec.duration <= 0 or spec.warmup < 0:
         raise ValueError("need n, clients >= 1, duration > 0, warmup >= 0")
-    proto = protocol_spec(spec.protocol)
-    quorums = Quorums.for_n(spec.n)
-    options = dict(spec.options)
-    sim = Simulation(
-        spec.seed, spec.n,
-        lambda rid, crypto: proto.make_replica(rid, quorums, crypto, KVStore, options),
-        lambda crypto: proto.make_client(crypto, quorums, CLIENT_RETRANSMIT_S),
-        _network(spec),
-        messages=proto.messages,
-        checkers=None if spec.checkers else [],
+    sim = kv_simulation(
+        spec.protocol, spec.n, spec.seed, _network(spec), dict(spec.options),
+        CLIENT_RETRANSMIT_S, checkers=None if spec.checkers else [],
     )
     filler = b"v" * spec.payload
 

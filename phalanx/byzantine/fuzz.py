@@ -30,11 +30,11 @@ from phalanx.byzantine.behaviours import ActionBehaviour, Borgesian, Log
 from phalanx.byzantine.checkers import LivenessChecker, LivenessViolation, checkers_for
 from phalanx.byzantine.protocols import fuzz_protocol
 from phalanx.core.quorum import Quorums
-from phalanx.protocols.registry import protocol as protocol_spec
 from phalanx.runtime.sim.checkers import SafetyViolation
 from phalanx.runtime.sim.network import NetworkModel, UniformLatency
 from phalanx.runtime.sim.simulator import TWIN_BASE, Behaviour, Simulation, SimulationError
-from phalanx.statemachine.kv import KVStore, encode_put
+from phalanx.simrun import kv_simulation
+from phalanx.statemachine.kv import encode_put
 
 STRATEGY_WEIGHTS = {
     "borgesian": 50,
@@ -250,22 +250,13 @@ def run_plan(
     """Run ``plan`` with the Byzantine actions in ``disabled`` switched off."""
     config = plan.config
     spec = fuzz_protocol(config.protocol)
-    proto = protocol_spec(config.protocol)
-    quorums = Quorums.for_n(config.n)
-    options = plan.options
     network = NetworkModel(
         latency=UniformLatency(*plan.latency), drop=plan.drop, duplicate=plan.duplicate,
         reorder=plan.reorder,
     )
-    sim = Simulation(
-        plan.seed,
-        config.n,
-        lambda rid, crypto: proto.make_replica(rid, quorums, crypto, KVStore, options),
-        lambda crypto: proto.make_client(crypto, quorums, 0.3),
-        network,
-        messages=proto.messages,
-        checkers=checkers_for(config.protocol),
-        record_trace=record,
+    sim = kv_simulation(
+        config.protocol, config.n, plan.seed, network, plan.options, 0.3,
+        checkers=checkers_for(config.protocol), record_trace=record,
     )
     behaviours: dict[int, Behaviour] = {}
     for replica, strategy in plan.byzantine:
