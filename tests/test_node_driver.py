@@ -58,8 +58,8 @@ class FakeStore:
                 self.data[key] = value
         self.log.events.append(("write", list(records)))
 
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        return iter(sorted(self.data.items()))
+    def items(self, skip: tuple[bytes, ...] = ()) -> Iterator[tuple[bytes, bytes]]:
+        return iter(sorted((k, v) for k, v in self.data.items() if not k.startswith(skip)))
 
 
 class FakeTransport:

@@ -118,8 +118,7 @@ class ReplicaDriver:
         if self.store is not None:
             # Records the core never recovers from (a ledger's blocks and tx index,
             # which grow with history) are not even read.
-            skip = tuple(getattr(self.core, "recovery_skip", ()))
-            records = list(self.store.items(skip) if skip else self.store.items())
+            records = list(self.store.items(tuple(getattr(self.core, "recovery_skip", ()))))
             if records:
                 # Not contained: a replica that cannot rebuild its state must not run.
                 self.core.recover(records)

@@ -576,6 +576,8 @@ class Endpoint:
         self.decoder = decoder
         self.metrics = metrics
         self.max_frame = max_frame
+        # The largest message a bundle frame can carry (its length prefix counts).
+        self.max_message = max_frame - LENGTH_SIZE
         self.send_queue_limit = max(send_queue_limit, max_frame + FRAME_OVERHEAD)
         self.handshake_timeout = handshake_timeout
         self.links: set[Link] = set()
@@ -696,26 +698,29 @@ class Endpoint:
         if dialer is None:
             self.metrics.inc("dropped_unknown_dest")
             return
-        if len(data) > self.max_frame - LENGTH_SIZE:
+        if len(data) > self.max_message:
             # The receiver would reject it and drop the link; refuse it here instead.
             self.metrics.inc("dropped_oversize_send")
             return
-        if self.shaper is not None:
-            self.shaper.send(dest, len(data), dialer.send, data)
+        shaper = self._shaper
+        if shaper is not None:
+            shaper.send(dest, len(data), dialer.send, data)
         else:
             dialer.send(data)
 
     def broadcast(self, data: bytes) -> None:
         """Send one encoded message to every replica we dial (encoded once by the caller)."""
-        if len(data) > self.max_frame - LENGTH_SIZE:
+        if len(data) > self.max_message:
             self.metrics.inc("dropped_oversize_send")
             return
-        shaper = self.shaper
-        for dest, dialer in self.dialers.items():
-            if shaper is not None:
-                shaper.send(dest, len(data), dialer.send, data)
-            else:
+        shaper = self._shaper
+        if shaper is None:
+            for dialer in self.dialers.values():
                 dialer.send(data)
+        else:
+            size = len(data)
+            for dest, dialer in self.dialers.items():
+                shaper.send(dest, size, dialer.send, data)
 
     @property
     def connected_replicas(self) -> set[int]:
@@ -858,9 +863,10 @@ class Transport(Endpoint):
 
     def send_client(self, client: bytes, data: bytes) -> None:
         """Send to a connected client; counted as ``dropped_client_gone`` if it is not."""
-        if self.shaper is not None:
+        shaper = self._shaper
+        if shaper is not None:
             # Paced by the bandwidth cap here; the client adds the link's delay on arrival.
-            self.shaper.send(client, len(data), self._send_client_now, client, data)
+            shaper.send(client, len(data), self._send_client_now, client, data)
         else:
             self._send_client_now(client, data)
 
@@ -869,7 +875,7 @@ class Transport(Endpoint):
         if link is None:
             self.metrics.inc("dropped_client_gone")
             return
-        if len(data) > self.max_frame - LENGTH_SIZE:
+        if len(data) > self.max_message:
             self.metrics.inc("dropped_oversize_send")
             return
         link.send(data)

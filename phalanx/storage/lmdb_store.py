@@ -124,14 +124,15 @@ class Store:
             raise self._apply_error
         payload = msgspec.msgpack.encode(records)
         wal = self._wal
-        if entry_size(len(payload)) > wal[0].capacity:
+        size, capacity = entry_size(len(payload)), wal[0].capacity
+        if size > capacity:
             # Larger than a log file: apply everything logged so far, then this batch,
             # straight to LMDB (fsynced), in order.
             self._switch_generation(wait=True)
             self._join_applier()
             self._commit(records)
             return
-        if self._offset + entry_size(len(payload)) > wal[0].capacity:
+        if self._offset + size > capacity:
             self._switch_generation(wait=False)
         file = wal[self._generation % 2]
         self._offset += file.append(self._offset, self._generation, self._seq, payload)
