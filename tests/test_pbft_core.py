@@ -8,7 +8,7 @@ import random
 import msgspec
 import pytest
 
-from phalanx.core.effects import Broadcast, Dropped
+from phalanx.core.effects import Broadcast, Dropped, Persist
 from phalanx.core.hashing import digest
 from phalanx.core.quorum import Quorums
 from phalanx.protocols.pbft.config import PbftConfig
@@ -290,3 +290,53 @@ def test_cached_reply_is_not_served_to_a_request_without_a_valid_authenticator()
     out = replica.on_client_message(probe.reply_to, probe)
     assert not [e for e in out if isinstance(getattr(e, "msg", None), Reply)]
     assert dropped(out) == ["bad_authenticator"]
+
+
+def _durable(effects) -> list[tuple[bytes, bytes]]:
+    """What a crash right after ``effects`` leaves on disk: the non-lazy records only."""
+    return [(e.key, e.value) for e in effects if isinstance(e, Persist) and not e.lazy]
+
+
+@pytest.mark.parametrize("fenced", [True, False])
+def test_restarted_backup_cannot_be_led_to_prepare_another_batch_in_the_same_slot(
+    fenced, monkeypatch
+):
+    """PREPARE leaves before its record is durable. A backup that crashes right after
+    and restarts must not PREPARE a Byzantine primary's second batch for the same slot
+    and view: that would be a correct replica equivocating (the fence stops it; the
+    unfenced control shows the danger is real)."""
+    first = instance(me=1)
+    out = first.on_message(0, pp(1, b"batch A"))
+    assert sent(out, Prepare) == [Prepare(0, 0, 1, digest(b"batch A"))]
+    assert not _durable(out)  # nothing waited for the disk
+    if not fenced:
+        recover = PbftInstance.recover
+
+        def recover_unfenced(self, *args, **kwargs):
+            recover(self, *args, **kwargs)
+            self.fenced_view = -1
+
+        monkeypatch.setattr(PbftInstance, "recover", recover_unfenced)
+    restarted = instance(me=1)
+    restarted.recover(_durable(out))
+    again = restarted.on_message(0, pp(1, b"batch B"))
+    if fenced:
+        assert sent(again, Prepare) == []
+        # It still follows the slot: the other backups' PREPAREs prepare it, and it commits.
+        restarted.on_message(2, Prepare(0, 0, 1, digest(b"batch B")))
+        done = restarted.on_message(3, Prepare(0, 0, 1, digest(b"batch B")))
+        assert sent(done, Commit) == [Commit(0, 0, 1, digest(b"batch B"))]
+        assert _durable(done)  # the prepared record is written before COMMIT leaves
+    else:
+        assert sent(again, Prepare) == [Prepare(0, 0, 1, digest(b"batch B"))]
+
+
+def test_restarted_primary_proposes_nothing_more_in_its_view_but_does_after_it():
+    primary = instance(me=0)
+    out = primary.propose(b"batch A")
+    assert sent(out, PrePrepare) and not _durable(out)
+    restarted = instance(me=0)
+    restarted.recover(_durable(out))
+    assert restarted.fenced_view == 0 and not restarted.can_propose()
+    restarted.view = 4  # primary again after view changes (4 mod 4)
+    assert restarted.can_propose()

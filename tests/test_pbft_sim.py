@@ -243,14 +243,14 @@ def test_primary_equivocating_to_every_backup_is_voted_out_by_a_view_change():
     assert_consistent(sim, replicas=[1, 2, 3])
 
 
-def _restart_primary_mid_proposal(seed: int) -> Simulation:
-    """Crash the primary while its newest PRE-PREPAREs are out but not yet on its disk
-    (they are lazy: they ride with the next durable write), restart it at once."""
+def _restart_primary_mid_proposal(seed: int, victim: int = 0) -> Simulation:
+    """Crash a replica while its newest PRE-PREPAREs or PREPAREs are out but not yet on
+    its disk (they are lazy: they ride with the next durable write), restart it at once."""
     sim = cluster(seed=seed)
     sim.add_clients(6, put_op, requests_per_client=30)
     crash_at = 0.05 + 0.0003 * (seed % 10)
-    sim.crash(0, at=crash_at)
-    sim.restart(0, at=crash_at + 0.002)  # back before any backup suspects it
+    sim.crash(victim, at=crash_at)
+    sim.restart(victim, at=crash_at + 0.002)  # back before anyone suspects it
     sim.run(until=60.0, stop_when=sim.all_clients_done)
     assert sim.all_clients_done(), sim.liveness_report()
     assert_consistent(sim)
@@ -262,6 +262,19 @@ def test_restarted_primary_does_not_propose_again_in_its_view():
         sim = _restart_primary_mid_proposal(seed)
         assert sim.counters["dropped.equivocation"] == 0, seed
         assert all(sim.replica(r).view >= 1 for r in range(4)), seed  # moved on
+
+
+def test_restarted_backup_sends_no_prepare_in_its_view_and_the_cluster_goes_on():
+    for seed in range(20, 25):
+        sim = _restart_primary_mid_proposal(seed, victim=2)
+        assert sim.counters["sim.restarts"] == 1
+        instance = sim.replica(2).instance
+        assert instance.fenced_view == 0 and instance.view == 0, seed  # no view change
+        # Its own PREPAREs are not counted in the fenced view: it was prepared (and
+        # committed) on the other backups' votes alone.
+        assert all(
+            2 not in slot.prepare_votes.get(0, {}) for slot in instance.slots.values()
+        )
 
 
 def test_without_the_fence_a_restarted_primary_equivocates(monkeypatch):
