@@ -259,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most requests per batch (same as --max-batch)")
     p.add_argument("--batch-delay-ms", type=int, default=None,
                    help="ms the primary may wait for a batch to fill")
+    p.add_argument("--fill-wait-ms", type=int, default=None,
+                   help="with nothing in flight, ms gaps the primary waits for the last "
+                        "batches' clients to be back (default 2; 0: propose at once)")
     p.add_argument("--wan", help="RTT matrix CSV: delay every link by RTT/2 of its regions")
     p.add_argument("--regions", help="with --wan: comma-separated regions of the replicas "
                                      "(then of the load generators, round-robin)")

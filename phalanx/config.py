@@ -40,6 +40,7 @@ _PBFT_OPTIONS: dict[str, tuple[int, int]] = {
     "window": (512, 1),
     "max_batch": (512, 1),
     "batch_delay_ms": (0, 0),
+    "fill_wait_ms": (2, 0),
     "max_inflight": (4, 1),
     "view_change_timeout_ms": (2000, 1),
     "max_request_bytes": (1 << 20, 1),

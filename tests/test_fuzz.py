@@ -105,7 +105,7 @@ def test_borgesian_sends_every_type_to_replicas_and_clients_and_forwards():
     sim = cluster(seed=21)
     borges = Borgesian(2, 21, ALL_MESSAGES, fixups=FIXUPS)
     sim.set_byzantine(2, borges)
-    sim.add_clients(2, put_op, requests_per_client=10)
+    sim.add_clients(2, put_op, requests_per_client=20)
     sent: list[tuple[object, object]] = []
     inject = sim.inject
     sim.inject = lambda src, dest, msg: (sent.append((dest, msg)), inject(src, dest, msg))

@@ -112,7 +112,8 @@ def test_restarted_replica_catches_up_with_a_busy_cluster():
     """Production sizes (K=256, window 512): the others keep ordering ~300 slots/s while
     the restarted replica fetches what it missed; it must reach them, not trail them by
     state transfers (catch-up asks for the next range as soon as one is in)."""
-    sim = cluster(5, config=PbftConfig())
+    # Without the fill wait: many small slots make the cluster run away fastest.
+    sim = cluster(5, config=PbftConfig(fill_wait=0.0))
     sim.add_clients(16, put_op, 100_000)
     sim.crash(1, at=0.1)
     sim.restart(1, at=0.6)
@@ -296,3 +297,35 @@ def test_without_the_fence_a_restarted_primary_equivocates(monkeypatch):
             continue
         equivocations += sim.counters["dropped.equivocation"] > 0
     assert equivocations >= 5
+
+
+def _mean_batch_and_latency(fill_wait: float, clients: int, seed: int = 14):
+    from dataclasses import replace
+
+    from pbft_harness import FAST
+
+    # Production batching (FAST caps batches at 16): the question is how the clients
+    # group, not how a full batch splits.
+    config = replace(FAST, fill_wait=fill_wait, max_batch=512)
+    sim = cluster(seed=seed, config=config)
+    sim.add_clients(clients, put_op, requests_per_client=40)
+    sim.run(until=60.0, stop_when=sim.all_clients_done)
+    assert sim.all_clients_done(), sim.liveness_report()
+    assert_consistent(sim)
+    log = sim.executed_log(1)
+    latencies = sorted(sim.latencies())
+    return sum(len(e.requests) for e in log) / len(log), latencies[len(latencies) // 2]
+
+
+def test_fill_wait_keeps_closed_loop_clients_in_one_full_batch_per_round():
+    """Without the fill wait, closed-loop clients split into cohorts that alternate in
+    smaller batches; with it, the primary waits for the last batches' clients (a gap
+    at a time, while they keep arriving), so a round carries (nearly) all of them."""
+    split, _ = _mean_batch_and_latency(0.0, 24)
+    # A gap longer than a client's round trip to the primary (2 ms on these links).
+    whole, _ = _mean_batch_and_latency(0.003, 24)
+    assert whole > 20 and whole > 1.5 * split, (split, whole)
+
+
+def test_fill_wait_costs_a_lone_client_nothing():
+    assert _mean_batch_and_latency(0.003, 1) == _mean_batch_and_latency(0.0, 1)

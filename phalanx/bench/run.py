@@ -162,7 +162,8 @@ class Children:
 
 def _options(args: argparse.Namespace, protocol: str) -> dict[str, int]:
     options: dict[str, int] = {}
-    for name in ("max_batch", "max_inflight", "checkpoint_interval", "batch_delay_ms"):
+    for name in ("max_batch", "max_inflight", "checkpoint_interval", "batch_delay_ms",
+                 "fill_wait_ms"):
         value = getattr(args, name, None)
         if value is not None:
             options[name] = value

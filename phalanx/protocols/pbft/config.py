@@ -32,6 +32,10 @@ class PbftConfig:
     """Most requests in one pre-prepare."""
     batch_delay: float = 0.0
     """Seconds the primary may wait for a batch to fill when the pipeline has room."""
+    fill_wait: float = 0.002
+    """With nothing in flight, the primary waits for the clients of the last batches to
+    be back: one gap of this many seconds, renewed while requests keep arriving (at most
+    5). 0 proposes at once (see PbftReplica._batch_wait)."""
     max_inflight: int = 4
     """Pre-prepared but undecided slots the primary keeps in flight; batches grow while
     the pipeline is full (adaptive batching)."""

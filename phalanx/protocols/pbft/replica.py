@@ -25,6 +25,7 @@ from phalanx.core.certificates import (
 from phalanx.core.crypto import NodeCrypto
 from phalanx.core.effects import (
     Broadcast,
+    CancelTimer,
     Dropped,
     Executed,
     Persist,
@@ -54,6 +55,10 @@ REQUEST_OVERHEAD = 256
 
 _SNAPSHOT_KEY = b"Rsnap"
 BATCH_TIMER = "pbft.batch"
+FILL_TIMER = "pbft.fill"
+FILL_GAPS = 5
+"""Most fill-wait gaps in a row: a wait for a batch to fill lasts at most this many
+``fill_wait`` periods, each granted only if requests came in during the previous one."""
 CERT_TIMER = "ledger.certificates"
 
 
@@ -106,6 +111,15 @@ class PbftReplica:
         self.stable_snapshot: Snapshot | None = None
         self.batch_timer_armed = False
         self.batch_timer_expired = False
+        # Fill wait (see _batch_wait): clients of the last two batches, requests queued
+        # so far, and the state of the current wait.
+        self.demand = 0
+        self._last_batch_clients: set[bytes] = set()
+        self.arrivals = 0
+        self.fill_arrivals = 0
+        self.fill_gaps = 0
+        self.fill_timer_armed = False
+        self.fill_expired = False
         self.instance = PbftInstance(
             self.INSTANCE, replica_id, quorums, crypto, self.config, self._validate_batch
         )
@@ -171,6 +185,8 @@ class PbftReplica:
             out = self._host([])
             self.batch_timer_expired = False
             return out
+        if name == FILL_TIMER:
+            return self._on_fill_timer()
         return self._host(self.instance.on_timer(name))
 
     def state_root(self) -> bytes:
@@ -253,6 +269,7 @@ class PbftReplica:
         self.pending[req.client] = req
         self.unproposed.pop(req.client, None)  # keep arrival order for the newest one
         self.unproposed[req.client] = req
+        self.arrivals += 1
         if self._should_forward(forwarder):
             out.append(Send(self.instance.primary, req))
         out.extend(self.instance.set_waiting(True))
@@ -293,6 +310,9 @@ class PbftReplica:
                 self.proposed.add((req.client, req.timestamp))
             payload = encode_batch(batch)
             self.validated[sha256(payload)] = batch
+            if self.fill_timer_armed:
+                self.fill_timer_armed = False
+                out.append(CancelTimer(FILL_TIMER))
             out.extend(self.instance.propose(payload))
         return out
 
@@ -352,18 +372,43 @@ class PbftReplica:
                 if not self.batch_timer_armed:
                     self.batch_timer_armed = True
                     out.append(SetTimer(BATCH_TIMER, self.config.batch_delay))
+            elif wait == "fill":
+                if not self.fill_timer_armed:
+                    self.fill_timer_armed = True
+                    self.fill_gaps, self.fill_arrivals = 1, self.arrivals
+                    out.append(SetTimer(FILL_TIMER, self.config.fill_wait))
             elif wait is None:
                 proposed = self._propose()
                 if proposed:
                     out.extend(self._host(proposed))
         return out
 
+    def _on_fill_timer(self) -> list[Any]:
+        self.fill_timer_armed = False
+        if self.arrivals != self.fill_arrivals and self.fill_gaps < FILL_GAPS:
+            # Requests are still coming in: give the rest of the demand another gap.
+            self.fill_gaps += 1
+            self.fill_arrivals = self.arrivals
+            self.fill_timer_armed = True
+            return [SetTimer(FILL_TIMER, self.config.fill_wait)]
+        self.fill_expired = True
+        out = self._host([])
+        self.fill_expired = False
+        return out
+
     def _batch_wait(self) -> str | None:
         """Adaptive batching: None to propose now, "share" to wait for more requests (no
         timer: every arrival and every decision asks again), "delay" to wait for the
-        batch timer.
+        batch timer, "fill" to wait for the fill timer.
 
-        Never wait when nothing is in flight (that only adds latency). While a slot is
+        With nothing in flight, wait for the demand — the distinct clients of the last
+        two batches — to be back, while requests keep coming (``fill_wait`` per gap, at
+        most FILL_GAPS gaps; see _on_fill_timer). Closed-loop clients otherwise split
+        into two cohorts that alternate in half-size batches: each slot costs every
+        replica a round of messages, system calls and a durable write, so one full
+        batch per round costs far less CPU per request (measured: about a quarter
+        less) and, on a CPU-bound host, less latency too. A lone client, or clients
+        that stopped, cost at most one gap of waiting. While a slot is
         in flight, open another only for a batch worth it: at least a quarter of a full
         batch, and a fair share of the outstanding requests — (in flight + queued) /
         max_inflight — so that the pipeline carries balanced batches instead of one
@@ -372,9 +417,13 @@ class PbftReplica:
         (many clients, slow links), queues grow and the pipeline deepens by itself. With
         a batch delay, also wait until the delay passed or the batch is full."""
         inst = self.instance
-        if inst.next_seq - 1 == inst.last_decided or self.batch_timer_expired:
-            return None
         queued = len(self.unproposed)
+        if inst.next_seq - 1 == inst.last_decided:
+            if self.config.fill_wait > 0 and queued < self.demand and not self.fill_expired:
+                return "fill"
+            return None
+        if self.batch_timer_expired:
+            return None
         max_batch = self.config.max_batch
         fair_share = (len(self.proposed) + queued) // self.config.max_inflight
         if queued < min(max(fair_share, max_batch // 4), max_batch):
@@ -413,6 +462,9 @@ class PbftReplica:
                 out.extend(Persist(key, value) for key, value in sealed.records)
                 out.extend(self.certifier.sealed(sealed.height, sealed.digest))
                 out.extend(self._arm_cert_timer())
+        batch_clients = {req.client for req in batch}
+        self.demand = len(batch_clients | self._last_batch_clients)
+        self._last_batch_clients = batch_clients
         for req, result in zip(fresh, results, strict=True):
             self.clients[req.client] = ClientRecord(req.timestamp, result)
             waiting = self.pending.get(req.client)
