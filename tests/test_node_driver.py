@@ -345,3 +345,66 @@ def test_lazy_records_do_not_delay_sends_but_are_written_in_order() -> None:
         assert [k for batch in writes for k, _ in batch] == [b"lazy/\x00\x01", b"lazy/\x00\x02"]
 
     run(main())
+
+
+def test_a_primary_killed_before_its_proposals_reach_the_disk_restarts_fenced(monkeypatch):
+    """Its PRE-PREPAREs are lazy (they ride with a later durable write), but the view it
+    started in is written before anything leaves: so a primary killed right after
+    proposing restarts from a non-empty store, recovers, and proposes nothing more in
+    that view (another batch in the same slot would be equivocation)."""
+    import random
+
+    from phalanx.core.quorum import Quorums
+    from phalanx.protocols.pbft.messages import PrePrepare
+    from phalanx.protocols.pbft.replica import PbftReplica
+    from phalanx.runtime import node as node_module
+    from phalanx.runtime.sim.crypto import SymbolicOracle
+    from phalanx.statemachine.kv import KVStore, encode_put
+
+    monkeypatch.setattr(node_module, "encode", lambda msg: msg)  # keep message objects
+    quorums = Quorums(N, 1)
+    oracle = SymbolicOracle(random.Random(7), N)
+    clients = [oracle.new_client() for _ in range(2)]
+
+    def request(client: Any, op: bytes) -> Request:
+        unsigned = Request(client.public_key, 1, op)
+        return Request(client.public_key, 1, op, auth=client.authenticate(unsigned.digest()))
+
+    log = Log()
+    store = FakeStore(log)
+    sent: list[Any] = []
+
+    class Transport(FakeTransport):
+        def broadcast(self, data: Any) -> None:
+            sent.append(data)
+
+    def replica() -> PbftReplica:
+        return PbftReplica(0, quorums, oracle.node_crypto(0), KVStore)
+
+    async def main() -> None:
+        first = ReplicaDriver(replica(), Transport(log), store, Metrics(0))
+        first.start()
+        await first.drained()  # the start's own write is done
+        req = request(clients[0], encode_put(b"k", b"A"))
+        first.on_client_message(req.reply_to, req)
+        await asyncio.sleep(0.002)
+        assert [m.seq for m in sent if isinstance(m, PrePrepare)] == [1]
+        first._running = False  # SIGKILL: nothing more runs, the deferred records are lost
+        for handle in first._timers.values():
+            handle.cancel()
+        assert first._deferred_timer is not None
+        first._deferred_timer.cancel()
+        assert store.data, "the view record was written before the PRE-PREPARE left"
+        core = replica()
+        second = ReplicaDriver(core, Transport(log), store, Metrics(0))
+        second.start()
+        assert core.instance.fenced_view == 0
+        req = request(clients[1], encode_put(b"k", b"B"))
+        second.on_client_message(req.reply_to, req)
+        await asyncio.sleep(0.002)
+        second._running = False
+        for handle in second._timers.values():
+            handle.cancel()
+
+    run(main())
+    assert [(m.view, m.seq) for m in sent if isinstance(m, PrePrepare)] == [(0, 1)]

@@ -321,7 +321,9 @@ class ReplicaDriver:
             self._deferred_timer = self._loop.call_later(DEFERRED_WRITE_DELAY, self._write_deferred)
 
     def _write_deferred(self) -> None:
-        self._deferred_timer = None
+        if self._deferred_timer is not None:
+            self._deferred_timer.cancel()  # when called early, by close()
+            self._deferred_timer = None
         if self._deferred and self._running:
             self._write([])
 

@@ -156,10 +156,9 @@ class PbftInstance:
         self.stable_proof: list[Checkpoint] = []
         self.last_decided = 0
         self.next_seq = 1  # primary only: next slot to propose
-        # Neither a PRE-PREPARE nor a PREPARE waits for the disk (their records ride with
-        # the prepared record, durable before COMMIT), so after a restart a replica may
-        # not know every slot it voted on in its current view: in that view it proposes
-        # nothing more and sends no PREPARE (see recover).
+        # The primary's PRE-PREPARE does not wait for the disk (its record rides with the
+        # prepared record, durable before COMMIT), so a restarted primary may not know
+        # every slot it used in its view: in that view it proposes nothing more.
         self.fenced_view = -1
         self.slots: dict[int, Slot] = {}
         self.payloads: dict[bytes, bytes] = {NULL_DIGEST: b""}
@@ -232,8 +231,10 @@ class PbftInstance:
         pp = PrePrepare(self.instance, self.view, seq, digest, payload)
         # Lazy: the PRE-PREPARE leaves before its record is durable (one fsync less on
         # every slot's critical path). The record is durable before our COMMIT leaves
-        # (it is part of the prepared record), and a restarted replica votes no more in
-        # the view it recovered (fenced_view).
+        # (it is part of the prepared record), and a restarted primary proposes nothing
+        # more in the view it recovered (fenced_view). A backup's record stays gating:
+        # its Q entry, durable before its PREPARE, is what vouches for the batch in a
+        # view change (decide_new_view's f+1 pre-prepared rule) however many crash.
         self._accept_preprepare(seq, self.view, digest, payload, lazy=True)
         self.out.append(Broadcast(pp))
         self._check_prepared(seq, self.view)
@@ -242,6 +243,9 @@ class PbftInstance:
     def start(self) -> list[Any]:
         """After construction or :meth:`recover`: re-deliver decided slots above the
         stable checkpoint and ask the others what we missed while down."""
+        # Durable before any message of this incarnation leaves: a replica killed later
+        # restarts from a non-empty store, so it recovers (and fences its view).
+        self._persist_view()
         self._deliver()
         if self.state_target is not None:
             seq, digest = self.state_target
@@ -362,10 +366,8 @@ class PbftInstance:
             self._drop("invalid_payload", src)
             return
         self.payloads[pp.digest] = pp.payload
-        # Lazy, like the primary's own record (see propose).
-        self._accept_preprepare(pp.seq, pp.view, pp.digest, pp.payload, lazy=True)
-        if pp.view != self.fenced_view:
-            self.out.append(Broadcast(Prepare(self.instance, pp.view, pp.seq, pp.digest)))
+        self._accept_preprepare(pp.seq, pp.view, pp.digest, pp.payload)
+        self.out.append(Broadcast(Prepare(self.instance, pp.view, pp.seq, pp.digest)))
         self._check_prepared(pp.seq, pp.view)
 
     def _accept_preprepare(
@@ -374,7 +376,7 @@ class PbftInstance:
         slot = self._slot(seq)
         slot.pp_view, slot.digest = view, digest
         self.max_accepted = max(self.max_accepted, seq)
-        if self.me != self.q.primary(view) and view != self.fenced_view:
+        if self.me != self.q.primary(view):
             slot.prepare_votes.setdefault(view, {})[self.me] = digest
         if slot.q_entries.get(digest, -1) < view:
             slot.q_entries[digest] = view
@@ -422,7 +424,7 @@ class PbftInstance:
             payload = self.payloads.get(slot.digest)
             if payload is not None:
                 votes.append(PrePrepare(self.instance, view, seq, slot.digest, payload))
-        elif view != self.fenced_view:
+        else:
             votes.append(Prepare(self.instance, view, seq, slot.digest))
         if slot.prepared_view == view:
             votes.append(Commit(self.instance, view, seq, slot.digest))
@@ -1019,20 +1021,19 @@ class PbftInstance:
                 and not self.in_view_change
             ):
                 # Prepared in this view (durably): our COMMIT may have been sent, so it is
-                # ours to repeat (PREPAREs are not: see fenced_view). A slot that the
-                # whole cluster lost the commit marks of decides again this way.
+                # ours to repeat. A slot whose commit marks the whole cluster lost (they
+                # are lazy) decides again this way, even with the primary fenced.
                 slot.prepared_view = self.view
                 slot.commit_votes.setdefault(self.view, {})[self.me] = slot.digest
             if self.q.primary(self.view) == self.me:
                 self.next_seq = max(self.next_seq, seq + 1)
-        if not self.in_view_change:
-            # PRE-PREPAREs and PREPAREs sent just before the crash may not be on disk:
-            # voting again in this view could vote for another batch in the same slot
-            # (equivocation by amnesia). So in this view a primary proposes nothing more
-            # (the backups move to the next view) and a backup sends no PREPARE (it can
-            # still become prepared on the others' votes, and commit). Recovered in a
-            # view change, it cannot have voted in the new view: installing a view is
-            # durable before any message of that view leaves.
+        if self.q.primary(self.view) == self.me and not self.in_view_change:
+            # PRE-PREPAREs sent just before the crash may not be on disk: proposing again
+            # in this view could reuse their slots for other batches (equivocation by
+            # amnesia). The backups move to the next view instead. Recovered in a view
+            # change, it cannot have proposed in the new view: installing a view is
+            # durable before any message of that view leaves. (A store with no records
+            # at all cannot hide a proposal: start() writes the view durably first.)
             self.fenced_view = self.view
 
     # -- helpers -----------------------------------------------------------------------

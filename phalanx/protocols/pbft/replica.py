@@ -419,7 +419,8 @@ class PbftReplica:
         inst = self.instance
         queued = len(self.unproposed)
         if inst.next_seq - 1 == inst.last_decided:
-            if self.config.fill_wait > 0 and queued < self.demand and not self.fill_expired:
+            demand = min(self.demand, self.config.max_batch)
+            if self.config.fill_wait > 0 and queued < demand and not self.fill_expired:
                 return "fill"
             return None
         if self.batch_timer_expired:
