@@ -19,8 +19,6 @@ turn them into the results object: the numbers are computed exactly as for phala
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import re
 import shutil
@@ -29,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from phalanx.bench.loadgen import TIMELINE_BIN_S, Recorder, Window
+from phalanx.bench.loadgen import Recorder, Window, recorder_report
 from phalanx.bench.results import (
     LoadgenReport,
     NodeWindow,
@@ -42,9 +40,8 @@ from phalanx.bench.results import (
 from phalanx.bench.run import (
     LOADGEN_EXIT_TIMEOUT_S,
     READY_TIMEOUT_S,
-    BenchError,
     LoadGenerators,
-    _readline,
+    await_ready,
     split_clients,
 )
 
@@ -161,17 +158,8 @@ def report_from_samples(doc: dict[str, Any], window: Window) -> LoadgenReport:
         recorder.completed(float(done_wall), float(latency_s))
     for reason, count in doc.get("errors", {}).items():
         recorder.errors[str(reason)] = recorder.errors.get(str(reason), 0) + int(count)
-    return LoadgenReport(
-        clients=int(doc["clients"]),
-        committed=recorder.committed,
-        histogram=recorder.histogram,
-        timeline=recorder.timeline,
-        bin_s=TIMELINE_BIN_S,
-        errors=recorder.errors,
-        completed_total=recorder.completed_total,
-        window_cpu_s=float(doc.get("window_cpu_s", 0.0)),
-        total_cpu_s=float(doc.get("total_cpu_s", 0.0)),
-    )
+    return recorder_report(recorder, int(doc["clients"]), float(doc.get("window_cpu_s", 0.0)),
+                           float(doc.get("total_cpu_s", 0.0)))
 
 
 class PeerLoadGenerators(LoadGenerators):
@@ -180,6 +168,8 @@ class PeerLoadGenerators(LoadGenerators):
 
     ``argv(index, clients, first_client, out)`` gives each process's command line; a report
     holding raw ``samples`` is windowed here (:func:`report_from_samples`)."""
+
+    exit_timeout_s = LOADGEN_EXIT_TIMEOUT_S + 120  # peer clients (Plenum's, Python 3.8) exit slowly
 
     def __init__(self, children: Any, workdir: Path, argv: Any) -> None:
         super().__init__(children, workdir)
@@ -196,39 +186,17 @@ class PeerLoadGenerators(LoadGenerators):
                                       self.workdir / "logs" / f"{name}.log", pipes=True)
             self.names.append(name)
             first += count
-        lines = await asyncio.gather(
-            *(_readline(self.children.procs[n], READY_TIMEOUT_S + 60) for n in self.names)
-        )
-        for name, line in zip(self.names, lines, strict=True):
-            if not line.startswith("ready"):
-                raise BenchError(f"{name} did not get ready: {line or 'no answer'} "
-                                 f"(see {self.workdir / 'logs' / name}.log)")
+        await await_ready(self.children, self.names, self.workdir, READY_TIMEOUT_S + 60)
 
     async def go(self, start: float, window_start: float, window_end: float) -> None:
         self.window = Window(start, window_start, window_end)
         await super().go(start, window_start, window_end)
 
-    async def stop(self) -> list[LoadgenReport]:
-        await self._send("stop")
-        for name in self.names:
-            stdin = self.children.procs[name].stdin
-            if stdin is not None:
-                stdin.close()
-        await self.children.reap([self.children.procs[n] for n in self.names],
-                                 LOADGEN_EXIT_TIMEOUT_S + 120)
-        reports = []
-        for name in self.names:
-            try:
-                doc = json.loads(self._report_path(name).read_text())
-            except (OSError, ValueError) as exc:
-                raise BenchError(f"{name} left no report ({exc}); see "
-                                 f"{self.workdir / 'logs' / name}.log") from None
-            if "samples" in doc:
-                assert self.window is not None
-                reports.append(report_from_samples(doc, self.window))
-            else:
-                reports.append(LoadgenReport.from_json(doc))
-        return reports
+    def _report(self, doc: dict[str, Any]) -> LoadgenReport:
+        if "samples" in doc:
+            assert self.window is not None
+            return report_from_samples(doc, self.window)
+        return LoadgenReport.from_json(doc)
 
 
 # -- results -------------------------------------------------------------------------------

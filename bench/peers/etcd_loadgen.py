@@ -29,8 +29,15 @@ from pathlib import Path
 
 import aiohttp
 
-from phalanx.bench.loadgen import TIMELINE_BIN_S, Recorder, Window, cpu_seconds
-from phalanx.bench.results import LoadgenReport
+from phalanx.bench.loadgen import (
+    Recorder,
+    Window,
+    cpu_seconds,
+    read_line,
+    recorder_report,
+    sample_window_cpu,
+    write_json_atomically,
+)
 from phalanx.runtime import run
 
 ERROR_BACKOFF_S = 0.05
@@ -86,17 +93,6 @@ class EtcdClient:
                 self.recorder.failed(f"http {status}: {answer[:120].decode(errors='replace')}")
 
 
-async def _read_line(reader: asyncio.StreamReader) -> str:
-    return (await reader.readline()).decode().strip()
-
-
-async def _sample_cpu(window: Window, samples: dict[str, float]) -> None:
-    await asyncio.sleep(max(0.0, window.window_start - time.time()))
-    samples["start"] = cpu_seconds()
-    await asyncio.sleep(max(0.0, window.window_end - time.time()))
-    samples["end"] = cpu_seconds()
-
-
 async def _warm_connections(session: aiohttp.ClientSession, endpoints: list[str],
                             clients: int) -> None:
     """Open every client's connection before the window (a GET /health each), so the
@@ -126,7 +122,7 @@ async def generate(args: argparse.Namespace) -> int:
             print(f"error cannot reach etcd: {exc}", flush=True)
             return 1
         print(f"ready {args.clients}", flush=True)
-        line = await _read_line(reader)
+        line = await read_line(reader)
         if not line or line == "stop":
             return 0
         spec = json.loads(line)
@@ -142,28 +138,16 @@ async def generate(args: argparse.Namespace) -> int:
         cpu: dict[str, float] = {}
         await asyncio.sleep(max(0.0, window.start - time.time()))
         tasks = [asyncio.create_task(c.run(stopped)) for c in clients]
-        sampler = asyncio.create_task(_sample_cpu(window, cpu))
-        while (await _read_line(reader)) not in ("stop", ""):
+        sampler = asyncio.create_task(sample_window_cpu(window, cpu))
+        while (await read_line(reader)) not in ("stop", ""):
             pass
         now_cpu = cpu_seconds()
         stopped.set()
         sampler.cancel()
         await asyncio.gather(*tasks, sampler, return_exceptions=True)
-    report = LoadgenReport(
-        clients=args.clients,
-        committed=recorder.committed,
-        histogram=recorder.histogram,
-        timeline=recorder.timeline,
-        bin_s=TIMELINE_BIN_S,
-        errors=recorder.errors,
-        completed_total=recorder.completed_total,
-        window_cpu_s=cpu.get("end", now_cpu) - cpu.get("start", now_cpu),
-        total_cpu_s=cpu_seconds(),
-    )
-    out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report.to_json()))
-    os.replace(tmp, out)
+    report = recorder_report(recorder, args.clients,
+                             cpu.get("end", now_cpu) - cpu.get("start", now_cpu), cpu_seconds())
+    write_json_atomically(report.to_json(), Path(args.out))
     return 0
 
 

@@ -42,6 +42,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from phalanx.bench.results import LatencyHistogram, LoadgenReport
 from phalanx.config import load
@@ -236,16 +237,41 @@ class OpenLoop:
         asyncio.get_running_loop().call_later(self.TICK_S, self._tick)
 
 
-async def _read_line(reader: asyncio.StreamReader) -> str:
+async def read_line(reader: asyncio.StreamReader) -> str:
+    """One line of the bench's commands on stdin ("" at end of input)."""
     return (await reader.readline()).decode().strip()
 
 
-async def _sample_cpu(window: Window, samples: dict[str, float]) -> None:
+async def sample_window_cpu(window: Window, samples: dict[str, float]) -> None:
     """CPU time at the window's start and end (what the load cost during the window)."""
     await asyncio.sleep(max(0.0, window.window_start - time.time()))
     samples["start"] = cpu_seconds()
     await asyncio.sleep(max(0.0, window.window_end - time.time()))
     samples["end"] = cpu_seconds()
+
+
+def recorder_report(
+    recorder: Recorder, clients: int, window_cpu_s: float, total_cpu_s: float
+) -> LoadgenReport:
+    """The report a load generator hands the bench: its window's completions and CPU."""
+    return LoadgenReport(
+        clients=clients,
+        committed=recorder.committed,
+        histogram=recorder.histogram,
+        timeline=recorder.timeline,
+        bin_s=TIMELINE_BIN_S,
+        errors=recorder.errors,
+        completed_total=recorder.completed_total,
+        window_cpu_s=window_cpu_s,
+        total_cpu_s=total_cpu_s,
+    )
+
+
+def write_json_atomically(doc: Any, path: Path) -> None:
+    """Write ``doc`` as JSON through a temporary file: the bench never reads half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
 
 
 async def generate(args: argparse.Namespace) -> int:
@@ -280,7 +306,7 @@ async def generate(args: argparse.Namespace) -> int:
                 transport.shaper = plan.loadgen_shaper(args.wan_index)
         print(f"ready {len(runners)}", flush=True)
 
-        line = await _read_line(reader)
+        line = await read_line(reader)
         if not line or line == "stop":
             return 0
         spec = json.loads(line)
@@ -301,8 +327,8 @@ async def generate(args: argparse.Namespace) -> int:
         else:
             for client in clients:
                 client.start()
-        sampler = asyncio.create_task(_sample_cpu(window, cpu))
-        while (await _read_line(reader)) not in ("stop", ""):
+        sampler = asyncio.create_task(sample_window_cpu(window, cpu))
+        while (await read_line(reader)) not in ("stop", ""):
             pass  # anything else on stdin is ignored
         sampler.cancel()
         now_cpu = cpu_seconds()
@@ -312,21 +338,10 @@ async def generate(args: argparse.Namespace) -> int:
             open_loop.stop()
             recorder.errors["open_loop_max_backlog"] = open_loop.max_backlog
         await asyncio.gather(sampler, return_exceptions=True)
-        report = LoadgenReport(
-            clients=len(runners),
-            committed=recorder.committed,
-            histogram=recorder.histogram,
-            timeline=recorder.timeline,
-            bin_s=TIMELINE_BIN_S,
-            errors=recorder.errors,
-            completed_total=recorder.completed_total,
-            window_cpu_s=cpu.get("end", now_cpu) - cpu.get("start", now_cpu),
-            total_cpu_s=cpu_seconds(),
-        )
-        out = Path(args.out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(report.to_json()))
-        os.replace(tmp, out)  # the bench never reads a half-written report
+        report = recorder_report(recorder, len(runners),
+                                 cpu.get("end", now_cpu) - cpu.get("start", now_cpu),
+                                 cpu_seconds())
+        write_json_atomically(report.to_json(), Path(args.out))
         return 0
     finally:
         if mux is not None:

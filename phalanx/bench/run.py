@@ -337,8 +337,21 @@ async def _readline(proc: asyncio.subprocess.Process, timeout: float) -> str:
         return ""
 
 
+async def await_ready(children: Children, names: list[str], workdir: Path,
+                      timeout_s: float) -> None:
+    """Wait for every named load generator's ``ready`` line; BenchError names the first
+    one that answered anything else (or nothing) and its log."""
+    lines = await asyncio.gather(*(_readline(children.procs[n], timeout_s) for n in names))
+    for name, line in zip(names, lines, strict=True):
+        if not line.startswith("ready"):
+            raise BenchError(f"{name} did not get ready: {line or 'no answer'} "
+                             f"(see {workdir / 'logs' / name}.log)")
+
+
 class LoadGenerators:
     """The load-generator processes and their line protocol (see ``loadgen``)."""
+
+    exit_timeout_s = LOADGEN_EXIT_TIMEOUT_S
 
     def __init__(self, children: Children, workdir: Path) -> None:
         self.children = children
@@ -369,13 +382,7 @@ class LoadGenerators:
                                       pipes=True)
             self.names.append(name)
             first += count
-        lines = await asyncio.gather(
-            *(_readline(self.children.procs[n], READY_TIMEOUT_S + 10) for n in self.names)
-        )
-        for name, line in zip(self.names, lines, strict=True):
-            if not line.startswith("ready"):
-                raise BenchError(f"{name} did not get ready: {line or 'no answer'} "
-                                 f"(see {self.workdir / 'logs' / name}.log)")
+        await await_ready(self.children, self.names, self.workdir, READY_TIMEOUT_S + 10)
 
     async def _send(self, line: str) -> None:
         for name in self.names:
@@ -398,7 +405,7 @@ class LoadGenerators:
             if stdin is not None:
                 stdin.close()
         await self.children.reap([self.children.procs[n] for n in self.names],
-                                  LOADGEN_EXIT_TIMEOUT_S)
+                                  self.exit_timeout_s)
         reports = []
         for name in self.names:
             try:
@@ -406,8 +413,11 @@ class LoadGenerators:
             except (OSError, ValueError) as exc:
                 raise BenchError(f"{name} left no report ({exc}); see "
                                  f"{self.workdir / 'logs' / name}.log") from None
-            reports.append(LoadgenReport.from_json(doc))
+            reports.append(self._report(doc))
         return reports
+
+    def _report(self, doc: dict[str, Any]) -> LoadgenReport:
+        return LoadgenReport.from_json(doc)
 
 
 # -- the run -------------------------------------------------------------------------------

@@ -20,14 +20,13 @@ import argparse
 import asyncio
 import heapq
 import json
-import os
 import sys
 import time
 from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-from phalanx.bench.loadgen import cpu_seconds
+from phalanx.bench.loadgen import cpu_seconds, read_line, write_json_atomically
 from phalanx.bench.results import LatencyHistogram
 from phalanx.bench.trace import TraceTx, load_trace, part_of, sign
 from phalanx.config import load
@@ -136,10 +135,6 @@ class Replayer:
             self.pump()
 
 
-async def _read_line(reader: asyncio.StreamReader) -> str:
-    return (await reader.readline()).decode().strip()
-
-
 async def replay(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -155,7 +150,7 @@ async def replay(args: argparse.Namespace) -> int:
                                       retransmit_timeout=RETRANSMIT_TIMEOUT_S)
     try:
         print(f"ready {len(items)}", flush=True)
-        line = await _read_line(reader)
+        line = await read_line(reader)
         if not line or line == "stop":
             return 0
         start = float(json.loads(line)["start"])
@@ -177,10 +172,7 @@ async def replay(args: argparse.Namespace) -> int:
             "last_done": replayer.last_done,
             "cpu_s": cpu,
         }
-        out = Path(args.out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(report))
-        os.replace(tmp, out)
+        write_json_atomically(report, Path(args.out))
         print("done", flush=True)
         if not stop.done():
             await stop  # the bench says stop once it has read every report
@@ -191,7 +183,7 @@ async def replay(args: argparse.Namespace) -> int:
 
 
 async def _wait_stop(reader: asyncio.StreamReader) -> None:
-    while (await _read_line(reader)) not in ("stop", ""):
+    while (await read_line(reader)) not in ("stop", ""):
         pass
 
 

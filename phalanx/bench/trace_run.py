@@ -46,6 +46,7 @@ from phalanx.bench.run import (
     Children,
     Cluster,
     _readline,
+    await_ready,
     make_cluster,
     split_clients,
 )
@@ -102,13 +103,7 @@ async def _start_loadgens(children: Children, workdir: Path, args: argparse.Name
             argv += ["--limit", str(args.trace_limit)]
         await children.start(name, argv, workdir / "logs" / f"{name}.log", pipes=True)
         names.append(name)
-    lines = await asyncio.gather(
-        *(_readline(children.procs[n], READY_TIMEOUT_S + 60) for n in names)
-    )
-    for name, line in zip(names, lines, strict=True):
-        if not line.startswith("ready"):
-            raise BenchError(f"{name} did not get ready: {line or 'no answer'} "
-                             f"(see {workdir / 'logs' / name}.log)")
+    await await_ready(children, names, workdir, READY_TIMEOUT_S + 60)
     return names
 
 
