@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="pbft", choices=protocols)
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--clients", type=int, default=None,
-                   help="closed-loop clients (default 64; with --trace 512, transfers in "
-                        "flight: a trace's mempool is deep)")
+                   help="closed-loop clients (default 64; with --trace 32, each with a "
+                        "bundle of transfers in flight)")
     p.add_argument("--payload", type=int, default=512, help="request payload bytes")
     p.add_argument("--duration", type=float, default=30.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
@@ -237,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: as fast as the cluster goes)")
     p.add_argument("--sender-window", type=int, default=64,
                    help="with --trace: transfers of one sender in flight at once")
+    p.add_argument("--bundle", type=int, default=None,
+                   help="with --trace: most transfers per request, sent as one bundle op "
+                        "(default 16; 1 = a request per transfer)")
+    p.add_argument("--unicast", action="store_true",
+                   help="with --trace: send requests to the primary only (default: to "
+                        "every replica, which then verify them while the primary batches)")
     p.add_argument("--trace-limit", type=int, default=None,
                    help="with --trace: replay only the first N rows")
     p.add_argument("--durability", choices=("fsync", "process"), default="fsync",

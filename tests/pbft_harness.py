@@ -30,14 +30,16 @@ def cluster(
     n: int = 4,
     config: PbftConfig = FAST,
     network: NetworkModel | None = None,
+    multicast: bool = False,
     **kwargs,
 ) -> Simulation:
+    """``multicast``: clients send every request to all replicas (backups do not forward)."""
     quorums = Quorums.for_n(n)
     return Simulation(
         seed,
         n,
         lambda rid, crypto: PbftReplica(rid, quorums, crypto, KVStore, config),
-        lambda crypto: PbftClient(crypto, quorums, retransmit_timeout=0.3),
+        lambda crypto: PbftClient(crypto, quorums, retransmit_timeout=0.3, multicast=multicast),
         network or NetworkModel(latency=ConstantLatency(0.001)),
         messages=ALL_MESSAGES,
         **kwargs,

@@ -19,6 +19,7 @@ from phalanx.ledger.state import (
     account_key,
     account_value,
     block_key,
+    decode_bundle_result,
     decode_result,
     parse_account_value,
 )
@@ -126,6 +127,65 @@ def test_each_signature_is_verified_once_across_admission_validation_and_executi
     assert len(ledger.signatures) == 0  # executed ids are forgotten
 
 
+def test_a_bundle_executes_its_transfers_in_order_each_with_its_own_outcome() -> None:
+    ledger = make_ledger()
+    txs = [transfer(ledger, 0, 2, 100, 0), transfer(ledger, 0, 2, 100, 5),
+           transfer(ledger, 0, 1, 50, 1)]
+    bundle = txm.encode_bundle(txs)
+    assert txm.is_bundle(bundle) and not txm.is_bundle(txs[0])
+    assert ledger.admit(bundle) is None and ledger.check_op(bundle)
+    [raw] = ledger.apply([bundle])
+    results = decode_bundle_result(raw)
+    assert [(r.status, r.reason, r.height) for r in results] == [
+        (APPLIED, "", 1), (REJECTED, txm.BAD_NONCE, 1), (APPLIED, "", 1)]
+    assert ledger.account(ADDR[0]) == (850, 2)
+    sealed = ledger.seal_block(1)
+    assert sealed is not None
+    block = decode_block(dict(sealed.records)[block_key(1)])
+    # The block lists the transfers, not the bundle: ids, index and proofs are per transfer.
+    assert block.txs == txs and block.header.tx_count == 3
+    assert [o.tx_id for o in block.outcomes] == [txm.tx_id(t) for t in txs]
+    assert ledger.signatures.verifications == 3  # admission checked each; nothing twice
+
+
+def test_a_bundle_is_admitted_whole_or_not_at_all() -> None:
+    ledger = make_ledger()
+    good = transfer(ledger, 0, 1, 10, 0)
+    forged = encode_tx(msgspec.structs.replace(
+        sign_transfer(KEYS[1], ledger.chain_id, ADDR[0], 5, 0), amount=6))
+    bundle = txm.encode_bundle([good, forged])
+    assert ledger.admit(bundle) == txm.BAD_SIGNATURE
+    assert not ledger.check_op(bundle)
+    assert ledger.admit(txm.encode_bundle([good, transfer(ledger, 2, 0, 1, 0)])) == \
+        txm.INSUFFICIENT_FUNDS
+
+
+@pytest.mark.parametrize("op", [
+    txm._encoder.encode(txm.Bundle([])),  # empty
+    txm._encoder.encode(txm.Bundle([b"x"] * (txm.MAX_BUNDLE_TXS + 1))),  # too many
+    txm._encoder.encode(txm.Bundle([b"x"]))[:-1],  # truncated
+    txm._BUNDLE_HEAD + b"\xc0",  # a bundle's head, then garbage
+])
+def test_malformed_bundles_are_refused_and_rejected_as_one_op(op) -> None:
+    ledger = make_ledger()
+    assert txm.op_txs(op) == txm.MALFORMED
+    assert ledger.admit(op) == txm.MALFORMED and not ledger.check_op(op)
+    [raw] = ledger.apply([op])
+    assert outcome(raw) == (REJECTED, txm.MALFORMED)
+    assert ledger.account(ADDR[0]) == (1000, 0)
+    with pytest.raises(ValueError):
+        txm.encode_bundle([])
+
+
+def test_a_bundle_of_garbage_transfers_is_refused() -> None:
+    ledger = make_ledger()
+    bundle = txm.encode_bundle([transfer(ledger, 0, 1, 10, 0), b"junk"])
+    assert ledger.admit(bundle) == txm.MALFORMED and not ledger.check_op(bundle)
+    [raw] = ledger.apply([bundle])
+    assert [(r.status, r.reason) for r in decode_bundle_result(raw)] == [
+        (APPLIED, ""), (REJECTED, txm.MALFORMED)]
+
+
 def test_blocks_chain_by_hash_and_record_every_outcome() -> None:
     ledger = make_ledger()
     assert ledger.seal_block(1) is None  # nothing applied, no block
@@ -177,10 +237,24 @@ workload = st.lists(
 )
 
 
+def bundled(ops: list[bytes], sizes: list[int]) -> list[bytes]:
+    """``ops`` cut into consecutive bundles of the given sizes (a size of 1: the plain op)."""
+    out, i = [], 0
+    for size in sizes:
+        if i >= len(ops):
+            break
+        chunk = ops[i:i + size]
+        out.append(chunk[0] if len(chunk) == 1 else txm.encode_bundle(chunk))
+        i += len(chunk)
+    return out + ops[i:]
+
+
 @settings(max_examples=60, deadline=None, derandomize=True)
-@given(batches=st.lists(workload, min_size=1, max_size=4))
-def test_ledger_invariants_hold_for_generated_workloads(batches) -> None:
+@given(batches=st.lists(workload, min_size=1, max_size=4),
+       sizes=st.lists(st.integers(1, 12), max_size=10))
+def test_ledger_invariants_hold_for_generated_workloads(batches, sizes) -> None:
     ledger = make_ledger((500, 300, 200, 0, 0, 0))
+    # The same transfers submitted in bundles must execute exactly as one by one.
     replay = make_ledger((500, 300, 200, 0, 0, 0))
     supply = ledger.total_supply()
     applied_nonces: set[tuple[bytes, int]] = set()
@@ -194,14 +268,22 @@ def test_ledger_invariants_hold_for_generated_workloads(batches) -> None:
             if forge:
                 tx = msgspec.structs.replace(tx, amount=amount + 1)
             ops.append(encode_tx(tx))
+        expected = []
         for op, raw in zip(ops, ledger.apply(ops), strict=True):
             tx = txm.decode_tx(op)
-            if decode_result(raw).status == APPLIED:
+            result = decode_result(raw)
+            expected.append((result.status, result.reason))
+            if result.status == APPLIED:
                 assert isinstance(tx, Transfer)
                 assert (tx.sender, tx.nonce) not in applied_nonces  # at most once
                 applied_nonces.add((tx.sender, tx.nonce))
         ledger.seal_block(seq)
-        replay.apply(ops)
+        bundles = bundled(ops, sizes)
+        got = []
+        for op, raw in zip(bundles, replay.apply(bundles), strict=True):
+            results = decode_bundle_result(raw) if txm.is_bundle(op) else [decode_result(raw)]
+            got += [(r.status, r.reason) for r in results]
+        assert got == expected
         replay.seal_block(seq)
         assert ledger.total_supply() == supply  # conserved
         assert all(b >= 0 for b, _ in ledger.accounts.values())  # never negative

@@ -129,13 +129,16 @@ def test_a_forged_block_signature_is_dropped_and_the_next_one_completes_it() -> 
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-def test_short_trace_replay_commits_every_row_and_reports_the_floor(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [[], ["--bundle", "1", "--unicast"]],
+                         ids=["bundles-multicast", "one-per-request-unicast"])
+def test_short_trace_replay_commits_every_row_and_reports_the_floor(tmp_path: Path,
+                                                                    mode: list[str]) -> None:
     out = tmp_path / "out.json"
     proc = subprocess.run(
         [sys.executable, "-m", "phalanx.cli", "bench", "--trace", str(TRACE),
          "--clients", "32", "--sender-window", "8", "--durability", "process",
          "--base-port", str(free_port_block(8)), "--dir", str(tmp_path / "work"),
-         "--json", str(out)],
+         "--json", str(out), *mode],
         capture_output=True, text=True, timeout=110,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -144,6 +147,7 @@ def test_short_trace_replay_commits_every_row_and_reports_the_floor(tmp_path: Pa
     assert trace["rows"] == trace["replayed"] == trace["answered"] == 300
     assert results["committed_tx"] == trace["committed"] == 300 and trace["rejected"] == {}
     assert trace["finished"] is True and 0 < trace["contention"] <= 1
+    assert (trace["bundle"], trace["multicast"]) == ((1, False) if mode else (16, True))
     assert results["safety"]["state_roots_equal"] and results["safety"]["logs_consistent"]
     assert results["throughput_tps"] > 0 and results["cpu_us_per_tx"] > 0
     # The floor follows from the verify cost measured in the same run.
@@ -163,6 +167,12 @@ def test_a_sender_window_the_admission_rule_would_break_is_refused(tmp_path: Pat
     )
     assert proc.returncode != 0 and "--sender-window must be 1..128" in proc.stderr
     assert not (tmp_path / "work" / "cluster.toml").exists()  # refused before starting
+    proc = subprocess.run(
+        [sys.executable, "-m", "phalanx.cli", "bench", "--trace", str(TRACE),
+         "--bundle", "257", "--dir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0 and "--bundle must be 1..256" in proc.stderr
 
 
 def test_random_updates_of_many_accounts_match_the_reference() -> None:

@@ -278,6 +278,31 @@ def test_batches_respect_the_byte_cap_whatever_the_request_sizes():
     assert len(sizes) > 1 and max(sizes) <= 3 << 20
 
 
+@pytest.mark.parametrize("multicast", [False, True])
+def test_a_backup_forwards_a_client_request_unless_the_client_multicast_it(multicast):
+    from phalanx.core.effects import Send
+    from phalanx.core.messages import Request
+    from phalanx.protocols.pbft.client import PbftClient
+    from phalanx.protocols.pbft.replica import PbftReplica
+    from phalanx.statemachine.kv import KVStore
+
+    o = oracle()
+    backup = PbftReplica(1, Q, o.node_crypto(1), KVStore, CONFIG)
+    client = PbftClient(o.new_client(), Q, multicast=multicast)
+    _, effects = client.submit(b"op")
+    [send] = [e for e in effects if isinstance(e, (Send, Broadcast))]
+    # A multicast client reaches every replica itself; otherwise it tries the primary.
+    assert isinstance(send, Broadcast) == multicast
+    request = send.msg
+    assert isinstance(request, Request) and request.multicast == multicast
+    out = backup.on_client_message(request.reply_to, request)
+    forwarded = [e for e in out if isinstance(e, Send) and e.msg == request]
+    assert [e.dest for e in forwarded] == ([] if multicast else [0])
+    assert request.client in backup.pending  # known either way: its view-change timer runs
+    # The hint is not part of the request: the same request either way.
+    assert request.digest() == msgspec.structs.replace(request, multicast=not multicast).digest()
+
+
 def test_cached_reply_is_not_served_to_a_request_without_a_valid_authenticator():
     from phalanx.core.messages import Reply, Request
     from phalanx.protocols.pbft.replica import ClientRecord, PbftReplica

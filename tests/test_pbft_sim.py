@@ -4,6 +4,7 @@ the tests add liveness and end-state assertions."""
 
 from __future__ import annotations
 
+import pytest
 from pbft_harness import assert_consistent, cluster, executed_requests, put_op
 
 from phalanx.protocols.pbft.config import PbftConfig
@@ -12,8 +13,9 @@ from phalanx.runtime.sim.checkers import SafetyViolation
 from phalanx.runtime.sim.simulator import Simulation
 
 
-def test_normal_case_commits_every_request_once_everywhere():
-    sim = cluster(seed=1)
+@pytest.mark.parametrize("multicast", [False, True])
+def test_normal_case_commits_every_request_once_everywhere(multicast):
+    sim = cluster(seed=1, multicast=multicast)
     sim.add_clients(4, put_op, requests_per_client=30)
     sim.run(until=30.0, stop_when=sim.all_clients_done)
     assert sim.all_clients_done(), sim.liveness_report()
@@ -33,8 +35,9 @@ def test_f_crashed_backups_do_not_stop_progress():
     assert_consistent(sim, replicas=[0, 1, 2, 3, 4])
 
 
-def test_crashed_primary_triggers_view_change_and_progress_continues():
-    sim = cluster(seed=3)
+@pytest.mark.parametrize("multicast", [False, True])
+def test_crashed_primary_triggers_view_change_and_progress_continues(multicast):
+    sim = cluster(seed=3, multicast=multicast)
     sim.add_clients(4, put_op, requests_per_client=40)
     sim.crash(0, at=0.05)
     sim.run(until=60.0, stop_when=sim.all_clients_done)
@@ -85,13 +88,14 @@ def test_lagging_replica_catches_up_by_state_transfer():
     assert replica.state_root() == sim.replica(0).state_root()
 
 
-def test_loss_reorder_and_duplication():
+@pytest.mark.parametrize("multicast", [False, True])
+def test_loss_reorder_and_duplication(multicast):
     from phalanx.runtime.sim.network import NetworkModel, UniformLatency
 
     network = NetworkModel(
         latency=UniformLatency(0.001, 0.01), drop=0.05, duplicate=0.05, reorder=0.005
     )
-    sim = cluster(seed=6, network=network)
+    sim = cluster(seed=6, network=network, multicast=multicast)
     sim.add_clients(4, put_op, requests_per_client=30)
     sim.run(until=120.0, stop_when=sim.all_clients_done)
     assert sim.all_clients_done(), sim.liveness_report()
@@ -164,10 +168,11 @@ def test_equivocating_primary_is_replaced_and_nothing_diverges():
     assert_consistent(sim, replicas=[1, 2, 3])
 
 
-def test_silent_primary_is_replaced():
+@pytest.mark.parametrize("multicast", [False, True])
+def test_silent_primary_is_replaced(multicast):
     from phalanx.runtime.sim.simulator import Silent
 
-    sim = cluster(seed=10)
+    sim = cluster(seed=10, multicast=multicast)
     sim.set_byzantine(0, Silent())
     sim.add_clients(3, put_op, requests_per_client=15)
     sim.run(until=60.0, stop_when=sim.all_clients_done)

@@ -53,15 +53,18 @@ from phalanx.bench.run import (
 from phalanx.bench.trace import Trace, load_trace, sign
 from phalanx.config import CLUSTER_FILE
 from phalanx.ledger.state import MAX_NONCE_AHEAD, Ledger
-from phalanx.ledger.tx import decode_tx, signature_valid
+from phalanx.ledger.tx import MAX_BUNDLE_TXS, decode_tx, signature_valid
 from phalanx.runtime import run
 
 VERIFY_SAMPLES = 3000
-TRACE_CLIENTS = 512
-"""Default transfers in flight. A replay has the whole trace signed and waiting, as a deep
-mempool would; 64 in flight made blocks of ~22 transfers, and the per-block costs
-(agreement messages, block signatures, Merkle paths near the root) doubled the CPU per
-transaction compared to blocks of ~100 (docs/ledger.md, "Performance")."""
+TRACE_CLIENTS = 32
+TRACE_BUNDLE = 16
+"""Default clients and transfers per request: 512 transfers in flight. A replay has the
+whole trace signed and waiting, as a deep mempool would. 64 in flight made blocks of ~22
+transfers, and the per-block costs (agreement messages, block signatures, Merkle paths
+near the root) doubled the CPU per transaction compared to blocks of ~100; a request per
+transfer paid the ordering's per-request costs (authenticator, exactly-once records,
+replies) once per transfer (docs/ledger.md, "Performance")."""
 MIN_REPLAY_S = 60.0
 
 
@@ -95,10 +98,12 @@ async def _start_loadgens(children: Children, workdir: Path, args: argparse.Name
         argv = [sys.executable, "-m", "phalanx.bench.trace_loadgen",
                 "--config", str(workdir / CLUSTER_FILE), "--trace", trace_path,
                 "--part", str(part), "--parts", str(len(counts)), "--clients", str(count),
-                "--sender-window", str(args.sender_window),
+                "--sender-window", str(args.sender_window), "--bundle", str(args.bundle),
                 "--out", str(workdir / f"{name}.json")]
         if args.speedup is not None:
             argv += ["--speedup", str(args.speedup)]
+        if not args.unicast:
+            argv.append("--multicast")
         if args.trace_limit is not None:
             argv += ["--limit", str(args.trace_limit)]
         await children.start(name, argv, workdir / "logs" / f"{name}.log", pipes=True)
@@ -208,6 +213,8 @@ def _results(args: argparse.Namespace, config: Any, trace: Trace, reports: list[
             "contention": round(trace.contention(), 4),
             "speedup": args.speedup,
             "sender_window": args.sender_window,
+            "bundle": args.bundle,
+            "multicast": not args.unicast,
         },
         "verify": {
             "implementation": "PyNaCl (libsodium) Ed25519",
@@ -247,13 +254,18 @@ def render_trace_summary(results: dict[str, Any]) -> None:
 
 def run_trace_bench(args: argparse.Namespace) -> int:
     """``phalanx bench --trace FILE``; 0 iff safe and something committed."""
-    for name, default in (("speedup", None), ("sender_window", 64), ("trace_limit", None)):
+    for name, default in (("speedup", None), ("sender_window", 64), ("trace_limit", None),
+                          ("bundle", TRACE_BUNDLE), ("unicast", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
     if getattr(args, "clients", None) is None:
         args.clients = TRACE_CLIENTS
     if args.speedup is not None and args.speedup <= 0:
         raise ValueError("--speedup must be positive")
+    if args.bundle is None:
+        args.bundle = TRACE_BUNDLE
+    if not 1 <= args.bundle <= MAX_BUNDLE_TXS:
+        raise ValueError(f"--bundle must be 1..{MAX_BUNDLE_TXS}")
     if not 1 <= args.sender_window <= MAX_NONCE_AHEAD // 2:
         # Beyond that the primary may refuse a nonce as too far ahead (it can lag behind
         # the f+1 answers that freed the window), and every later nonce of that sender

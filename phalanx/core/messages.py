@@ -27,6 +27,10 @@ class Request(msgspec.Struct, tag=1, array_like=True, frozen=True, gc=False):
     :meth:`digest` under the pairwise key of the client and replica ``j``; a replica checks
     only its own entry. The digest covers ``endpoint``, so nobody but the client can
     redirect its replies.
+
+    ``multicast`` says the client sent the request to every replica itself, so a backup
+    need not forward it to the primary. It is a delivery hint, not part of the request
+    (the digest leaves it out): it changes who relays the request, never what executes.
     """
 
     client: bytes
@@ -34,6 +38,7 @@ class Request(msgspec.Struct, tag=1, array_like=True, frozen=True, gc=False):
     op: bytes
     endpoint: bytes = b""
     auth: list[bytes] = []
+    multicast: bool = False
 
     def digest(self) -> bytes:
         # One hash over fixed-width fields and a length-prefixed endpoint (0 or 32 bytes):

@@ -44,7 +44,7 @@ from phalanx.ledger.block import (
     outcome_leaf,
 )
 from phalanx.ledger.smt import Proof, SparseMerkleTree
-from phalanx.ledger.tx import Transfer, VerifiedSignatures, decode_tx, tx_id
+from phalanx.ledger.tx import Transfer, VerifiedSignatures, decode_tx, op_txs, tx_id
 
 CHAIN_DOMAIN = b"phalanx-ledger-v1"
 MAX_NONCE_AHEAD = 256
@@ -93,10 +93,17 @@ class TxResult(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
 _result_encoder = msgspec.msgpack.Encoder()
 _result_decoder = msgspec.msgpack.Decoder(TxResult)
+_bundle_result_decoder = msgspec.msgpack.Decoder(list[TxResult])
 
 
 def decode_result(raw: bytes) -> TxResult:
+    """The result of a single transfer's op."""
     return _result_decoder.decode(raw)
+
+
+def decode_bundle_result(raw: bytes) -> list[TxResult]:
+    """The results of a bundle's transfers, in its order."""
+    return _bundle_result_decoder.decode(raw)
 
 
 class _Snapshot(msgspec.Struct, array_like=True, frozen=True, gc=False,
@@ -159,21 +166,34 @@ class Ledger:
     # -- StateMachine ---------------------------------------------------------------------
 
     def apply(self, ops: list[bytes]) -> list[bytes]:
-        """Validate and apply ``ops`` in order; one encoded :class:`TxResult` each."""
+        """Validate and apply ``ops`` in order; one encoded result each: a
+        :class:`TxResult`, or for a bundle the list of its transfers' (see
+        :func:`decode_bundle_result`)."""
         height = self.header.height + 1
         encode_result = _result_encoder.encode
         results = []
         for op in ops:
-            tid = tx_id(op)
-            reason = self._execute(op, tid)
-            self._ops.append(op)
-            if reason is None:
-                self._outcomes.append(TxOutcome(tid, APPLIED))
-                results.append(encode_result(TxResult(APPLIED, height)))
+            txs = op_txs(op)
+            if isinstance(txs, str):  # a malformed bundle: rejected as one op
+                results.append(encode_result(self._record_outcome(op, tx_id(op), txs, height)))
+            elif txs[0] is op:
+                results.append(encode_result(self._apply_tx(op, height)))
             else:
-                self._outcomes.append(TxOutcome(tid, REJECTED, reason))
-                results.append(encode_result(TxResult(REJECTED, height, reason)))
+                results.append(encode_result([self._apply_tx(raw, height) for raw in txs]))
         return results
+
+    def _apply_tx(self, raw: bytes, height: int) -> TxResult:
+        tid = tx_id(raw)
+        return self._record_outcome(raw, tid, self._execute(raw, tid), height)
+
+    def _record_outcome(self, raw: bytes, tid: bytes, reason: str | None,
+                        height: int) -> TxResult:
+        self._ops.append(raw)
+        if reason is None:
+            self._outcomes.append(TxOutcome(tid, APPLIED))
+            return TxResult(APPLIED, height)
+        self._outcomes.append(TxOutcome(tid, REJECTED, reason))
+        return TxResult(REJECTED, height, reason)
 
     def snapshot(self) -> bytes:
         self._require_sealed()
@@ -252,8 +272,20 @@ class Ledger:
 
     def admit(self, op: bytes) -> str | None:
         """Why ``op`` cannot be valid now (None if it may be): malformed, stale nonce,
-        nonce too far ahead, insufficient funds, bad signature — cheapest checks first."""
-        tx = decode_tx(op)
+        nonce too far ahead, insufficient funds, bad signature — cheapest checks first.
+        A bundle is admitted whole or not at all: the first of its transfers that cannot
+        be valid says why."""
+        txs = op_txs(op)
+        if isinstance(txs, str):
+            return txs
+        for raw in txs:
+            reason = self._admit_tx(raw)
+            if reason is not None:
+                return reason
+        return None
+
+    def _admit_tx(self, raw: bytes) -> str | None:
+        tx = decode_tx(raw)
         if isinstance(tx, str):
             return tx
         balance, nonce = self.accounts.get(tx.sender, (0, 0))
@@ -263,18 +295,28 @@ class Ledger:
             return txm.NONCE_TOO_FAR
         if balance < tx.amount:
             return txm.INSUFFICIENT_FUNDS
-        if not self.signatures.check(op, tx, self.chain_id):
+        if not self.signatures.check(raw, tx, self.chain_id):
             return txm.BAD_SIGNATURE
         return None
 
     def check_op(self, op: bytes) -> bool:
         """The state-independent validity a backup requires of every op in a proposed
-        batch: well-formed and validly signed. (State-dependent failures are decided at
-        execution: the state a batch will meet is not known when it is proposed.)"""
-        if op in self.signatures:
+        batch: well-formed and validly signed (every transfer of a bundle). (State-
+        dependent failures are decided at execution: the state a batch will meet is not
+        known when it is proposed.)"""
+        signatures = self.signatures
+        if op in signatures:
             return True  # admitted here already (a retransmission reached us)
-        tx = decode_tx(op)
-        return not isinstance(tx, str) and self.signatures.check(op, tx, self.chain_id)
+        txs = op_txs(op)
+        if isinstance(txs, str):
+            return False
+        for raw in txs:
+            if raw in signatures:
+                continue
+            tx = decode_tx(raw)
+            if isinstance(tx, str) or not signatures.check(raw, tx, self.chain_id):
+                return False
+        return True
 
     # -- reads (local, not replicated) ---------------------------------------------------
 
@@ -359,6 +401,7 @@ __all__ = [
     "account_key",
     "account_value",
     "chain_id_of",
+    "decode_bundle_result",
     "decode_result",
     "parse_account_value",
 ]

@@ -16,6 +16,12 @@ The signature covers fixed-width signing bytes::
 ledger cannot be replayed on another. The wire form is a msgpack array; only its
 canonical encoding is accepted (decode, re-encode, compare), so a transaction has exactly
 one byte string and one id: ``tx_id = sha256(encoded transaction)``.
+
+A :class:`Bundle` carries several encoded transfers as one op — one request of the
+ordering protocol — for a submitter with many transfers at hand (a gateway, a replay).
+The ordering protocol's costs per request (its authenticator, exactly-once bookkeeping,
+reply) are then paid once per bundle instead of once per transfer; each transfer keeps
+its own bytes, id, signature check, outcome and place in the block.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ MAX_AMOUNT = (1 << 64) - 1
 """Amounts, balances and nonces are unsigned 64-bit integers."""
 MAX_TX_BYTES = 256
 """A canonical transfer is 176 bytes; anything much larger is not one."""
+MAX_BUNDLE_TXS = 256
+"""Most transfers in one bundle (about 46 KiB)."""
 SIGNING_DOMAIN = b"phalanx-transfer-v1"
 
 # Rejection reasons: fixed strings (never exception text) because they are part of the
@@ -61,8 +69,19 @@ class Transfer(msgspec.Struct, tag=101, array_like=True, frozen=True, gc=False,
     signature: bytes = b""
 
 
+class Bundle(msgspec.Struct, tag=102, array_like=True, frozen=True, gc=False,
+             forbid_unknown_fields=True):
+    """Encoded transfers submitted together as one op, executed in this order."""
+
+    txs: list[bytes]
+
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Transfer)
+_bundle_decoder = msgspec.msgpack.Decoder(Bundle)
+_BUNDLE_HEAD = _encoder.encode(Bundle([]))[:2]
+"""How every canonical bundle begins (a 2-array, then its tag); a transfer never does
+(its array has 6 elements)."""
 
 
 def signing_bytes(chain_id: bytes, sender: bytes, to: bytes, amount: int, nonce: int) -> bytes:
@@ -89,6 +108,35 @@ def encode_tx(tx: Transfer) -> bytes:
 def tx_id(raw: bytes) -> bytes:
     """The id of an encoded transfer: sha256 of its canonical bytes."""
     return hashlib.sha256(raw).digest()
+
+
+def encode_bundle(txs: list[bytes]) -> bytes:
+    """One op carrying the encoded transfers ``txs`` (1..MAX_BUNDLE_TXS of them)."""
+    if not 1 <= len(txs) <= MAX_BUNDLE_TXS:
+        raise ValueError(f"a bundle carries 1..{MAX_BUNDLE_TXS} transfers")
+    return _encoder.encode(Bundle(txs))
+
+
+def is_bundle(op: bytes) -> bool:
+    """Whether ``op`` is (or claims to be) a bundle rather than a single transfer."""
+    return op[:2] == _BUNDLE_HEAD
+
+
+def op_txs(op: bytes) -> list[bytes] | str:
+    """The encoded transfers an op carries — ``[op]`` itself unless it is a bundle — or
+    MALFORMED for a bundle that is not canonical or holds 0 or too many. (Whether each
+    is a well-formed transfer is :func:`decode_tx`'s question.)"""
+    if op[:2] != _BUNDLE_HEAD:
+        return [op]
+    if len(op) > MAX_BUNDLE_TXS * (MAX_TX_BYTES + 3) + 8:
+        return MALFORMED
+    try:
+        bundle = _bundle_decoder.decode(op)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return MALFORMED
+    if not 1 <= len(bundle.txs) <= MAX_BUNDLE_TXS or _encoder.encode(bundle) != op:
+        return MALFORMED
+    return bundle.txs
 
 
 def decode_tx(raw: bytes) -> Transfer | str:

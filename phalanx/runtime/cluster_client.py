@@ -55,8 +55,11 @@ async def open_clients(
     retransmit_timeout: float = 1.0,
     metrics: Metrics | None = None,
     connect_timeout: float = 10.0,
+    multicast: bool = False,
 ) -> tuple[ClientMux, list[ClientRunner]]:
-    """``count`` clients (fresh key pairs) sharing one connection per replica."""
+    """``count`` clients (fresh key pairs) sharing one connection per replica; with
+    ``multicast``, each request goes to every replica at once (PBFT: the backups check it
+    while the primary batches it)."""
     public_keys = list(config.public_keys)
     quorums = Quorums(config.n, config.f)
     spec = protocol(config.protocol)
@@ -72,6 +75,8 @@ async def open_clients(
         core = spec.make_client(crypto, quorums, retransmit_timeout)
         core.next_timestamp = first_timestamp  # type: ignore[attr-defined]
         core.endpoint = mux.endpoint  # type: ignore[attr-defined]
+        if multicast:
+            core.multicast = True  # type: ignore[attr-defined]
         runners.append(mux.add(core))
     await transport.start()
     await _wait_for_quorum(transport, quorums.strong, connect_timeout, config.n)

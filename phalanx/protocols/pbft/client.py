@@ -2,9 +2,11 @@
 
 One outstanding request at a time. It sends the request to the primary it believes in,
 and on a timeout retransmits it to every replica (backups then forward it and start
-their view-change timers). A result is accepted once f+1 replicas (so at least one
-correct) sent the same result for the request's timestamp; f+1 matching refusals
-end it with an error.
+their view-change timers). A ``multicast`` client sends every request to all replicas
+at once: the backups check it (for the ledger: verify its signatures) while the primary
+is still batching, instead of only once the pre-prepare arrives, and need not forward it.
+A result is accepted once f+1 replicas (so at least one correct) sent the same result
+for the request's timestamp; f+1 matching refusals end it with an error.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ class PbftClient:
         max_retransmit_timeout: float = 8.0,
         first_timestamp: int = 1,
         endpoint: bytes = b"",
+        multicast: bool = False,
     ) -> None:
         self.crypto = crypto
         self.client_id = crypto.public_key
         self.endpoint = endpoint  # a shared connection's identity, b"" for our own
+        self.multicast = multicast  # send every request to all replicas at once
         self.q = quorums
         self.timeout = retransmit_timeout
         self.max_timeout = max_retransmit_timeout
@@ -50,12 +54,13 @@ class PbftClient:
         self.next_timestamp += 1
         unsigned = Request(self.client_id, ts, op, self.endpoint)
         auth = self.crypto.authenticate(unsigned.digest())
-        self.request = Request(self.client_id, ts, op, self.endpoint, auth)
+        self.request = Request(self.client_id, ts, op, self.endpoint, auth, self.multicast)
         self.replies.clear()
         self.errors.clear()
         self.current_timeout = self.timeout
-        primary = self.q.primary(self.view)
-        return ts, [Send(primary, self.request), SetTimer(RETRY_TIMER, self.current_timeout)]
+        send = Broadcast(self.request) if self.multicast else Send(self.q.primary(self.view),
+                                                                    self.request)
+        return ts, [send, SetTimer(RETRY_TIMER, self.current_timeout)]
 
     def on_message(self, src: int, msg: Any) -> list[Any]:
         if not 0 <= src < self.q.n:

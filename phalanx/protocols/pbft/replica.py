@@ -256,7 +256,7 @@ class PbftReplica:
             return out
         waiting = self.pending.get(req.client)
         if waiting is not None and waiting.timestamp >= req.timestamp:
-            if self._should_forward(forwarder):
+            if self._should_forward(req, forwarder):
                 # A client retransmits to everyone: make sure the primary has it too.
                 out.append(Send(self.instance.primary, req))
             return self._host(out)
@@ -270,14 +270,15 @@ class PbftReplica:
         self.unproposed.pop(req.client, None)  # keep arrival order for the newest one
         self.unproposed[req.client] = req
         self.arrivals += 1
-        if self._should_forward(forwarder):
+        if self._should_forward(req, forwarder):
             out.append(Send(self.instance.primary, req))
         out.extend(self.instance.set_waiting(True))
         return self._host(out)
 
-    def _should_forward(self, forwarder: int | None) -> bool:
-        """Backups pass requests that clients sent them straight to the primary."""
-        return forwarder is None and self.instance.primary != self.replica_id
+    def _should_forward(self, req: Request, forwarder: int | None) -> bool:
+        """Backups pass requests that clients sent them straight to the primary, unless
+        the client sent it to every replica itself."""
+        return forwarder is None and not req.multicast and self.instance.primary != self.replica_id
 
     def _request_error(self, req: Request) -> str | None:
         if len(req.op) > self.config.max_request_bytes:
