@@ -185,3 +185,49 @@ def test_certificate_checks_reject_forged_or_short_certificates(world) -> None:
               "sigs": [{"replica": r, "sig": "00" * 64} for r in range(4)]}
     with pytest.raises(ProofError, match="only 0 valid"):
         verifier.verify_certificate(header, forged)
+
+
+class FakeRunner:
+    """Answers requests like f+1 replicas would, from a ledger of its own; refuses any
+    bundle that holds ``refuse`` (as a primary would once that transfer is stale)."""
+
+    def __init__(self, ledger, refuse: bytes | None = None) -> None:
+        self.ledger, self.refuse, self.ops = ledger, refuse, []
+
+    async def request(self, op: bytes) -> bytes:
+        from phalanx.ledger import tx as txm
+        from phalanx.runtime.client import RequestFailed
+
+        self.ops.append(op)
+        if self.refuse is not None and txm.is_bundle(op) and self.refuse in txm.op_txs(op):
+            raise RequestFailed(1, "stale_nonce")
+        [result] = self.ledger.apply([op])
+        self.ledger.seal_block(len(self.ops))
+        return result
+
+
+@pytest.mark.parametrize("refuse_one", [False, True])
+def test_the_gateway_sends_queued_transfers_as_bundles_and_splits_a_refused_one(
+        world, refuse_one) -> None:
+    from phalanx.ledger import tx as txm
+
+    config, _, _, gateway = world
+    ledger = make_ledger_factory(config.genesis)()
+    raws = [txm.encode_tx(ALICE.sign(ledger.chain_id, BOB.address, 1, n)) for n in range(20)]
+    runner = FakeRunner(ledger, refuse=raws[3] if refuse_one else None)
+
+    async def main() -> None:
+        for raw in raws:
+            assert gateway.submit(txm.tx_id(raw), raw)
+        worker = asyncio.create_task(gateway._work(runner))
+        while not all(gateway.outcome(txm.tx_id(r))["status"] != "pending" for r in raws):
+            await asyncio.sleep(0.001)
+        worker.cancel()
+
+    asyncio.run(main())
+    assert [gateway.outcome(txm.tx_id(r))["status"] for r in raws] == ["committed"] * 20
+    assert ledger.account(BOB.address) == (20, 0)
+    # 16 in one bundle, then the other 4 in another; a refused bundle goes one by one.
+    sizes = [len(txm.op_txs(op)) for op in runner.ops]
+    assert sizes == ([16] + [1] * 16 + [4] if refuse_one else [16, 4])
+    assert gateway.metrics.get("gateway_bundles_split") == (1 if refuse_one else 0)

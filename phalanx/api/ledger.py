@@ -47,6 +47,7 @@ from phalanx.ledger.state import (
     TX_PREFIX,
     account_key,
     block_key,
+    decode_bundle_result,
     decode_result,
     parse_account_value,
 )
@@ -57,6 +58,8 @@ from phalanx.runtime.metrics import Metrics
 MAX_TX_BODY = 2048
 """Bytes of a POST /tx body: a JSON transfer is about 400."""
 GATEWAY_CLIENTS = 32
+GATEWAY_BUNDLE = 16
+"""Most queued transfers a gateway client sends as one bundle op (see ledger.tx.Bundle)."""
 GATEWAY_QUEUE = 10_000
 GATEWAY_TIMEOUT_S = 30.0
 STATUS_MEMORY = 100_000
@@ -191,20 +194,53 @@ class Gateway:
             self.outcomes.popitem(last=False)
 
     async def _work(self, runner: Any) -> None:
+        """Send what is queued, up to GATEWAY_BUNDLE transfers per request."""
         while True:
-            tid, raw = await self.queue.get()
-            try:
-                result = decode_result(await asyncio.wait_for(runner.request(raw), self.timeout))
-            except RequestFailed as exc:
-                self._record(tid, {"status": "rejected", "reason": exc.reason})
-            except TimeoutError:
-                self._record(tid, {"status": "unknown", "reason": "gateway_timeout"})
-            except Exception as exc:  # a broken link must not kill the worker
-                self._record(tid, {"status": "unknown", "reason": type(exc).__name__})
+            items = [await self.queue.get()]
+            while len(items) < GATEWAY_BUNDLE and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            if len(items) == 1:
+                await self._send_one(runner, *items[0])
             else:
-                status = "committed" if result.status == APPLIED else "rejected"
-                self._record(tid, {"status": status, "height": result.height,
-                                   "reason": result.reason})
+                await self._send_bundle(runner, items)
+
+    async def _send_one(self, runner: Any, tid: bytes, raw: bytes) -> None:
+        try:
+            result = decode_result(await asyncio.wait_for(runner.request(raw), self.timeout))
+        except Exception as exc:
+            self._record_failure(tid, exc)
+        else:
+            self._record_result(tid, result)
+
+    async def _send_bundle(self, runner: Any, items: list[tuple[bytes, bytes]]) -> None:
+        op = txm.encode_bundle([raw for _, raw in items])
+        try:
+            results = decode_bundle_result(
+                await asyncio.wait_for(runner.request(op), self.timeout))
+        except RequestFailed:
+            # Refused whole (one transfer no longer admissible at the primary, say): send
+            # each on its own, so that the others do not share its fate.
+            self.metrics.inc("gateway_bundles_split")
+            for tid, raw in items:
+                await self._send_one(runner, tid, raw)
+        except Exception as exc:
+            for tid, _ in items:
+                self._record_failure(tid, exc)
+        else:
+            for (tid, _), result in zip(items, results, strict=False):
+                self._record_result(tid, result)
+
+    def _record_result(self, tid: bytes, result: Any) -> None:
+        status = "committed" if result.status == APPLIED else "rejected"
+        self._record(tid, {"status": status, "height": result.height, "reason": result.reason})
+
+    def _record_failure(self, tid: bytes, exc: Exception) -> None:
+        if isinstance(exc, RequestFailed):
+            self._record(tid, {"status": "rejected", "reason": exc.reason})
+        elif isinstance(exc, TimeoutError):
+            self._record(tid, {"status": "unknown", "reason": "gateway_timeout"})
+        else:  # a broken link must not kill the worker
+            self._record(tid, {"status": "unknown", "reason": type(exc).__name__})
 
 
 class LedgerApi:
