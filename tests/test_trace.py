@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from phalanx.bench.trace import TraceError, keypair_for, load_trace, part_of, sign
+from phalanx.bench.trace import TraceError, keypair_for, load_trace, partition, sign
 from phalanx.ledger.block import APPLIED
 from phalanx.ledger.state import Ledger, decode_result
 
@@ -23,7 +23,13 @@ def test_the_mapped_trace_executes_in_order_with_every_transfer_applied() -> Non
     senders = {tx.sender for tx in trace.txs}
     assert all(ledger.account(keypair_for(s).public_key)[1] ==
                sum(1 for tx in trace.txs if tx.sender == s) for s in senders)
-    assert {part_of(s, 2) for s in senders} == {0, 1}
+    owner = partition(trace, 2)
+    assert set(owner) == senders and set(owner.values()) == {0, 1}
+    # Balanced: the parts differ by at most the busiest sender's transfers.
+    sizes = [sum(1 for tx in trace.txs if owner[tx.sender] == p) for p in (0, 1)]
+    busiest = max(sum(1 for tx in trace.txs if tx.sender == s) for s in senders)
+    assert sum(sizes) == 300 and abs(sizes[0] - sizes[1]) <= busiest
+    assert partition(trace, 2) == owner  # every load generator computes the same
     assert keypair_for("0xabc").public_key == keypair_for("0xabc").public_key
 
 

@@ -1,8 +1,9 @@
 """One trace-replay load generator of ``phalanx bench --trace``.
 
 ``python -m phalanx.bench.trace_loadgen --config C --trace FILE --part I --parts K
---clients N --out REPORT``: replays the transfers of the trace's senders that map to part
-``I`` (all of a sender's transfers go to one part, so its nonces stay in order), with
+--clients N --out REPORT``: replays the transfers of the trace's senders assigned to part
+``I`` (:func:`~phalanx.bench.trace.partition`: all of a sender's transfers go to one
+part, so its nonces stay in order; parts balanced by transfers), with
 ``N`` clients sharing one connection per replica. Line protocol with the bench, as
 :mod:`phalanx.bench.loadgen`: it signs everything first (outside the measured window),
 writes ``ready <txs>``, reads ``{"start": t}``, replays, and writes its report once every
@@ -31,7 +32,7 @@ from typing import Any
 
 from phalanx.bench.loadgen import cpu_seconds, read_line, write_json_atomically
 from phalanx.bench.results import LatencyHistogram
-from phalanx.bench.trace import TraceTx, load_trace, part_of, sign
+from phalanx.bench.trace import TraceTx, load_trace, partition, sign
 from phalanx.config import load
 from phalanx.ledger.block import APPLIED
 from phalanx.ledger.state import Ledger, decode_bundle_result, decode_result
@@ -165,7 +166,8 @@ async def replay(args: argparse.Namespace) -> int:
     config = load(args.config)
     chain_id = Ledger(config.genesis).chain_id
     trace = load_trace(args.trace, args.limit)
-    mine = [tx for tx in trace.txs if part_of(tx.sender, args.parts) == args.part]
+    owner = partition(trace, args.parts)
+    mine = [tx for tx in trace.txs if owner[tx.sender] == args.part]
     items = [(tx, sign(tx, chain_id)) for tx in mine]  # before the measured window
     # A wallet waits patiently: a retransmission goes to every replica, which all
     # re-check it, adding load exactly when the cluster is already slow.
