@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speedup", type=float, default=None,
                    help="with --trace: pace by the trace's timestamps, X times faster "
                         "(default: as fast as the cluster goes)")
-    p.add_argument("--sender-window", type=int, default=64,
+    p.add_argument("--sender-window", type=int, default=128,
                    help="with --trace: transfers of one sender in flight at once")
     p.add_argument("--bundle", type=int, default=None,
                    help="with --trace: most transfers per request, sent as one bundle op "

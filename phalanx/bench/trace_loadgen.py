@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", type=int, required=True)
     p.add_argument("--parts", type=int, required=True)
     p.add_argument("--clients", type=int, required=True)
-    p.add_argument("--sender-window", type=int, default=64)
+    p.add_argument("--sender-window", type=int, default=128)
     p.add_argument("--bundle", type=int, default=1)
     p.add_argument("--multicast", action="store_true")
     p.add_argument("--speedup", type=float, default=None)
