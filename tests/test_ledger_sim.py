@@ -7,10 +7,14 @@ from __future__ import annotations
 import hashlib
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pbft_harness import assert_consistent
 
+from phalanx.byzantine.behaviours import ActionBehaviour
+from phalanx.byzantine.checkers import checkers_for
+from phalanx.byzantine.protocols import fuzz_protocol
 from phalanx.core.certificates import signed_bytes
 from phalanx.core.quorum import Quorums
 from phalanx.crypto.keys import KeyPair
@@ -31,7 +35,7 @@ CHAIN = Ledger(GENESIS).chain_id
 
 
 def ledger_cluster(seed: int, network: NetworkModel | None = None,
-                   multicast: bool = False) -> Simulation:
+                   multicast: bool = False, **kwargs) -> Simulation:
     quorums = Quorums.for_n(4)
     factory = make_ledger_factory(GENESIS)
     return Simulation(
@@ -40,6 +44,7 @@ def ledger_cluster(seed: int, network: NetworkModel | None = None,
         lambda crypto: PbftClient(crypto, quorums, retransmit_timeout=0.3, multicast=multicast),
         network or NetworkModel(latency=ConstantLatency(0.001)),
         messages=ALL_MESSAGES,
+        **kwargs,
     )
 
 
@@ -118,17 +123,18 @@ def test_crashed_replica_restarts_from_disk_and_rejoins_with_the_same_blocks() -
     assert 2 in apps and apps[2].height == apps[0].height > 0
 
 
+def bundle_op(client: int, i: int) -> bytes:
+    """Client ``c``'s request ``i``: a bundle of account ``c``'s nonces 3i, 3i+1, 3i+2."""
+    to = ACCOUNTS[(client + 1) % len(ACCOUNTS)].public_key
+    return encode_bundle([encode_tx(sign_transfer(ACCOUNTS[client], CHAIN, to, 5, 3 * i + k))
+                          for k in range(3)])
+
+
 def test_bundles_from_multicasting_clients_survive_a_primary_crash() -> None:
     """Each request is a bundle of 3 transfers sent to every replica: backups verify it on
     arrival, the pre-prepare finds it verified, and a view change loses nothing."""
     sim = ledger_cluster(11, multicast=True)
-
-    def op(client: int, i: int) -> bytes:
-        to = ACCOUNTS[(client + 1) % len(ACCOUNTS)].public_key
-        return encode_bundle([encode_tx(sign_transfer(ACCOUNTS[client], CHAIN, to, 5, 3 * i + k))
-                              for k in range(3)])
-
-    sim.add_clients(4, op, requests_per_client=10)
+    sim.add_clients(4, bundle_op, requests_per_client=10)
     sim.crash(0, at=0.05)
     sim.run(until=60.0, stop_when=sim.all_clients_done)
     assert sim.all_clients_done(), sim.liveness_report()
@@ -142,3 +148,31 @@ def test_bundles_from_multicasting_clients_survive_a_primary_crash() -> None:
         assert app.signatures.verifications <= 120, r  # each signature once per replica
     assert len({app.state_root() for app in apps.values()}) == 1
     assert all(sim.replica(r).view >= 1 for r in apps)
+
+
+@pytest.mark.parametrize(("strategy", "byzantine", "seed"), [
+    ("borgesian", 0, 1), ("borgesian", 2, 2), ("equivocate", 0, 3), ("selective", 0, 4),
+    ("vote_all", 1, 5), ("hide_commit", 3, 6),
+])
+def test_bundles_and_multicast_under_a_byzantine_replica(strategy, byzantine, seed) -> None:
+    """The fuzzer's strategies (random and replayed messages, equivocation, selective
+    silence...) against a ledger with multicasting clients sending bundles, on a lossy
+    network: the simulator's safety checkers hold after every event, every request
+    completes, and the correct replicas end with identical ledgers."""
+    behaviour = fuzz_protocol("pbft").strategies[strategy](byzantine, seed, frozenset(), None)
+    network = NetworkModel(latency=ConstantLatency(0.001), drop=0.02, duplicate=0.02)
+    sim = ledger_cluster(seed, network, multicast=True, checkers=checkers_for("pbft"))
+    sim.set_byzantine(byzantine, behaviour)
+    sim.add_clients(4, bundle_op, requests_per_client=6)
+    if isinstance(behaviour, ActionBehaviour):
+        behaviour.attach(sim)  # as the fuzzer does: it may replay what clients sent
+    sim.run(until=120.0, stop_when=sim.all_clients_done)
+    assert sim.all_clients_done(), sim.liveness_report()
+    assert isinstance(behaviour, ActionBehaviour) and behaviour.actions > 0  # it did act
+    sim.run(until=sim.now + 3.0)
+    apps = ledgers(sim)
+    assert byzantine not in apps and len(apps) == 3
+    for r, app in apps.items():
+        assert app.total_supply() == sum(GENESIS.values()), r
+        assert [app.account(ACCOUNTS[c].public_key)[1] for c in range(4)] == [18] * 4, r
+    assert len({app.state_root() for app in apps.values()}) == 1
