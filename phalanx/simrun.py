@@ -47,17 +47,26 @@ def kv_simulation(
     network: NetworkModel,
     options: dict[str, Any],
     client_retransmit_s: float,
+    multicast: bool = False,
     **kwargs: Any,
 ) -> Simulation:
     """A simulated cluster of ``protocol_name`` replicas over the key-value store, with
-    its clients' cores; ``kwargs`` go to :class:`Simulation` (checkers, trace, ...)."""
+    its clients' cores (sending each request to every replica if ``multicast``);
+    ``kwargs`` go to :class:`Simulation` (checkers, trace, ...)."""
     proto = protocol(protocol_name)
     quorums = Quorums.for_n(n)
+
+    def make_client(crypto: Any) -> Any:
+        core = proto.make_client(crypto, quorums, client_retransmit_s)
+        if multicast:
+            core.multicast = True  # type: ignore[attr-defined]
+        return core
+
     return Simulation(
         seed,
         n,
         lambda rid, crypto: proto.make_replica(rid, quorums, crypto, KVStore, options),
-        lambda crypto: proto.make_client(crypto, quorums, client_retransmit_s),
+        make_client,
         network,
         messages=proto.messages,
         **kwargs,

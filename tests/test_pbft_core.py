@@ -303,6 +303,32 @@ def test_a_backup_forwards_a_client_request_unless_the_client_multicast_it(multi
     assert request.digest() == msgspec.structs.replace(request, multicast=not multicast).digest()
 
 
+def test_a_held_multicast_request_is_forwarded_before_the_primary_is_suspected():
+    """A client may mark a request multicast yet withhold it from the primary: the backups
+    that hold it forward it when their progress timer runs out and wait one more timeout
+    before suspecting the primary; a primary that still decides nothing is suspected."""
+    from phalanx.core.effects import Send, SetTimer
+    from phalanx.protocols.pbft.client import PbftClient
+    from phalanx.protocols.pbft.messages import ViewChange
+    from phalanx.protocols.pbft.replica import PbftReplica
+    from phalanx.statemachine.kv import KVStore
+
+    o = oracle()
+    backup = PbftReplica(1, Q, o.node_crypto(1), KVStore, CONFIG)
+    backup.start()
+    _, effects = PbftClient(o.new_client(), Q, multicast=True).submit(b"op")
+    request = effects[0].msg
+    assert not [e for e in backup.on_client_message(request.reply_to, request)
+                if isinstance(e, Send)]
+    timer = backup.instance.progress_timer
+    out = backup.on_timer(timer)
+    assert [(e.dest, e.msg) for e in out if isinstance(e, Send)] == [(0, request)]
+    assert any(isinstance(e, SetTimer) and e.name == timer for e in out)
+    assert not sent(out, ViewChange) and not backup.instance.in_view_change
+    out = backup.on_timer(timer)  # still nothing decided: now the primary is suspected
+    assert sent(out, ViewChange) and backup.instance.in_view_change
+
+
 def test_cached_reply_is_not_served_to_a_request_without_a_valid_authenticator():
     from phalanx.core.messages import Reply, Request
     from phalanx.protocols.pbft.replica import ClientRecord, PbftReplica

@@ -330,3 +330,40 @@ def test_fill_wait_keeps_closed_loop_clients_in_one_full_batch_per_round():
 
 def test_fill_wait_costs_a_lone_client_nothing():
     assert _mean_batch_and_latency(0.003, 1) == _mean_batch_and_latency(0.0, 1)
+
+
+def test_multicast_requests_withheld_from_the_primary_cost_a_timeout_not_a_view_change():
+    """Clients that mark requests multicast but send them to the backups only (Byzantine
+    clients, or a lost link to the primary): the backups forward them once their progress
+    timer runs out, and the cluster goes on in view 0."""
+    from pbft_harness import FAST
+
+    from phalanx.core.effects import Broadcast, Send
+    from phalanx.core.quorum import Quorums
+    from phalanx.protocols.pbft.client import PbftClient
+    from phalanx.protocols.pbft.messages import ALL_MESSAGES
+    from phalanx.protocols.pbft.replica import PbftReplica
+    from phalanx.runtime.sim.network import ConstantLatency, NetworkModel
+    from phalanx.statemachine.kv import KVStore
+
+    class WithholdingClient(PbftClient):
+        def submit(self, op):
+            ts, effects = super().submit(op)
+            return ts, [e for b in effects for e in (
+                [Send(r, b.msg) for r in (1, 2, 3)] if isinstance(b, Broadcast) else [b])]
+
+    quorums = Quorums.for_n(4)
+    sim = Simulation(
+        12, 4,
+        lambda rid, crypto: PbftReplica(rid, quorums, crypto, KVStore, FAST),
+        lambda crypto: WithholdingClient(crypto, quorums, retransmit_timeout=5.0,
+                                         multicast=True),
+        NetworkModel(latency=ConstantLatency(0.001)),
+        messages=ALL_MESSAGES,
+    )
+    sim.add_clients(3, put_op, requests_per_client=4)
+    sim.run(until=60.0, stop_when=sim.all_clients_done)
+    assert sim.all_clients_done(), sim.liveness_report()
+    assert all(sim.replica(r).view == 0 for r in range(4))
+    assert sim.now < 4 * FAST.view_change_timeout * 4  # a few timeouts, no retransmission
+    assert_consistent(sim)

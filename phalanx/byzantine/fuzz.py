@@ -155,6 +155,8 @@ class Plan:
     think_time: float
     faults: tuple[Fault, ...]
     gst: float
+    multicast: bool = False
+    """Clients send every request to all replicas (backups hold it, not forward it)."""
 
     def describe(self) -> list[str]:
         lines = [
@@ -162,7 +164,8 @@ class Plan:
             f"network before GST: latency {self.latency[0] * 1e3:.1f}-"
             f"{self.latency[1] * 1e3:.1f}ms drop={self.drop} duplicate={self.duplicate} "
             f"reorder={self.reorder * 1e3:.0f}ms; GST at {self.gst:.3f}s",
-            f"clients: {self.clients} x {self.requests} requests; options: {self.options!r}",
+            f"clients: {self.clients} x {self.requests} requests"
+            f"{' (multicast)' if self.multicast else ''}; options: {self.options!r}",
         ]
         lines += [f"fault: {f.describe()}" for f in self.faults]
         return lines
@@ -219,6 +222,8 @@ def make_plan(config: FuzzConfig, seed: int) -> Plan:
         think_time=rng.choice((0.0, 0.0, 0.05, 0.3)),
         faults=tuple(faults),
         gst=gst,
+        # Drawn apart, so that adding it left every other choice of a seed as it was.
+        multicast=random.Random(f"phalanx/fuzz/multicast/{seed}").random() < 0.5,
     )
 
 
@@ -256,7 +261,7 @@ def run_plan(
     )
     sim = kv_simulation(
         config.protocol, config.n, plan.seed, network, plan.options, 0.3,
-        checkers=checkers_for(config.protocol), record_trace=record,
+        multicast=plan.multicast, checkers=checkers_for(config.protocol), record_trace=record,
     )
     behaviours: dict[int, Behaviour] = {}
     for replica, strategy in plan.byzantine:

@@ -272,6 +272,17 @@ class PbftInstance:
             handler(self, src, msg)
         return self._finish()
 
+    @property
+    def progress_timer(self) -> str:
+        """The timer whose expiry makes this replica suspect the primary."""
+        return self._t_progress
+
+    def extend_progress_timer(self) -> list[Any]:
+        """Give the primary one more timeout before suspecting it (the host just passed it
+        requests it may never have had)."""
+        self._arm_progress_timer(restart=True)
+        return self._finish()
+
     def on_timer(self, name: str) -> list[Any]:
         if name == self._t_progress and self.timer_armed:  # else a stale, cancelled timer
             self.timer_armed = False

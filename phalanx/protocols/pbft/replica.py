@@ -106,6 +106,10 @@ class PbftReplica:
         # every replica so that a new primary has it), in arrival order.
         self.unproposed: dict[bytes, Request] = {}
         self.proposed: set[tuple[bytes, int]] = set()  # (client, timestamp) in flight
+        # Multicast requests this backup holds without forwarding them, and the last
+        # decided slot when it last gave the primary a grace timeout (see _relay).
+        self.held: dict[bytes, Request] = {}
+        self.grace_at = -1
         self.validated: dict[bytes, list[Request]] = {}  # digest -> decoded batch
         self.snapshots: dict[int, Snapshot] = {}  # own checkpoints not yet stable
         self.stable_snapshot: Snapshot | None = None
@@ -187,6 +191,8 @@ class PbftReplica:
             return out
         if name == FILL_TIMER:
             return self._on_fill_timer()
+        if name == self.instance.progress_timer and self.held:
+            return self._on_progress_timeout(name)
         return self._host(self.instance.on_timer(name))
 
     def state_root(self) -> bytes:
@@ -256,9 +262,8 @@ class PbftReplica:
             return out
         waiting = self.pending.get(req.client)
         if waiting is not None and waiting.timestamp >= req.timestamp:
-            if self._should_forward(req, forwarder):
-                # A client retransmits to everyone: make sure the primary has it too.
-                out.append(Send(self.instance.primary, req))
+            # A client retransmits to everyone: make sure the primary has it too.
+            out.extend(self._relay(req, forwarder))
             return self._host(out)
         if waiting is None and len(self.pending) >= MAX_PENDING_REQUESTS:
             if client is not None:
@@ -270,15 +275,41 @@ class PbftReplica:
         self.unproposed.pop(req.client, None)  # keep arrival order for the newest one
         self.unproposed[req.client] = req
         self.arrivals += 1
-        if self._should_forward(req, forwarder):
-            out.append(Send(self.instance.primary, req))
+        out.extend(self._relay(req, forwarder))
         out.extend(self.instance.set_waiting(True))
         return self._host(out)
 
-    def _should_forward(self, req: Request, forwarder: int | None) -> bool:
-        """Backups pass requests that clients sent them straight to the primary, unless
-        the client sent it to every replica itself."""
-        return forwarder is None and not req.multicast and self.instance.primary != self.replica_id
+    def _relay(self, req: Request, forwarder: int | None) -> list[Any]:
+        """Backups pass requests that clients sent them straight to the primary. A
+        multicast request is held instead — the client sent the primary its own copy,
+        and three forwarded copies would triple what the primary parses — and forwarded
+        only if the progress timer runs out first (_on_progress_timeout): a client that
+        marks a request multicast but withholds it from the primary costs a timeout, not
+        a view change."""
+        if forwarder is not None or self.instance.primary == self.replica_id:
+            return []
+        if req.multicast:
+            self.held[req.client] = req
+            return []
+        return [Send(self.instance.primary, req)]
+
+    def _on_progress_timeout(self, name: str) -> list[Any]:
+        """No progress for a timeout while holding multicast requests: forward those still
+        pending to the primary, which may never have had them, and give it one more
+        timeout — once per decided slot, so a primary that decides nothing is still
+        suspected on the next expiry."""
+        inst = self.instance
+        out: list[Any] = []
+        for client, req in self.held.items():
+            waiting = self.pending.get(client)
+            if waiting is not None and waiting.timestamp == req.timestamp:
+                out.append(Send(inst.primary, req))
+        self.held.clear()
+        grace = inst.timer_armed and not inst.in_view_change and self.grace_at != inst.last_decided
+        if out and grace:
+            self.grace_at = inst.last_decided
+            return self._host(out + inst.extend_progress_timer())
+        return self._host(out + inst.on_timer(name))
 
     def _request_error(self, req: Request) -> str | None:
         if len(req.op) > self.config.max_request_bytes:
@@ -362,6 +393,7 @@ class PbftReplica:
                 # Requests proposed by a failed primary may never commit: offer them again.
                 self.proposed.clear()
                 self.unproposed = dict(self.pending)
+                self.held.clear()  # all pending requests go to the new primary below
                 if e.primary != self.replica_id:
                     for req in self.pending.values():
                         out.append(Send(e.primary, req))
@@ -473,6 +505,7 @@ class PbftReplica:
             if waiting is not None and waiting.timestamp <= req.timestamp:
                 del self.pending[req.client]
                 self.unproposed.pop(req.client, None)
+                self.held.pop(req.client, None)
             self.proposed.discard((req.client, req.timestamp))
             out.append(ToClient(req.reply_to, self._reply(req.client, req.timestamp, result)))
         seq = decided.seq
