@@ -138,8 +138,10 @@ async def measure_trace(args: argparse.Namespace, workdir: Path) -> dict[str, An
             await cluster.start()
             names = await _start_loadgens(children, workdir, args, str(args.trace))
             starts = await cluster.statuses(cluster.live)
-            host_start = host_cpu_times()
-            _send(children, names, json.dumps({"start": time.time() + 0.2}))
+            start = time.time() + 0.2
+            _send(children, names, json.dumps({"start": start}))
+            await asyncio.sleep(max(0.0, start - time.time()))
+            host_start = host_cpu_times()  # from the replay's start: the host's busy share
             cap = max(args.duration, MIN_REPLAY_S)
             done = await asyncio.gather(
                 *(_readline(children.procs[n], cap) for n in names)
