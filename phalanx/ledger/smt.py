@@ -224,16 +224,22 @@ def _build(shift: int, leaves: list[_Leaf], paths: list[int], lo: int, hi: int) 
 def _update(node: _Node, shift: int, leaves: list[_Leaf], paths: list[int], lo: int,
             hi: int) -> _Node:
     kind = type(node)
+    if kind is _Internal:
+        # Inlined _split: this runs once per node on every updated path.
+        mid = bisect_left(paths, ((paths[lo] >> shift) | 1) << shift, lo, hi)
+        left = node.left  # type: ignore[union-attr]
+        right = node.right  # type: ignore[union-attr]
+        if mid > lo:
+            left = _update(left, shift - 1, leaves, paths, lo, mid)
+        if mid < hi:
+            right = _update(right, shift - 1, leaves, paths, mid, hi)
+        return _Internal(_sha256(_INTERNAL + left.hash + right.hash).digest(), left, right)
     if kind is _Empty:
         return _build(shift, leaves, paths, lo, hi)
-    if kind is _Leaf:  # rebuilt around the new leaves (replaced if its key is among them)
-        i = bisect_left(paths, node.path, lo, hi)
-        if i == hi or paths[i] != node.path:
-            leaves = [*leaves[lo:i], node, *leaves[i:hi]]
-            paths = [leaf.path for leaf in leaves]
-            lo, hi = 0, len(leaves)
-        return _build(shift, leaves, paths, lo, hi)
-    mid = _split(paths, shift, lo, hi)
-    left = _update(node.left, shift - 1, leaves, paths, lo, mid) if mid > lo else node.left
-    right = _update(node.right, shift - 1, leaves, paths, mid, hi) if mid < hi else node.right
-    return _Internal(_sha256(_INTERNAL + left.hash + right.hash).digest(), left, right)
+    # A leaf: rebuilt around the new leaves (replaced if its key is among them).
+    i = bisect_left(paths, node.path, lo, hi)  # type: ignore[union-attr]
+    if i == hi or paths[i] != node.path:  # type: ignore[union-attr]
+        leaves = [*leaves[lo:i], node, *leaves[i:hi]]  # type: ignore[list-item]
+        paths = [leaf.path for leaf in leaves]
+        lo, hi = 0, len(leaves)
+    return _build(shift, leaves, paths, lo, hi)

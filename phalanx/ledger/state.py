@@ -152,6 +152,8 @@ class Ledger:
         self.versions[0] = (self.header, self.tree)
         self._head_hash = self.header.hash()
         self._dirty: set[bytes] = set()
+        # address -> its tree key (a hash), computed once per account, not once per block
+        self._tree_keys: dict[bytes, bytes] = {}
         self._ops: list[bytes] = []
         self._outcomes: list[TxOutcome] = []
 
@@ -376,7 +378,14 @@ class Ledger:
 
     def _dirty_items(self) -> dict[bytes, bytes]:
         accounts = self.accounts
-        return {account_key(a): account_value(*accounts[a]) for a in self._dirty}
+        keys = self._tree_keys
+        items = {}
+        for a in self._dirty:
+            key = keys.get(a)
+            if key is None:
+                key = keys[a] = account_key(a)
+            items[key] = account_value(*accounts[a])
+        return items
 
     def _require_sealed(self) -> None:
         if self._ops:
