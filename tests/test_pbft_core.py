@@ -132,6 +132,22 @@ def test_new_view_rejects_a_prepared_claim_nobody_vouches_for():
     assert decision is not None and decision.slots == {}  # a trailing null is dropped
 
 
+def test_new_view_keeps_a_trailing_null_request_that_was_prepared():
+    """A null request prepared (and maybe committed) in an earlier view at the last slot is
+    kept, not dropped as a trailing null: the new primary would otherwise give its seq to
+    another batch. (Found by the fuzzer, seed 40444 of n=4: two replicas executed the null
+    request at seq 5 in view 2, another a batch at seq 5 in view 3.)"""
+    o = oracle()
+    null = [SlotSummary(1, NULL_DIGEST, 2)]
+    vcs = [_vc(o, r, 3, null, null) for r in (1, 3)] + [_vc(o, 2, 3)]
+    decision = decide_new_view(vcs, Q)
+    assert decision is not None and decision.slots == {1: NULL_DIGEST}
+    # Where 2f+1 prepared nothing, nothing can have committed: that trailing null goes.
+    vcs = [_vc(o, r, 3, [], null) for r in (1, 2, 3)]
+    decision = decide_new_view(vcs, Q)
+    assert decision is not None and decision.slots == {}
+
+
 def test_new_view_fills_gaps_with_null_and_waits_when_undecidable():
     o = oracle()
     d = digest(b"x")

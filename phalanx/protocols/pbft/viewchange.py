@@ -67,13 +67,18 @@ def decide_new_view(view_changes: Sequence[ViewChange], quorums: Quorums) -> New
             top = max(top, *q)
 
     slots: dict[int, bytes] = {}
+    vacant: set[int] = set()  # 2f+1 prepared nothing there: nothing can have committed
     for seq in range(low + 1, top + 1):
         chosen = _choose(seq, prepared, preprepared, quorums)
         if chosen is None:
             return None
-        slots[seq] = chosen
-    # Trailing null requests carry no information: the new primary continues after them.
-    while slots and slots[max(slots)] == NULL_DIGEST:
+        slots[seq], was_vacant = chosen
+        if was_vacant:
+            vacant.add(seq)
+    # Trailing vacant slots carry no information: the new primary continues after them.
+    # A null request chosen because it was prepared stays: it may have committed, and
+    # giving its seq to another batch would break agreement.
+    while slots and max(slots) in vacant:
         del slots[max(slots)]
     return NewViewDecision(low, source.checkpoint_digest, source, slots)
 
@@ -83,7 +88,9 @@ def _choose(
     prepared: list[dict[int, tuple[bytes, int]]],
     preprepared: list[dict[int, dict[bytes, int]]],
     quorums: Quorums,
-) -> bytes | None:
+) -> tuple[bytes, bool] | None:
+    """Slot ``seq``'s digest and whether it is vacant (the null request because 2f+1
+    prepared nothing), or None if the messages do not decide it yet."""
     candidates = {p[seq] for p in prepared if seq in p}
     # Highest view first, then digest order, so every replica breaks ties alike.
     for digest, view in sorted(candidates, key=lambda c: (-c[1], c[0])):
@@ -94,8 +101,8 @@ def _choose(
         )
         vouched = sum(1 for q in preprepared if q.get(seq, {}).get(digest, -1) >= view)
         if consistent >= quorums.strong and vouched >= quorums.weak:
-            return digest
+            return digest, False
     nothing_prepared = sum(1 for p in prepared if seq not in p)
     if nothing_prepared >= quorums.strong:
-        return NULL_DIGEST
+        return NULL_DIGEST, True
     return None
