@@ -178,7 +178,7 @@ class Ledger:
             txs = op_txs(op)
             if isinstance(txs, str):  # a malformed bundle: rejected as one op
                 results.append(encode_result(self._record_outcome(op, tx_id(op), txs, height)))
-            elif txs[0] is op:
+            elif txs[0] is op:  # a single transfer (op_txs returned the op itself)
                 results.append(encode_result(self._apply_tx(op, height)))
             else:
                 results.append(encode_result([self._apply_tx(raw, height) for raw in txs]))

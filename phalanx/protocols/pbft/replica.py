@@ -106,9 +106,8 @@ class PbftReplica:
         # every replica so that a new primary has it), in arrival order.
         self.unproposed: dict[bytes, Request] = {}
         self.proposed: set[tuple[bytes, int]] = set()  # (client, timestamp) in flight
-        # Multicast requests this backup holds without forwarding them, and the last
-        # decided slot when it last gave the primary a grace timeout (see _relay).
-        self.held: dict[bytes, Request] = {}
+        # The last decided slot when this backup last gave the primary a grace timeout
+        # for the multicast requests it holds (see _relay).
         self.grace_at = -1
         self.validated: dict[bytes, list[Request]] = {}  # digest -> decoded batch
         self.snapshots: dict[int, Snapshot] = {}  # own checkpoints not yet stable
@@ -191,7 +190,7 @@ class PbftReplica:
             return out
         if name == FILL_TIMER:
             return self._on_fill_timer()
-        if name == self.instance.progress_timer and self.held:
+        if name == self.instance.progress_timer:
             return self._on_progress_timeout(name)
         return self._host(self.instance.on_timer(name))
 
@@ -289,22 +288,18 @@ class PbftReplica:
         if forwarder is not None or self.instance.primary == self.replica_id:
             return []
         if req.multicast:
-            self.held[req.client] = req
-            return []
+            return []  # held: it stays in self.pending
         return [Send(self.instance.primary, req)]
 
     def _on_progress_timeout(self, name: str) -> list[Any]:
-        """No progress for a timeout while holding multicast requests: forward those still
-        pending to the primary, which may never have had them, and give it one more
-        timeout — once per decided slot, so a primary that decides nothing is still
-        suspected on the next expiry."""
+        """No progress for a timeout: a backup holding multicast requests forwards them
+        to the primary, which may never have had them, and gives it one more timeout —
+        once per decided slot, so a primary that decides nothing is still suspected on
+        the next expiry."""
         inst = self.instance
         out: list[Any] = []
-        for client, req in self.held.items():
-            waiting = self.pending.get(client)
-            if waiting is not None and waiting.timestamp == req.timestamp:
-                out.append(Send(inst.primary, req))
-        self.held.clear()
+        if inst.primary != self.replica_id:
+            out = [Send(inst.primary, req) for req in self.pending.values() if req.multicast]
         grace = inst.timer_armed and not inst.in_view_change and self.grace_at != inst.last_decided
         if out and grace:
             self.grace_at = inst.last_decided
@@ -393,7 +388,6 @@ class PbftReplica:
                 # Requests proposed by a failed primary may never commit: offer them again.
                 self.proposed.clear()
                 self.unproposed = dict(self.pending)
-                self.held.clear()  # all pending requests go to the new primary below
                 if e.primary != self.replica_id:
                     for req in self.pending.values():
                         out.append(Send(e.primary, req))
@@ -505,7 +499,6 @@ class PbftReplica:
             if waiting is not None and waiting.timestamp <= req.timestamp:
                 del self.pending[req.client]
                 self.unproposed.pop(req.client, None)
-                self.held.pop(req.client, None)
             self.proposed.discard((req.client, req.timestamp))
             out.append(ToClient(req.reply_to, self._reply(req.client, req.timestamp, result)))
         seq = decided.seq
