@@ -199,3 +199,16 @@ def test_demo_runs_the_ledger_through_a_primary_crash_and_checks_everything() ->
     assert proc.returncode == 0, out + proc.stderr
     assert "bob's balance: 250, Merkle proof checked against block" in out
     assert "SIGKILL replica 0" in out and "conserved" in out and "demo ok" in out
+
+
+def test_the_ledger_ablation_patch_still_applies():
+    """bench/ablation/run.sh patches a clone of HEAD (docs/ledger.md, "How much of the gap
+    is the ledger's"); a change to the ledger that breaks the patch must show here, not
+    the next time someone measures."""
+    repo = Path(__file__).resolve().parent.parent
+    patch = repo / "bench" / "ablation" / "ledger.patch"
+    if not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    check = subprocess.run(["git", "-C", str(repo), "apply", "--check", str(patch)],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
