@@ -90,11 +90,17 @@ def test_post_tx_errors_have_the_right_status_and_change_nothing(world) -> None:
         assert gateway.queue.qsize() == 0 and not gateway.outcomes  # nothing ordered
         assert core.app.state_root() == root  # nothing changed
         assert metrics.get("api_rejected:bad_signature") == 2
+        # The detail says what to fix, from the executed state.
+        resp = await client.post("/tx", json=body(ALICE, chain, BOB.address, 5000, 0))
+        balance = core.app.account(ALICE.address)[0]
+        assert (await resp.json())["detail"] == f"balance {balance} < amount 5000"
         # A stale nonce: make Alice's nonce 1 by executing a transfer, then resend nonce 0.
         core.app.apply([json_to_raw(good)])
         core.app.seal_block(1)
         resp = await client.post("/tx", json=good)
-        assert (resp.status, (await resp.json())["error"]) == (409, "stale_nonce")
+        answer = await resp.json()
+        assert (resp.status, answer["error"]) == (409, "stale_nonce")
+        assert answer["detail"] == "nonce 0 is used; the sender's next nonce is 1"
         # The happy path: 202 with the id, queued once (a resubmission is idempotent).
         fresh = body(ALICE, chain, BOB.address, 10, 1)
         first = await (await client.post("/tx", json=fresh)).json()

@@ -43,6 +43,7 @@ from phalanx.crypto.keys import KeyPair
 from phalanx.ledger import tx as txm
 from phalanx.ledger.block import APPLIED, decode_block, decode_tx_record
 from phalanx.ledger.state import (
+    MAX_NONCE_AHEAD,
     REJECTED_PREFIX,
     TX_PREFIX,
     account_key,
@@ -74,6 +75,22 @@ _STATUS = {
     txm.NONCE_TOO_FAR: 409,
     txm.INSUFFICIENT_FUNDS: 422,
 }
+
+
+def admission_detail(reason: str, tx: txm.Transfer, balance: int, next_nonce: int) -> str:
+    """What a refused transfer's sender needs to fix it, against the executed state."""
+    if reason == txm.INSUFFICIENT_FUNDS:
+        return f"balance {balance} < amount {tx.amount}"
+    if reason == txm.STALE_NONCE:
+        return f"nonce {tx.nonce} is used; the sender's next nonce is {next_nonce}"
+    if reason == txm.NONCE_TOO_FAR:
+        return (f"nonce {tx.nonce} is more than {MAX_NONCE_AHEAD} ahead of the sender's "
+                f"next nonce {next_nonce}")
+    if reason == txm.BAD_SIGNATURE:
+        return "the signature is not the sender's over this transfer on this ledger's chain"
+    if reason == txm.AMOUNT_NOT_POSITIVE:
+        return "the amount must be at least 1"
+    return reason
 
 
 def tx_to_json(tx: txm.Transfer) -> dict[str, Any]:
@@ -306,7 +323,8 @@ class LedgerApi:
         raw = txm.encode_tx(tx)
         reason = self.ledger.admit(raw)
         if reason is not None:
-            return self._refuse(_STATUS.get(reason, 400), reason)
+            return self._refuse(_STATUS.get(reason, 400), reason,
+                                admission_detail(reason, tx, *self.ledger.account(tx.sender)))
         tid = txm.tx_id(raw)
         if self.gateway is None or not self.gateway.submit(tid, raw):
             return self._refuse(503, "overloaded", "the gateway queue is full; retry later")

@@ -39,7 +39,8 @@ class TxRefused(LedgerError):
     """Every replica tried refused the transaction at admission; ``reason`` says why."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"transaction refused: {reason}" + (f" ({detail})" if detail else ""))
+        shown = f" ({detail})" if detail and detail != reason else ""
+        super().__init__(f"transaction refused: {reason}{shown}")
         self.reason = reason
 
 
