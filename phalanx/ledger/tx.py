@@ -126,7 +126,7 @@ def op_txs(op: bytes) -> list[bytes] | str:
     """The encoded transfers an op carries — ``[op]`` itself unless it is a bundle — or
     MALFORMED for a bundle that is not canonical or holds 0 or too many. (Whether each
     is a well-formed transfer is :func:`decode_tx`'s question.)"""
-    if op[:2] != _BUNDLE_HEAD:
+    if not is_bundle(op):
         return [op]
     if len(op) > MAX_BUNDLE_TXS * (MAX_TX_BYTES + 3) + 8:
         return MALFORMED
