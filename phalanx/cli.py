@@ -119,7 +119,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         restart = float(parts[2]) if len(parts) > 2 else None
         crashes.append((int(parts[0]), float(parts[1]), restart))
     spec = SimSpec(
-        protocol=args.protocol, n=args.n, seed=args.seed, clients=args.clients,
+        protocol=args.protocol, n=args.n, f=args.f, seed=args.seed, clients=args.clients,
         requests=args.requests, payload=args.payload, duration=args.duration,
         latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, drop=args.drop,
         duplicate=args.duplicate, reorder_ms=args.reorder_ms, crash=tuple(crashes),
@@ -292,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sim", help="a deterministic simulated run; prints committed-log hashes")
     p.add_argument("--protocol", default="pbft", choices=protocols)
     p.add_argument("--n", type=int, default=4)
+    p.add_argument("--f", type=int, default=None,
+                   help="faults tolerated, which sets the quorum sizes (default (n-1)//3)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--requests", type=int, default=50, help="requests per client")

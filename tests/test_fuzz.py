@@ -210,6 +210,28 @@ def test_fuzzer_finds_planted_bug(bug, within):
     assert summary.violations == 1, f"{bug} not found in {within} seeds"
 
 
+@pytest.mark.parametrize(
+    ("n", "f", "byzantine", "within"),
+    [(6, None, 1, 10), (4, 0, 0, 20), ((5, 6, 8), None, 1, 40)],
+)
+def test_fuzzer_drawing_n_other_than_3f_plus_1_finds_fixed_2f_plus_1_quorums(
+    n, f, byzantine, within
+):
+    """The old quorum rule (2f+1 whatever n) is right only for n = 3f+1: with n=6 (f=1) or
+    n=4 (f=0) two halves of a partitioned cluster each decide (found at seeds 3, 12, 18
+    when written)."""
+    config = FuzzConfig(n=n, f=f, byzantine=byzantine, planted_bug="quorum_2f_plus_1")
+    summary = sweep(config, range(within), stop_at_first=True)
+    assert summary.violations == 1, f"fixed 2f+1 quorums not found in {within} seeds"
+
+
+def test_bounded_fuzz_over_n_other_than_3f_plus_1():
+    for config in (FuzzConfig(n=(5, 6, 8), byzantine=1), FuzzConfig(n=(4, 5, 6), f=0,
+                                                                     byzantine=0)):
+        summary = sweep(config, range(15))
+        assert summary.violations == 0, summary.failing
+
+
 @pytest.mark.parametrize(("bug", "strategy", "within"),
                          [(b, s, w) for b, (s, w) in sorted(PLANTED_TARGETED.items())])
 def test_targeted_strategy_finds_planted_bug(bug, strategy, within):

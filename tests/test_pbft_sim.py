@@ -367,3 +367,17 @@ def test_multicast_requests_withheld_from_the_primary_cost_a_timeout_not_a_view_
     assert all(sim.replica(r).view == 0 for r in range(4))
     assert sim.now < 4 * FAST.view_change_timeout * 4  # a few timeouts, no retransmission
     assert_consistent(sim)
+
+
+@pytest.mark.parametrize(("n", "f"), [(6, 1), (4, 0), (5, 1), (8, 2)])
+def test_a_partition_into_halves_never_decides_two_batches_for_one_slot(n, f):
+    """Quorums intersect in f+1 replicas for every n >= 3f+1, not only n = 3f+1: with
+    2f+1 quorums, each half of n=6 (f=1) or n=4 (f=0) commits a batch of its own
+    client at seq 1 (seen before quorums were ceil((n+f+1)/2))."""
+    sim = cluster(seed=11, n=n, f=f)
+    left, right = list(range(n // 2)), list(range(n // 2, n))
+    ids = sim.add_clients(2, put_op, requests_per_client=3)
+    sim.partition([[*left, ids[0]], [*right, ids[1]]], at=0.0, heal_at=20.0)
+    sim.run(until=40.0, stop_when=sim.all_clients_done)  # the checkers run at every event
+    assert sim.all_clients_done(), sim.liveness_report()
+    assert_consistent(sim)

@@ -141,17 +141,19 @@ def _fix_view_change(vc: ViewChange, gen: MessageGenerator) -> ViewChange:
 
 
 def _stable_checkpoints(gen: MessageGenerator) -> list[tuple[int, bytes, list[Checkpoint]]]:
-    """Checkpoints for which the observed traffic holds 2f+1 matching signed CHECKPOINTs
-    (forwarded unchanged, they are a valid proof)."""
-    quorum = Quorums.for_n(gen.n).checkpoint
+    """Checkpoints for which the observed traffic may hold a quorum of matching signed
+    CHECKPOINTs (forwarded unchanged, every one of them, they are a valid proof if they
+    reach the cluster's quorum; the generator does not know f, so it offers every group
+    of at least the smallest quorum any f gives, a majority)."""
+    majority = Quorums(gen.n, 0).strong
     groups: dict[tuple[int, bytes], dict[int, Checkpoint]] = {}
     for cp in gen.pool.messages(Checkpoint):
         if 0 < cp.seq < 1 << 62 and 0 <= cp.replica < gen.n:
             groups.setdefault((cp.seq, cp.state_digest), {})[cp.replica] = cp
     return [
-        (seq, state_digest, [by_replica[r] for r in sorted(by_replica)][:quorum])
+        (seq, state_digest, [by_replica[r] for r in sorted(by_replica)])
         for (seq, state_digest), by_replica in sorted(groups.items())
-        if len(by_replica) >= quorum
+        if len(by_replica) >= majority
     ]
 
 

@@ -194,7 +194,8 @@ class HideCommit(ActionBehaviour):
 
     def attach(self, sim: Simulation) -> None:
         super().attach(sim)
-        self.quorums = Quorums.for_n(sim.n)
+        inst = _instance(sim, self.replica)
+        self.quorums = inst.q if inst is not None else Quorums.for_n(sim.n)
 
     # -- incoming ---------------------------------------------------------------------
 

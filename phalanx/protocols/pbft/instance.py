@@ -119,6 +119,16 @@ class Slot:
     echoed: dict[int, int] = field(default_factory=dict)  # peer -> sync tick of last answer
 
 
+@dataclass(frozen=True, slots=True)
+class _TwoFPlusOneQuorums(Quorums):
+    """Planted bug (fuzzer self-test): quorums of 2f+1 whatever n, which two halves of a
+    cluster with n > 3f+1 can each reach on their own."""
+
+    @property
+    def strong(self) -> int:
+        return 2 * self.f + 1
+
+
 def _digests(slot: Slot) -> set[bytes]:
     return {slot.digest, slot.committed_digest, *slot.q_entries}
 
@@ -141,6 +151,8 @@ class PbftInstance:
     ) -> None:
         self.instance = instance
         self.me = replica_id
+        if config.planted_bug == "quorum_2f_plus_1":
+            quorums = _TwoFPlusOneQuorums(quorums.n, quorums.f)
         self.q = quorums
         self.crypto = crypto
         self.config = config
