@@ -381,3 +381,51 @@ def test_a_partition_into_halves_never_decides_two_batches_for_one_slot(n, f):
     sim.run(until=40.0, stop_when=sim.all_clients_done)  # the checkers run at every event
     assert sim.all_clients_done(), sim.liveness_report()
     assert_consistent(sim)
+
+
+def _splice_attack(seed: int, planted_bug: str | None = None):
+    """n=4: Byzantine replica 3 splices NEW-VIEWs (phalanx.byzantine.pbft_attacks) while
+    replica 2 is down from t=0.3s until 2.0s + seed/10; the liveness checker runs from
+    t=6s (every fault over) with a bound of 30s."""
+    from phalanx.byzantine.checkers import LivenessChecker
+    from phalanx.byzantine.pbft_attacks import SpliceNewView
+    from phalanx.runtime.sim.network import NetworkModel, UniformLatency
+
+    config = PbftConfig(checkpoint_interval=8, window=16, max_batch=4, max_inflight=4,
+                        view_change_timeout=0.5, state_root_every_batch=True,
+                        planted_bug=planted_bug)
+    sim = cluster(seed=seed, config=config,
+                  network=NetworkModel(latency=UniformLatency(0.001, 0.01)))
+    attacker = SpliceNewView(3, seed)
+    sim.set_byzantine(3, attacker)
+    sim.add_clients(3, put_op, requests_per_client=200)
+    attacker.attach(sim)
+    sim.crash(2, at=0.3)
+    sim.restart(2, at=2.0 + seed / 10)
+    LivenessChecker(6.0, 30.0).install(sim, 60.0)
+    return sim
+
+
+SPLICED = (4, 9, 10, 11)
+"""Seeds whose replica 2 took the spliced NEW-VIEW under the old acceptance rule."""
+
+
+@pytest.mark.parametrize("seed", SPLICED)
+def test_a_spliced_new_view_does_not_stall_the_cluster(seed):
+    """A Byzantine backup hands a replica back from a crash a NEW-VIEW assembled from
+    another quorum of the same VIEW-CHANGEs, with its PREPARE for the other digest; it
+    withholds its COMMITs on the split slots and backs the spliced digests in its own
+    VIEW-CHANGEs. Taken, it split one slot between correct replicas in one view and no
+    later view change could decide it: clients stuck from t~1.3s, view 10 at t=36s.
+    The new primary's signature on NEW-VIEW makes the lagging replica refuse it."""
+    sim = _splice_attack(seed)
+    sim.run(until=60.0, stop_when=sim.all_clients_done)
+    assert sim.all_clients_done(), sim.liveness_report()
+    assert_consistent(sim, replicas=[0, 1, 2])
+
+
+def test_with_link_based_new_view_acceptance_a_splice_stalls_the_cluster_forever():
+    from phalanx.byzantine.checkers import LivenessViolation
+
+    with pytest.raises(LivenessViolation):
+        _splice_attack(SPLICED[0], planted_bug="unsigned_new_view").run(until=60.0)

@@ -45,6 +45,7 @@ STRATEGY_WEIGHTS = {
     "silent": 6,
     "forge_view": 6,
     "hide_commit": 10,
+    "splice_new_view": 6,
 }
 """How often each Byzantine strategy is drawn (``twins`` is built by the driver)."""
 
@@ -238,7 +239,7 @@ def make_plan(config: FuzzConfig, seed: int) -> Plan:
                 Fault("partition", at, until, (tuple(sorted(replicas[:cut])),
                                               tuple(sorted(replicas[cut:]))))
             )
-    return Plan(
+    plan = Plan(
         seed=seed,
         config=config,
         n=n,
@@ -257,6 +258,21 @@ def make_plan(config: FuzzConfig, seed: int) -> Plan:
         # Drawn apart, so that adding it left every other choice of a seed as it was.
         multicast=random.Random(f"phalanx/fuzz/multicast/{seed}").random() < 0.5,
     )
+    if correct and any(s in spec.needs_lagging_replica for _, s in byzantine):
+        plan = _with_lagging_replica(plan, correct, random.Random(f"phalanx/fuzz/lagging/{seed}"))
+    return plan
+
+
+def _with_lagging_replica(plan: Plan, correct: list[int], rng: random.Random) -> Plan:
+    """The plan with a correct replica that misses a view change and work in flight
+    meanwhile: it is down from early on until after the others changed view (GST waits
+    for it), and the clients keep sending."""
+    at = rng.uniform(0.1, 0.4)
+    until = at + rng.uniform(1.5, 3.0)
+    crash = Fault("crash", at, until, (rng.choice(correct),))
+    # 100 requests 100 ms apart: about ten simulated seconds of load.
+    return replace(plan, faults=(*plan.faults, crash), gst=max(plan.gst, until),
+                   requests=max(plan.requests, 100), think_time=0.1)
 
 
 @dataclass

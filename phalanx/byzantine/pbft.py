@@ -7,7 +7,7 @@ Strategies (besides the generic Borgesian and selective-delivery ones):
   null request;
 - ``vote_all``: votes PREPARE and COMMIT for every proposal and vote it sees, conflicting
   ones included, and signs a CHECKPOINT for every checkpoint it sees;
-- ``forge_view`` and ``hide_commit``: targeted view-change attacks
+- ``forge_view``, ``hide_commit`` and ``splice_new_view``: targeted view-change attacks
   (:mod:`phalanx.byzantine.pbft_attacks`).
 """
 
@@ -21,7 +21,7 @@ import msgspec
 from phalanx.byzantine.behaviours import Borgesian, Log, Rewriter, SelectiveDelivery, Voter
 from phalanx.byzantine.checkers import AlarmChecker, register_checkers
 from phalanx.byzantine.generate import MessageGenerator
-from phalanx.byzantine.pbft_attacks import ForgeNewView, HideCommit
+from phalanx.byzantine.pbft_attacks import ForgeNewView, HideCommit, SpliceNewView
 from phalanx.byzantine.protocols import FuzzProtocol
 from phalanx.core.hashing import digest
 from phalanx.core.messages import Request, decode_batch, encode_batch
@@ -237,6 +237,12 @@ def hide_commit(replica: int, seed: int, disabled: frozenset[int], log: Log | No
     return HideCommit(replica, seed, disabled=disabled, log=log)
 
 
+def splice_new_view(
+    replica: int, seed: int, disabled: frozenset[int], log: Log | None
+) -> Behaviour:
+    return SpliceNewView(replica, seed, disabled=disabled, log=log)
+
+
 def fuzz_spec() -> FuzzProtocol:
     return FuzzProtocol(
         name="pbft",
@@ -250,9 +256,11 @@ def fuzz_spec() -> FuzzProtocol:
             "vote_all": vote_all,
             "forge_view": forge_view,
             "hide_commit": hide_commit,
+            "splice_new_view": splice_new_view,
         },
         planted_bugs=PLANTED_BUGS,
         signer_field="replica",
         fixups=FIXUPS,
         view_change_timeout=0.5,
+        needs_lagging_replica=frozenset({"splice_new_view"}),
     )

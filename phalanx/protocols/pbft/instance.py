@@ -197,6 +197,7 @@ class PbftInstance:
         # that waited for the sync tick would fall further behind a busy cluster).
         self.fetch_until = 0
         self.sync_ticks = 0
+        self.helped: dict[int, int] = {}  # replica behind in views -> sync tick we helped it
         self.poll_interval = 1  # sync ticks between polls while they bring nothing
         self.ticks_to_poll = 0
 
@@ -625,6 +626,13 @@ class PbftInstance:
         self._broadcast_view_change()
 
     def _broadcast_view_change(self) -> None:
+        vc = self._view_change_for(self.view)
+        self.view_changes.setdefault(self.view, {})[self.me] = vc
+        self.out.append(Broadcast(vc))
+        self._try_new_view()
+
+    def _view_change_for(self, new_view: int) -> ViewChange:
+        """Our signed VIEW-CHANGE to ``new_view``: stable checkpoint, P and Q sets."""
         prepared, preprepared = [], []
         for seq in sorted(self.slots):
             slot = self.slots[seq]
@@ -633,16 +641,15 @@ class PbftInstance:
             for digest, view in sorted(slot.q_entries.items()):
                 preprepared.append(SlotSummary(seq, digest, view))
         vc = ViewChange(
-            self.instance, self.view, self.me, self.low, self.stable_digest,
+            self.instance, new_view, self.me, self.low, self.stable_digest,
             self.stable_proof, prepared, preprepared,
         )
-        vc = msgspec.structs.replace(vc, sig=self.crypto.sign(vc.signed_bytes()))
-        self.view_changes.setdefault(self.view, {})[self.me] = vc
-        self.out.append(Broadcast(vc))
-        self._try_new_view()
+        return msgspec.structs.replace(vc, sig=self.crypto.sign(vc.signed_bytes()))
 
     def _on_view_change(self, src: int, vc: ViewChange) -> None:
         if vc.new_view < self.view or (vc.new_view == self.view and not self.in_view_change):
+            if vc.replica == src:
+                self._help_behind(src, vc.new_view)
             return
         if vc.new_view > self.view + 64 * self.q.n:
             self._drop("future_view", src)
@@ -665,6 +672,26 @@ class PbftInstance:
         self._join_higher_views()
         if vc.new_view == self.view:
             self._try_new_view()
+
+    def _help_behind(self, src: int, view: int) -> None:
+        """``src`` is still changing to ``view``, a view we have left: give it what gets
+        it moving. Without this, correct replicas can wait for each other forever: one
+        that lost the VIEW-CHANGEs it had collected (a crash) waits for a quorum for
+        ``view`` that nobody sends any more, since the replicas that moved on repeat only
+        their latest VIEW-CHANGE, and one replica ahead is not the f+1 that make it join
+        (found by the fuzzer: n=4, seed 263 of the splice_new_view strategy, where
+        the Byzantine replica, primary of the view they waited in, stayed silent)."""
+        if self.helped.get(src) == self.sync_ticks:
+            return  # once per sync tick: a replica stuck behind repeats its VIEW-CHANGE
+        self.helped[src] = self.sync_ticks
+        nv = self.last_new_view
+        if nv is not None and nv.view >= view:
+            self.out.append(Send(src, nv))  # a view we installed since: it can install it
+        elif self.in_view_change:
+            # We moved past ``view`` without installing it: our VIEW-CHANGE for it is
+            # true (we hold no prepared entry of a later view), and counts towards the
+            # quorum that starts its timer there.
+            self.out.append(Send(src, self._view_change_for(view)))
 
     def _join_higher_views(self) -> None:
         """f+1 replicas moving past our view include a correct one: follow them to the
@@ -731,16 +758,23 @@ class PbftInstance:
                 self._want_payload(digest)
             return
         nv = NewView(self.instance, self.view, chosen)
+        nv = msgspec.structs.replace(nv, sig=self.crypto.sign(nv.signed_bytes()))
         self.out.append(Broadcast(nv))
         self._install_new_view(nv, decision)
 
     def _on_new_view(self, src: int, nv: NewView) -> None:
         if nv.view < self.view or (nv.view == self.view and not self.in_view_change):
             return
-        # A NEW-VIEW is proven by its signed VIEW-CHANGEs, so a replica that missed it may
-        # take it from anyone; in the view it is changing to, only from the new primary.
-        if src != self.q.primary(nv.view) and nv.view == self.view:
-            self._drop("new_view_not_from_primary", src)
+        # The new primary's signature, not the link it came on, says the primary chose
+        # this quorum of VIEW-CHANGEs: so a replica that missed it may take it from
+        # anyone (e.g. in catch-up answers), but from nobody a NEW-VIEW assembled from
+        # another quorum of the same VIEW-CHANGEs.
+        if self.config.planted_bug == "unsigned_new_view":
+            if src != self.q.primary(nv.view) and nv.view == self.view:
+                self._drop("new_view_not_from_primary", src)  # the old, link-based rule
+                return
+        elif not self.crypto.verify(self.q.primary(nv.view), nv.signed_bytes(), nv.sig):
+            self._drop("bad_new_view_signature", src)
             return
         replicas = [vc.replica for vc in nv.view_changes]
         if len(set(replicas)) != len(replicas) or any(

@@ -4,9 +4,10 @@ an ordering instance).
 
 Authentication: every message travels on a MAC-authenticated link, so the receiver knows
 its sender. Only the messages that end up inside proofs forwarded to third parties are
-signed: CHECKPOINT (stable-checkpoint proofs) and VIEW-CHANGE (NEW-VIEW's proof). The
-view change therefore uses the summary (P/Q) selection rule of the TOCS paper, with
-signed VIEW-CHANGEs standing in for its VIEW-CHANGE-ACKs.
+signed: CHECKPOINT (stable-checkpoint proofs), VIEW-CHANGE (NEW-VIEW's proof) and
+NEW-VIEW itself, which lagging replicas take from whoever forwards it. The view change
+therefore uses the summary (P/Q) selection rule of the TOCS paper, with signed
+VIEW-CHANGEs standing in for its VIEW-CHANGE-ACKs.
 """
 
 from __future__ import annotations
@@ -89,11 +90,20 @@ class ViewChange(msgspec.Struct, tag=14, **_opts):
 
 class NewView(msgspec.Struct, tag=15, **_opts):
     """The new primary's proof: the VIEW-CHANGEs it decided from. Backups recompute the
-    decisions from them, so a primary that drops a prepared request is caught."""
+    decisions from them, so a primary that drops a prepared request is caught.
+
+    Signed by the primary of ``view``: any quorum of the (signed) VIEW-CHANGEs for a view
+    is a valid proof, and different quorums may decide different slots, so a replica
+    that missed the primary's choice and takes a NEW-VIEW from someone else must know
+    that the primary chose it (otherwise a Byzantine replica could hand it another one)."""
 
     instance: int
     view: int
     view_changes: list[ViewChange]
+    sig: bytes = b""
+
+    def signed_bytes(self) -> bytes:
+        return encode(msgspec.structs.replace(self, sig=b""))
 
 
 class FetchPayload(msgspec.Struct, tag=16, **_opts):
