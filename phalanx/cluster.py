@@ -125,14 +125,15 @@ def wait_converged(
         for i in members:
             try:
                 body = replica_json(config, i, "/status", timeout=2.0)
-                seen[i] = (body.get("executed_seq"), body.get("current_state_root"))
+                seen[i] = (body.get("executed_seq"), body.get("state_root"),
+                           body.get("block_hash"))
             except (OSError, ValueError) as exc:
                 seen[i] = f"no answer ({exc})"
         values = {seen[i] for i in members}
         if len(values) == 1:
             value = values.pop()
             if isinstance(value, tuple) and value[0] is not None:
-                return value
+                return value[0], value[1]
         if time.monotonic() > deadline:
             report = ", ".join(f"{i}: {seen[i]}" for i in members)
             raise TimeoutError(f"replicas did not converge within {timeout} s: {report}")
@@ -366,8 +367,8 @@ class LocalCluster:
         return replica_json(self.config, i, path, timeout)
 
     def status(self, i: int, timeout: float = 5.0) -> dict[str, Any]:
-        """Replica ``i``'s ``GET /status`` (view, executed_seq, current_state_root,
-        dropped counters, cpu_s, ...). Raises OSError if it does not answer."""
+        """Replica ``i``'s ``GET /status`` (view, executed_seq, state_root, dropped
+        counters, cpu_s, ...). Raises OSError if it does not answer."""
         body: dict[str, Any] = replica_json(self.config, i, "/status", timeout)
         return body
 
@@ -375,7 +376,8 @@ class LocalCluster:
         self, timeout: float = 30.0, ids: list[int] | None = None
     ) -> tuple[int, str]:
         """Wait until the running replicas (or ``ids``) all report the same
-        ``executed_seq`` and ``current_state_root``; returns that pair. Stop the load
+        ``executed_seq`` and ``state_root`` (and ``block_hash``); returns the seq and the
+        state root. Stop the load
         first: under load replicas agree only by chance. Raises TimeoutError with what
         each replica last reported."""
         return wait_converged(self.config, list(self.pids) if ids is None else ids, timeout)
@@ -709,11 +711,11 @@ def _report(
         table.add_column(column)
     roots_equal = True
     for i, s in sorted(final.items()):
-        same = s.get("executed_seq") == seq and s.get("current_state_root") == root
+        same = s.get("executed_seq") == seq and s.get("state_root") == root
         roots_equal &= same
         table.add_row(
             str(i), str(s.get("view")), str(s.get("executed_seq")),
-            str(s.get("current_state_root"))[:16] + "...",
+            str(s.get("state_root"))[:16] + "...",
             "[green]yes[/green]" if same else "[red]NO[/red]",
         )
     console.print(table)

@@ -107,16 +107,35 @@ class ReplicaServer:
         self.blocks: Any = None  # the ledger API's BlockFetcher
 
     def describe(self) -> dict[str, Any]:
+        """Who this replica is and what it executed, for ``GET /status``.
+
+        ``pid`` and ``public_key`` let a launcher check that the process answering on a
+        port is the one it started for this cluster. ``state_root`` is the Merkle root of
+        the application state; a block state machine (the ledger) also reports its head
+        block's ``height`` and ``block_hash`` (its ``StateMachine.state_root()`` is that
+        block hash, which commits to the history too: it is not shown as a state root).
+        """
         core: Any = self.core
-        return {
+        app = core.app  # replaced when a snapshot is installed: look it up each time
+        merkle_root = getattr(app, "merkle_state_root", app.state_root)
+        body = {
             "protocol": self.config.protocol,
+            "app": self.config.app,
             "n": self.config.n,
             "f": self.config.f,
+            "pid": os.getpid(),
+            "public_key": self.info.public_key.hex(),
             "view": getattr(core, "view", None),
             "primary": getattr(getattr(core, "instance", None), "primary", None),
             "executed_seq": getattr(core, "last_executed", None),
-            "current_state_root": core.state_root().hex(),
+            "state_root": merkle_root().hex(),
         }
+        last_block = getattr(app, "last_block", None)
+        if last_block is not None:
+            height, block_hash = last_block()
+            body["height"] = height
+            body["block_hash"] = block_hash.hex()
+        return body
 
     async def start(self) -> None:
         await self.transport.start(self.info.host, self.info.port)
