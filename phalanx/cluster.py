@@ -8,7 +8,8 @@ directory::
 
     DIR/cluster.toml            protocol, f, replicas (see phalanx.config)
     DIR/replica-<i>.key         private keys, mode 0600
-    DIR/data/replica-<i>/       each replica's LMDB store (survives restarts)
+    DIR/data/replica-<i>/       each replica's LMDB store (survives restarts), locked by
+                                its running process (replica.lock)
     DIR/logs/replica-<i>.log    each replica's stdout and stderr (appended across restarts)
 """
 

@@ -225,6 +225,10 @@ class Cluster:
     async def restart(self, replica_id: int) -> None:
         """Start a killed replica again on its data directory (the nemesis)."""
         name = f"replica-{replica_id}"
+        old = self.children.procs.get(name)
+        if old is not None:
+            # The killed process holds its data directory's lock until it is gone.
+            await asyncio.wait_for(old.wait(), READY_TIMEOUT_S)
         await self.children.start(name, self._argv(replica_id),
                                   self.workdir / "logs" / f"{name}.log")
         self.killed.discard(replica_id)
