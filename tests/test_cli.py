@@ -48,3 +48,58 @@ def test_errors_are_reported_clearly_not_as_tracebacks(bad):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "error" in result.stderr
+
+
+# -- usage errors are messages, not tracebacks (issue 13, item 8) ----------------------------
+
+
+@pytest.fixture
+def ledger_config(tmp_path):
+    from phalanx.client.wallet import Wallet
+    from phalanx.config import generate_cluster
+
+    wallet = Wallet.new()
+    wallet.save(tmp_path / "w.key")
+    generate_cluster(tmp_path / "ledger", 4, app="ledger", genesis={wallet.address: 100})
+    generate_cluster(tmp_path / "kv", 4, app="kv")
+    return tmp_path
+
+
+@pytest.mark.parametrize("amount", ["-1", "0", str(2**64), str(-(2**70)), "ten"])
+def test_transfer_amount_outside_1_to_2_pow_64_is_a_usage_error(ledger_config, amount):
+    result = run("client", "--config", str(ledger_config / "ledger" / "cluster.toml"),
+                 "transfer", "--wallet", str(ledger_config / "w.key"), "--to", "00" * 32,
+                 amount)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"argument amount: {amount!r} is not an integer" in result.stderr or \
+        "is out of range: an amount is 1..2^64-1" in result.stderr
+
+
+def test_node_with_an_id_the_config_lacks_says_which_ids_exist(ledger_config):
+    result = run("node", "--config", str(ledger_config / "kv" / "cluster.toml"), "--id", "9")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "has no replica 9: its 4 replicas have ids 0..3" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["put", "k", "v"], ["get", "k"], ["delete", "k"]])
+def test_key_value_commands_against_a_ledger_cluster_name_the_ledger_commands(
+    ledger_config, command
+):
+    result = run("client", "--config", str(ledger_config / "ledger" / "cluster.toml"),
+                 *command)
+    assert result.returncode == 2
+    assert "runs the ledger app" in result.stderr
+    assert "'phalanx client transfer'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ledger_commands_against_a_key_value_cluster_name_the_key_value_commands(
+    ledger_config,
+):
+    result = run("client", "--config", str(ledger_config / "kv" / "cluster.toml"),
+                 "balance", "00" * 32)
+    assert result.returncode == 2
+    assert "runs the key-value store" in result.stderr and "'phalanx client put'" in result.stderr
+
