@@ -91,7 +91,7 @@ def test_sigkill_a_replica_during_a_trace_replay_restart_catch_up_nothing_lost(t
         # The killed replica kept what it had committed before the kill (recovered from
         # its store) and executed everything after its restart.
         status = cluster.status(1)
-        assert status["executed_seq"] == seq and status["current_state_root"] == root
+        assert status["executed_seq"] == seq and status["state_root"] == root
         balances = {i: _account_when_certified(cluster, i, "00" * 32) for i in range(4)}
         assert len({json_key(b) for b in balances.values()}) == 1
 

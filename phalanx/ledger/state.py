@@ -239,6 +239,12 @@ class Ledger:
         pending = self.tree.update(self._dirty_items()).root_hash
         return hashlib.sha256(b"unsealed" + self._head_hash + pending).digest()
 
+    def merkle_state_root(self) -> bytes:
+        """The sparse Merkle root of the accounts as of the last sealed block (its
+        header's ``state_root``, what proofs verify against): what ``/status`` and the
+        CLI call the state root. :meth:`state_root` is the head block's hash."""
+        return self.header.state_root
+
     # -- block hooks ------------------------------------------------------------------------
 
     def seal_block(self, consensus_seq: int) -> SealedBlock | None:

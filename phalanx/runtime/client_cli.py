@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from phalanx.config import load
+from phalanx.config import ClusterConfig, load
 from phalanx.runtime import run
 from phalanx.runtime.client import RequestFailed
 from phalanx.runtime.cluster_client import open_client
@@ -49,5 +49,25 @@ async def _request(args: argparse.Namespace) -> int:
     return 0
 
 
+def wrong_app(config: ClusterConfig, command: str, path: str) -> str | None:
+    """Why ``phalanx client COMMAND`` cannot talk to this cluster (it runs the other
+    application), or None: the ledger refuses key-value ops as malformed, and a key-value
+    cluster has no ledger API."""
+    ledger_command = command in ("transfer", "balance")
+    if ledger_command == (config.app == "ledger"):
+        return None
+    if config.app == "ledger":
+        return (f"the cluster of {path} runs the ledger app: put/get/delete are for "
+                f"key-value clusters ('phalanx up --app kv'); use 'phalanx client transfer' "
+                f"and 'phalanx client balance' (see 'phalanx client --help')")
+    return (f"the cluster of {path} runs the key-value store: transfer/balance are for "
+            f"ledger clusters ('phalanx up --app ledger'); use 'phalanx client put', 'get' "
+            f"and 'delete'")
+
+
 def run_client(args: argparse.Namespace) -> int:
+    refusal = wrong_app(load(args.config), args.client_command, args.config)
+    if refusal:
+        print(f"phalanx client {args.client_command}: error: {refusal}", file=sys.stderr)
+        return 2
     return run(_request(args))
