@@ -27,6 +27,7 @@ from phalanx.runtime.sim.crypto import SymbolicOracle
 
 Q = Quorums(4, 1)
 GRACE = 0.05
+BOUND = 10.0  # no test waits this long unless what it tests is broken
 decode = msgspec.msgpack.Decoder(Request).decode
 
 
@@ -86,7 +87,7 @@ def test_a_runner_reports_not_accepted_after_the_grace_and_frees_its_core():
         replicas.answer(0, refusal("overloaded"))
         replicas.answer(1, refusal("overloaded"))
         with pytest.raises(RequestNotAccepted, match=r"not accepted yet \(overloaded\); retry"):
-            await pending
+            await asyncio.wait_for(pending, BOUND)
         assert client.core.request is None  # abandoned: the next request may go
         replicas.answer(2, result(b"late"))  # a late answer to it changes nothing
         second = asyncio.create_task(client.request(b"op2"))
@@ -119,7 +120,7 @@ def test_a_callback_client_hears_of_a_request_not_accepted_within_the_grace():
         client.submit(b"op", lambda value, error: done.set_result((value, error)))
         replicas.answer(0, refusal("stale_nonce"))
         replicas.answer(2, refusal("overloaded"))
-        return await done
+        return await asyncio.wait_for(done, BOUND)
 
     assert asyncio.run(scenario()) == (None, "stale_nonce")
 
