@@ -2,10 +2,11 @@
 
 A client reports a request refused only when the refusals prove it can never execute:
 f+1 replicas refusing for the same FINAL reason (a function of the request's bytes and
-the cluster config, so one correct refuser means all refuse), or n-f for the same
-permanent one. f Byzantine replicas echoing a lagging correct replica's refusal (judged
-on its state or load) make it "not accepted yet" at most: the request stays outstanding,
-and when it executes after all the client still returns its result.
+the cluster config, so one correct refuser means all refuse), or a blocking set
+(``Quorums.blocking``) for the same permanent one. f Byzantine replicas echoing a
+lagging correct replica's refusal (judged on its state or load) make it "not accepted
+yet" at most: the request stays outstanding, and when it executes after all the client
+still returns its result.
 """
 
 from __future__ import annotations
@@ -124,10 +125,11 @@ def test_final_refusals_must_agree_on_the_reason():
     assert [type(e) for e in outcomes(out)] == [NotAccepted]
 
 
-def test_a_permanent_refusal_of_one_replica_ends_a_request_only_from_n_minus_f():
+def test_a_permanent_refusal_of_one_replica_ends_a_request_only_from_a_blocking_set():
     """Each replica checks only its own authenticator entry: f+1 bad_authenticator
     refusals may be one correct replica with a bad entry and f liars, while the others
-    execute the request; n-f of them leave no strong quorum without a correct refuser."""
+    execute the request; a blocking set of them (2f+1 = n-f at n = 3f+1) leaves no
+    strong quorum without a correct refuser."""
     client = new_client()
     ts, _ = client.submit(b"op")
     refuse(client, ts, 2, "bad_authenticator", L)
@@ -138,10 +140,12 @@ def test_a_permanent_refusal_of_one_replica_ends_a_request_only_from_n_minus_f()
     ]
 
 
-@pytest.mark.parametrize("n", range(4, 14))
-def test_the_blocking_set_meets_every_strong_quorum_in_f_plus_one_replicas(n):
-    q = Quorums.for_n(n)
+@pytest.mark.parametrize(("n", "f"), [(n, f) for n in range(1, 14) for f in range(n)
+                                      if n >= 3 * f + 1])
+def test_the_blocking_set_meets_every_strong_quorum_in_f_plus_one_and_f_may_be_silent(n, f):
+    q = Quorums(n, f)
     assert q.blocking + q.strong - n >= q.weak
+    assert q.blocking <= n - f
 
 
 def test_refusals_for_another_request_or_in_another_replicas_name_count_for_nothing():

@@ -11,8 +11,9 @@ for the request's timestamp.
 A refusal ends a request only when it proves the request can never execute (see
 :class:`~phalanx.core.messages.Refusal` and docs/pbft.md, "Refusals"): f+1 replicas
 refusing for the same FINAL reason (one of them is correct, and every correct replica
-refuses those bytes), or n-f refusing for the same permanent reason (LOCAL or FINAL: then
-every strong quorum holds a correct replica that will never vote for it). Anything else
+refuses those bytes), or a blocking set (``Quorums.blocking``, 2f+1 at n = 3f+1) refusing
+for the same permanent reason (LOCAL or FINAL: then every strong quorum holds a correct
+replica that will never vote for it). Anything else
 — a refusal judged on one replica's state or load, which f Byzantine replicas can echo —
 is only reported as :class:`~phalanx.core.effects.NotAccepted` once f+1 replicas refused;
 the request stays outstanding, so a result that arrives later is still accepted.
