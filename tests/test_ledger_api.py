@@ -199,19 +199,19 @@ def test_certificate_checks_reject_forged_or_short_certificates(world) -> None:
 
 
 class FakeRunner:
-    """Answers requests like f+1 replicas would, from a ledger of its own; refuses any
-    bundle that holds ``refuse`` (as a primary would once that transfer is stale)."""
+    """Answers requests like f+1 replicas would, from a ledger of its own; does not accept
+    any bundle that holds ``refuse`` (as a primary would once that transfer is stale)."""
 
     def __init__(self, ledger, refuse: bytes | None = None) -> None:
         self.ledger, self.refuse, self.ops = ledger, refuse, []
 
-    async def request(self, op: bytes) -> bytes:
+    async def request(self, op: bytes, *, grace: float | None = None) -> bytes:
         from phalanx.ledger import tx as txm
-        from phalanx.runtime.client import RequestFailed
+        from phalanx.runtime.client import RequestNotAccepted
 
         self.ops.append(op)
         if self.refuse is not None and txm.is_bundle(op) and self.refuse in txm.op_txs(op):
-            raise RequestFailed(1, "stale_nonce")
+            raise RequestNotAccepted(1, "stale_nonce")
         [result] = self.ledger.apply([op])
         self.ledger.seal_block(len(self.ops))
         return result

@@ -10,7 +10,9 @@
   this process that submit it to the whole cluster with the native client protocol, as
   any client would (so it is ordered, executed and answered exactly like the others).
 - ``GET /tx/{id}``: ``committed`` (height, index) or ``rejected`` (reason) from the
-  replica's durable tx index, ``pending`` while its gateway still has it, else 404.
+  replica's durable tx index, ``pending`` while its gateway still has it, ``refused`` or
+  ``not_accepted`` (reason) if the cluster refused its gateway's request for good or
+  for now (it may still execute: the index is read first), else 404.
 - ``GET /account/{address}``: balance and nonce at the latest *certified* height, with
   the sparse Merkle proof, the block header and its commit certificate (2f+1 replica
   signatures), so a client verifies the answer against the cluster's public keys alone
@@ -53,7 +55,13 @@ from phalanx.ledger.state import (
     parse_account_value,
 )
 from phalanx.protocols.registry import protocol
-from phalanx.runtime.client import ClientMux, ClientTransport, RequestFailed
+from phalanx.runtime.client import (
+    ClientMux,
+    ClientTransport,
+    RequestFailed,
+    RequestNotAccepted,
+    RequestRefused,
+)
 from phalanx.runtime.metrics import Metrics
 
 MAX_TX_BODY = 2048
@@ -263,8 +271,11 @@ class Gateway:
     async def _send_bundle(self, runner: Any, items: list[tuple[bytes, bytes]]) -> None:
         op = txm.encode_bundle([raw for _, raw in items])
         try:
+            # No grace after a refusal for now: if the bundle executes after all, the
+            # transfers sent again alone are refused or rejected as stale, and GET /tx
+            # reads the durable index, where the bundle's outcomes are, first.
             results = decode_bundle_result(
-                await asyncio.wait_for(runner.request(op), self.timeout))
+                await asyncio.wait_for(runner.request(op, grace=0.0), self.timeout))
         except RequestFailed:
             # Refused whole (one transfer no longer admissible at the primary, say): send
             # each on its own, so that the others do not share its fate.
@@ -283,8 +294,11 @@ class Gateway:
         self._record(tid, {"status": status, "height": result.height, "reason": result.reason})
 
     def _record_failure(self, tid: bytes, exc: Exception) -> None:
-        if isinstance(exc, RequestFailed):
-            self._record(tid, {"status": "rejected", "reason": exc.reason})
+        if isinstance(exc, RequestRefused):
+            self._record(tid, {"status": "refused", "reason": exc.reason})
+        elif isinstance(exc, RequestNotAccepted):
+            # Not a failure: the cluster may still execute it (docs/pbft.md, "Refusals").
+            self._record(tid, {"status": "not_accepted", "reason": exc.reason})
         elif isinstance(exc, TimeoutError):
             self._record(tid, {"status": "unknown", "reason": "gateway_timeout"})
         else:  # a broken link must not kill the worker

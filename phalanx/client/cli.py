@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-from phalanx.client.ledger import LedgerClient, LedgerError
+from phalanx import exit_codes
+from phalanx.client.ledger import LedgerClient, LedgerError, TxNotAccepted, TxRefused
 from phalanx.client.wallet import Wallet
 from phalanx.config import load
 from phalanx.ledger.tx import MAX_AMOUNT
@@ -81,6 +82,12 @@ async def _transfer(args: argparse.Namespace) -> int:
         try:
             done = await client.transfer(wallet, _address(args.to), args.amount,
                                          timeout=args.timeout)
+        except TxRefused as exc:
+            print(exc, file=sys.stderr)  # "refused (<reason>...)"
+            return exit_codes.REFUSED
+        except TxNotAccepted as exc:
+            print(exc, file=sys.stderr)  # "not accepted yet (<reason>...); retry"
+            return exit_codes.NOT_ACCEPTED
         except (LedgerError, TimeoutError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

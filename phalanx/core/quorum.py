@@ -68,5 +68,13 @@ class Quorums:
         """Matching replies a client needs before it accepts a result."""
         return self.weak
 
+    @property
+    def blocking(self) -> int:
+        """n+f+1-strong (2f+1 when n = 3f+1, never more than n-f): a set this large meets
+        every strong quorum in at least f+1 replicas, so in a correct one. If each member
+        refuses a value for good (a correct one never votes for it), no strong quorum
+        can form on it."""
+        return self.n + self.f + 1 - self.strong
+
     def primary(self, view: int) -> int:
         return view % self.n

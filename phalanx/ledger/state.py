@@ -125,6 +125,8 @@ class SealedBlock:
 class Ledger:
     """Accounts with balances and nonces; see the module docstring."""
 
+    final_refusals = txm.FINAL_REFUSALS
+    """Admission reasons that refuse an op for good (see ``tx.FINAL_REFUSALS``)."""
     recovery_skip = (BLOCK_PREFIX, TX_PREFIX, REJECTED_PREFIX)
     """Record prefixes a restarting replica never reads back: the blocks and the tx index
     grow with history and only the API reads them (from the store, on demand)."""

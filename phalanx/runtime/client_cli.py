@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import sys
 
+from phalanx import exit_codes
 from phalanx.config import ClusterConfig, load
 from phalanx.runtime import run
-from phalanx.runtime.client import RequestFailed
+from phalanx.runtime.client import RequestNotAccepted, RequestRefused
 from phalanx.runtime.cluster_client import open_client
 from phalanx.statemachine.kv import Err, decode_result, encode_delete, encode_get, encode_put
 
@@ -30,9 +31,12 @@ async def _request(args: argparse.Namespace) -> int:
     except TimeoutError:
         print(f"no answer from f+1={config.f + 1} replicas within {args.timeout}s", file=sys.stderr)
         return 1
-    except RequestFailed as exc:
-        print(f"refused: {exc.reason}", file=sys.stderr)
-        return 1
+    except RequestRefused as exc:
+        print(f"refused ({exc.reason})", file=sys.stderr)
+        return exit_codes.REFUSED
+    except RequestNotAccepted as exc:
+        print(f"not accepted yet ({exc.reason}); retry", file=sys.stderr)
+        return exit_codes.NOT_ACCEPTED
     finally:
         await client.close()
     result = decode_result(raw)

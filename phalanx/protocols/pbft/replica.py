@@ -35,7 +35,14 @@ from phalanx.core.effects import (
 )
 from phalanx.core.hashing import digest as sha256
 from phalanx.core.hashing import digest_parts
-from phalanx.core.messages import Error, Reply, Request, decode_batch, encode_batch
+from phalanx.core.messages import (
+    Error,
+    Refusal,
+    Reply,
+    Request,
+    decode_batch,
+    encode_batch,
+)
 from phalanx.core.quorum import Quorums
 from phalanx.protocols.pbft.config import PbftConfig
 from phalanx.protocols.pbft.instance import (
@@ -49,9 +56,21 @@ from phalanx.protocols.pbft.messages import FetchState, StateData
 from phalanx.statemachine.base import StateMachine
 
 MAX_PENDING_REQUESTS = 100_000
+"""Requests waiting to be ordered; beyond this new clients are refused (bounded memory)."""
 REQUEST_OVERHEAD = 256
 """Bytes a request adds to a batch besides its op (ids, timestamp, authenticator)."""
-"""Requests waiting to be ordered; beyond this new clients are refused (bounded memory)."""
+
+REQUEST_REFUSALS = {
+    # Functions of the request's bytes and the cluster config (max_request_bytes): every
+    # correct replica refuses the request, and _validate_batch refuses a batch holding it.
+    "request_too_large": Refusal.FINAL,
+    "malformed_request": Refusal.FINAL,
+    # A replica checks only its own authenticator entry, under its own pairwise key with
+    # the client: it will always refuse these bytes, but the others' entries may be valid.
+    "bad_authenticator": Refusal.LOCAL,
+}
+"""How far each of _request_error's refusals reaches; any other refusal (overloaded, the
+app's state-dependent admission) is TRANSIENT."""
 
 _SNAPSHOT_KEY = b"Rsnap"
 BATCH_TIMER = "pbft.batch"
@@ -251,12 +270,17 @@ class PbftReplica:
             else:
                 out.append(Dropped("stale_request", src))
             return out
+        refusal = REQUEST_REFUSALS.get(reason or "", Refusal.TRANSIENT)
         if reason is None and self.certifier is not None:
             reason = self.app.admit(req.op)  # type: ignore[attr-defined]
+            # An app that does not say which of its reasons are final has none: a client
+            # then never reports its refusals as more than "not accepted yet".
+            if reason in getattr(self.app, "final_refusals", ()):
+                refusal = Refusal.FINAL
         if reason is not None:
             out.append(Dropped(reason, src))
             if client is not None:
-                error = Error(req.client, req.timestamp, self.replica_id, reason)
+                error = Error(req.client, req.timestamp, self.replica_id, reason, refusal)
                 out.append(ToClient(client, error))
             return out
         waiting = self.pending.get(req.client)
