@@ -561,3 +561,17 @@ def test_a_replica_in_a_later_view_gives_its_new_view_to_one_stuck_changing_to_i
     assert installed.view == 1 and not installed.in_view_change
     out = installed.on_message(0, _vc(o, 0, 1))
     assert [type(e.msg) for e in out if isinstance(e, Send)] == [NewView]
+
+
+def test_a_restarted_backup_still_counts_its_own_prepare_vote():
+    """A backup's PREPARE for a pre-prepare of its view may be out when it crashes (the
+    record is durable before it leaves): after the restart it takes its pre-prepare
+    back, and its vote with it, so one more backup's PREPARE makes the slot prepared
+    (n=4: the two of 2f), as before the crash — not two more."""
+    first = instance(me=1)
+    out = first.on_message(0, pp(1, b"batch A"))
+    restarted = instance(me=1)
+    restarted.recover(_durable(out))
+    restarted.start()
+    out = restarted.on_message(2, Prepare(0, 0, 1, digest(b"batch A")))
+    assert sent(out, Commit) == [Commit(0, 0, 1, digest(b"batch A"))]

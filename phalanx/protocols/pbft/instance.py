@@ -1072,6 +1072,10 @@ class PbftInstance:
                 if view == self.view:
                     slot.pp_view, slot.digest = view, digest
                     self.max_accepted = max(self.max_accepted, seq)
+                    if self.me != self.q.primary(view):
+                        # Our PREPARE may be out (the record was durable before it
+                        # left): it counts, as it did before the crash.
+                        slot.prepare_votes.setdefault(view, {})[self.me] = digest
             if (
                 slot.p_entry is not None
                 and slot.p_entry == (slot.digest, self.view)
