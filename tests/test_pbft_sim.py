@@ -5,7 +5,7 @@ the tests add liveness and end-state assertions."""
 from __future__ import annotations
 
 import pytest
-from pbft_harness import assert_consistent, cluster, executed_requests, put_op
+from pbft_harness import FAST, assert_consistent, cluster, executed_requests, put_op
 
 from phalanx.protocols.pbft.config import PbftConfig
 from phalanx.protocols.pbft.instance import PbftInstance
@@ -210,7 +210,6 @@ def test_many_seeds_with_faults():
 def test_batch_delay_forms_larger_batches_and_still_completes():
     from dataclasses import replace
 
-    from pbft_harness import FAST
 
     sizes = {}
     for delay in (0.0, 0.02):
@@ -429,3 +428,43 @@ def test_with_link_based_new_view_acceptance_a_splice_stalls_the_cluster_forever
 
     with pytest.raises(LivenessViolation):
         _splice_attack(SPLICED[0], planted_bug="unsigned_new_view").run(until=60.0)
+
+
+def test_a_replica_whose_state_diverged_takes_the_certified_state_and_reexecutes():
+    """Replica 2's state goes wrong once (a corrupted store, a bug in the application:
+    never a correct replica's fault while f hold, so it runs as a Byzantine replica that
+    behaves honestly and the checkers leave it alone). At the next stable checkpoint its
+    own digest contradicts the 2f+1 signed ones: it fetches the certified snapshot,
+    executes the decided batches after it again, and ends with the others' state."""
+    from phalanx.core.quorum import Quorums
+    from phalanx.protocols.pbft.client import PbftClient
+    from phalanx.protocols.pbft.messages import ALL_MESSAGES
+    from phalanx.protocols.pbft.replica import PbftReplica
+    from phalanx.runtime.sim.network import ConstantLatency, NetworkModel
+    from phalanx.runtime.sim.simulator import Behaviour
+    from phalanx.statemachine.kv import KVStore, encode_put
+
+    corrupted = []
+
+    class CorruptOnce(KVStore):
+        def apply(self, ops):
+            results = super().apply(ops)
+            if not corrupted and len(self._data) >= 3:
+                corrupted.append(True)
+                super().apply([encode_put(b"never-ordered", b"garbage")])
+            return results
+
+    quorums = Quorums(4, 1)
+    sim = Simulation(
+        5, 4,
+        lambda rid, crypto: PbftReplica(rid, quorums, crypto,
+                                        CorruptOnce if rid == 2 else KVStore, FAST),
+        lambda crypto: PbftClient(crypto, quorums, retransmit_timeout=0.3),
+        NetworkModel(latency=ConstantLatency(0.001)), messages=ALL_MESSAGES,
+    )
+    sim.set_byzantine(2, Behaviour())
+    sim.add_clients(3, put_op, requests_per_client=40)
+    sim.run(until=30.0, stop_when=sim.all_clients_done)
+    assert corrupted and sim.all_clients_done(), sim.liveness_report()
+    assert sim.counters["dropped.state_divergence"] >= 1
+    assert_consistent(sim, replicas=[0, 1, 2, 3])

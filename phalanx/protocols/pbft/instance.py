@@ -315,6 +315,13 @@ class PbftInstance:
         self._record_checkpoint(cp)
         return self._finish()
 
+    @property
+    def repairing(self) -> bool:
+        """Fetching a stable checkpoint's state at or below what we executed: our own
+        state there diverged from the certified one (see :meth:`_make_stable`), and the
+        snapshot replaces it (a roll-back, unlike any other state transfer)."""
+        return self.state_target is not None and self.state_target[0] <= self.last_decided
+
     def checkpoint_proof_valid(self, seq: int, digest: bytes, proof: list[Checkpoint]) -> bool:
         """2f+1 distinct valid signatures on CHECKPOINT(seq, digest) (nothing for seq 0)."""
         if seq == 0:
@@ -332,7 +339,11 @@ class PbftInstance:
         """The host installed the snapshot of the proven stable checkpoint ``seq``
         (checked with :meth:`checkpoint_proof_valid`)."""
         # Advance first: making the checkpoint stable must not ask for this state again.
-        if seq > self.last_decided:
+        if seq > self.last_decided or self.repairing:
+            if self.repairing:
+                # Back to the certified state: the decided batches after it run again,
+                # and the checkpoints we took of the wrong state are worthless.
+                self.own_checkpoints.clear()
             self.last_decided = seq
             self.next_seq = max(self.next_seq, seq + 1)
             self.progressed = True
@@ -576,7 +587,11 @@ class PbftInstance:
         if seq <= self.low:
             return
         own = self.own_checkpoints.get(seq)
-        if own is not None and own != digest:
+        diverged = own is not None and own != digest
+        if diverged:
+            # 2f+1 replicas signed another state for this seq than ours: ours went wrong
+            # (a corrupted store, a nondeterministic application). Counted as an alarm,
+            # and repaired: fetch the certified state and run the batches after it again.
             self.out.append(Dropped("state_divergence", self.me))
         self.low, self.stable_digest, self.stable_proof = seq, digest, proof
         self.out.append(
@@ -584,7 +599,7 @@ class PbftInstance:
         )
         self._collect_garbage()
         self.out.append(StableCheckpoint(seq, digest))
-        if seq > self.last_decided:
+        if seq > self.last_decided or diverged:
             self.state_target = (seq, digest)
             self.next_seq = max(self.next_seq, seq + 1)
             self.out.append(NeedState(seq, digest, [c.replica for c in proof]))
