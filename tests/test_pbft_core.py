@@ -575,3 +575,35 @@ def test_a_restarted_backup_still_counts_its_own_prepare_vote():
     restarted.start()
     out = restarted.on_message(2, Prepare(0, 0, 1, digest(b"batch A")))
     assert sent(out, Commit) == [Commit(0, 0, 1, digest(b"batch A"))]
+
+
+def test_a_view_change_claiming_a_prepared_entry_at_view_minus_one_is_refused():
+    """Inside a replica "not pre-prepared" is view -1, so a claim at view -1 counted every
+    VIEW-CHANGE as vouching for it: one Byzantine replica's made-up digest was chosen for
+    an otherwise empty slot (the same claim at view 0 yields the null request)."""
+    o = oracle()
+    fake = digest(b"made up")
+    claim = [SlotSummary(1, fake, -1)]
+    lying = _vc(o, 3, 1, claim, claim)
+    assert decide_new_view([lying, _vc(o, 0, 1), _vc(o, 2, 1)], Q).slots == {1: fake}  # why
+    assert dropped(instance(me=2).on_message(3, lying)) == ["bad_view_change"]
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.msgpack.decode(msgspec.msgpack.encode(lying), type=ViewChange)
+    at_zero = [SlotSummary(1, fake, 0)]
+    vcs = [_vc(o, 3, 1, at_zero, at_zero), _vc(o, 0, 1), _vc(o, 2, 1)]
+    assert decide_new_view(vcs, Q) is None  # nobody vouches for it: wait for more
+    vcs.append(_vc(o, 1, 1))
+    assert decide_new_view(vcs, Q).slots == {}  # the null request, dropped as trailing
+
+
+@pytest.mark.parametrize("bad", [
+    Prepare(0, -1, 1, digest(b"x")), Prepare(0, 0, -5, digest(b"x")),
+    Prepare(-1, 0, 1, digest(b"x")), Prepare(0, 0, 1, b"short"),
+    Commit(0, 1 << 63, 1, digest(b"x")),
+])
+def test_the_wire_refuses_negative_or_oversized_views_seqs_instances_and_short_digests(bad):
+    from phalanx.core.messages import encode
+    from phalanx.runtime.launcher import message_decoder
+
+    with pytest.raises(msgspec.ValidationError):
+        message_decoder("pbft").decode(encode(bad))

@@ -119,7 +119,8 @@ def _fix_view_change(vc: ViewChange, gen: MessageGenerator) -> ViewChange:
     """A VIEW-CHANGE that passes the structural checks: a stable checkpoint proven by
     real CHECKPOINTs it observed (or the genesis one), and P and Q entries inside its
     window for views below the new one — claiming that observed digests (real batches,
-    maybe of other slots) were prepared at recently observed seqs."""
+    maybe of other slots) were prepared at recently observed seqs (one in ten at view
+    -1, which only the decoder and the admission checks stand between)."""
     rng = gen.rng
     low, low_digest, proof = 0, b"", []
     stable = _stable_checkpoints(gen)
@@ -132,7 +133,10 @@ def _fix_view_change(vc: ViewChange, gen: MessageGenerator) -> ViewChange:
     entries = {}
     for _ in range(rng.randint(1, 3)):
         seq = rng.choice(recent) if recent and rng.random() < 0.7 else low + rng.randint(1, 4)
-        entries[seq] = SlotSummary(seq, rng.choice(digests), rng.randrange(new_view))
+        # Now and then a claim at view -1, which a replica's "not pre-prepared" (-1) would
+        # make everyone vouch for if it were admitted.
+        view = -1 if rng.random() < 0.1 else rng.randrange(new_view)
+        entries[seq] = SlotSummary(seq, rng.choice(digests), view)
     summaries = sorted(entries.values(), key=lambda e: e.seq)
     return replace_struct(
         vc, new_view=new_view, checkpoint_seq=low, checkpoint_digest=low_digest,

@@ -35,6 +35,7 @@ import msgspec
 
 from phalanx.core.crypto import NodeCrypto
 from phalanx.core.effects import Broadcast, Dropped, Persist, Send
+from phalanx.core.messages import Digest, NonNegative
 from phalanx.core.quorum import Quorums
 
 SIGNING_DOMAIN = b"phalanx-block-v1"
@@ -52,9 +53,9 @@ MAX_FETCH = 64
 class BlockSig(msgspec.Struct, tag=39, array_like=True, frozen=True, gc=False):
     """Replica ``replica`` executed block ``height`` with header hash ``block_hash``."""
 
-    height: int
-    block_hash: bytes
-    replica: int
+    height: NonNegative
+    block_hash: Digest
+    replica: NonNegative
     sig: bytes
 
 

@@ -12,10 +12,20 @@ from __future__ import annotations
 
 from enum import IntEnum
 from hashlib import sha256
+from typing import Annotated
 
 import msgspec
 
 MAX_OP_BYTES = 1 << 20
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+"""A view, sequence number, instance, replica id or height on the wire: never negative
+(a view -1 is "nothing" inside a replica, never a value a peer may claim), and within a
+signed 64-bit integer. The decoder rejects anything else before a core sees it."""
+Digest = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+"""A SHA-256 digest on the wire."""
+StateDigest = Annotated[bytes, msgspec.Meta(max_length=32)]
+"""A checkpoint's state digest: SHA-256, or empty for the genesis checkpoint."""
 
 
 class Request(msgspec.Struct, tag=1, array_like=True, frozen=True, gc=False):
@@ -65,9 +75,9 @@ class Reply(msgspec.Struct, tag=2, array_like=True, frozen=True, gc=False):
     """A replica's answer to request ``timestamp`` of ``client``."""
 
     client: bytes
-    view: int
-    timestamp: int
-    replica: int
+    view: NonNegative
+    timestamp: NonNegative
+    replica: NonNegative
     result: bytes
 
 

@@ -735,15 +735,21 @@ class PbftInstance:
             return False
         high = vc.checkpoint_seq + self.window
         seen: set[int] = set()
+        # Entries of views below the new one, never negative: "not pre-prepared" is -1
+        # inside a replica, so a claim at view -1 would count every replica as vouching
+        # for it (A2) and put a made-up digest in an empty slot. The wire decoder refuses
+        # negative views already; this holds for any driver.
         for e in vc.prepared:
-            if e.seq in seen or not vc.checkpoint_seq < e.seq <= high or e.view >= vc.new_view:
+            if e.seq in seen or not vc.checkpoint_seq < e.seq <= high or not (
+                0 <= e.view < vc.new_view
+            ):
                 return False
             seen.add(e.seq)
         # Bounded and duplicate-free: a padded VIEW-CHANGE would make NEW-VIEW too large
         # to send, and stall every view change.
         per_slot: dict[int, set[bytes]] = {}
         for e in vc.preprepared:
-            if not vc.checkpoint_seq < e.seq <= high or e.view >= vc.new_view:
+            if not vc.checkpoint_seq < e.seq <= high or not 0 <= e.view < vc.new_view:
                 return False
             digests = per_slot.setdefault(e.seq, set())
             if e.digest in digests or len(digests) >= MAX_Q_ENTRIES:

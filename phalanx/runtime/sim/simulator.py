@@ -672,7 +672,17 @@ class Simulation:
             self._record(f"lost {src}->{dst} (crashed)", wire)
             self.counters["sim.to_crashed"] += 1
             return
-        msg = decoder.decode(payload) if decoder is not None else payload
+        if decoder is None:
+            msg = payload
+        else:
+            try:
+                msg = decoder.decode(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                # What the real transport does with a frame that is not a valid message
+                # (a Byzantine sender's view -1, a short digest): drop and count it.
+                self._record(f"undecodable {src}->{dst}", wire)
+                self.counters["dropped.decode"] += 1
+                return
         self._record(f"deliver {src}->{dst} {type(msg).__name__}", wire)
         stats = self._stats[dst]
         stats.msgs_recv += 1
