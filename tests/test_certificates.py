@@ -239,6 +239,13 @@ def test_signatures_up_to_the_ahead_window_are_kept_and_beyond_it_dropped() -> N
         Dropped("block_sig_out_of_range", 2)]
 
 
+def test_a_signature_for_a_negative_height_is_dropped_and_counted() -> None:
+    cert = certifier()
+    for height in (-1, -KEEP_CERTIFICATES + 1, -KEEP_CERTIFICATES, -10**6):
+        assert cert.on_block_sig(1, BlockSig(height, block(1), 1, bytes(16))) == [
+            Dropped("block_sig_out_of_range", 1)]
+
+
 def test_a_signature_for_another_block_than_ours_is_dropped_as_a_mismatch() -> None:
     cert = certifier()
     assert cert.on_block_sig(2, vote(2, 5, block(5, fork=b"other"))) == []  # before ours
