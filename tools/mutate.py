@@ -235,10 +235,14 @@ def run(target: Target, max_children: int) -> float:
     start = time.monotonic()
     mutmut = Path(sys.executable).parent / "mutmut"
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.run(
-        [str(mutmut), "run", "--max-children", str(max_children), *todo],
-        cwd=directory, env=env, check=False,
-    )
+    try:
+        proc = subprocess.run(
+            [str(mutmut), "run", "--max-children", str(max_children), *todo],
+            cwd=directory, env=env, check=False,
+        )
+    except KeyboardInterrupt:
+        raise SystemExit("\nmutate: interrupted; the verdicts so far are kept, run again to "
+                         "resume") from None
     if proc.returncode != 0:
         raise SystemExit(f"mutate: mutmut failed on {target.path} (exit {proc.returncode})")
     return time.monotonic() - start
@@ -247,6 +251,12 @@ def run(target: Target, max_children: int) -> float:
 def score(target: Target) -> Score:
     verdicts = load_verdicts(target) or {}
     return Score(target, verdicts, equivalent_mutants())
+
+
+def status(code: int | None) -> str:
+    """mutmut's name for a verdict that is not a kill."""
+    return {None: "not checked", 0: "survived", 5: "no tests", 33: "no tests",
+            34: "skipped", 35: "suspicious"}.get(code, f"exit {code}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,16 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     print("\nmutation score (killed includes timed out):")
     for target in chosen:
         result = score(target)
+        if not result.verdicts:
+            print(f"  {target.path}: no verdicts for the current source (run make mutate)")
+            continue
         wall = f" [{walls[target.name]:.0f} s]" if target.name in walls else ""
         print(f"  {result.line()}{wall}")
         for mutant in result.unexplained:
-            print(f"    alive: {mutant} ({_status(result.verdicts[mutant])})")
+            print(f"    alive: {mutant} ({status(result.verdicts[mutant])})")
     return 0
-
-
-def _status(code: int | None) -> str:
-    return {None: "not checked", 0: "survived", 5: "no tests", 33: "no tests",
-            34: "skipped", 35: "suspicious"}.get(code, f"exit {code}")
 
 
 if __name__ == "__main__":
