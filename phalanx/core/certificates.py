@@ -146,10 +146,11 @@ class BlockCertifier:
         if msg.replica != src or not 0 <= src < self.q.n or src == self.me:
             return [Dropped("unknown_sender", src)]
         height = msg.height
-        if height in self.certificates or height <= self.certified - KEEP_CERTIFICATES:
-            return []  # late: certified without it
+        # Range first: a height below 1 is garbage, not a late signature, and is counted.
         if not 0 < height <= self.executed + AHEAD_WINDOW:
             return [Dropped("block_sig_out_of_range", src)]
+        if height in self.certificates or height <= self.certified - KEEP_CERTIFICATES:
+            return []  # late: certified without it
         own = self.own.get(height)
         if own is not None and msg.block_hash != own:
             return [Dropped("block_sig_mismatch", src)]
