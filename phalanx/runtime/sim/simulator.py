@@ -678,6 +678,9 @@ class Simulation:
             try:
                 msg = decoder.decode(payload)
             except (msgspec.DecodeError, msgspec.ValidationError):
+                sender = self._replica_at(src)
+                if sender is None or sender.behaviour is None:
+                    raise  # a correct node's message that does not decode is a bug
                 # What the real transport does with a frame that is not a valid message
                 # (a Byzantine sender's view -1, a short digest): drop and count it.
                 self._record(f"undecodable {src}->{dst}", wire)
