@@ -119,7 +119,7 @@ def run(spec: SimSpec) -> dict[str, Any]:
     summary["f"] = Quorums.for_n(spec.n).f if spec.f is None else spec.f
     summary["completed_at_s"] = done_at
     summary["state_roots"] = {
-        r: (core.state_root().hex() if (core := sim.replica(r)) is not None else None)
+        r: (core.state_digest().hex() if (core := sim.replica(r)) is not None else None)
         for r in range(spec.n)
     }
     return summary

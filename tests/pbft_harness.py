@@ -17,7 +17,7 @@ FAST = PbftConfig(
     max_batch=16,
     max_inflight=4,
     view_change_timeout=0.5,
-    state_root_every_batch=True,
+    state_digest_every_batch=True,
 )
 
 
@@ -54,7 +54,7 @@ def assert_consistent(sim: Simulation, replicas: list[int] | None = None) -> Non
     sim.run(until=sim.now + 3.0)  # let slower replicas finish what the clients saw commit
     replicas = [r for r in (sim.correct_replicas if replicas is None else replicas)
                 if sim.is_alive(r)]
-    roots = {r: (sim.replica(r).last_executed, sim.replica(r).state_root()) for r in replicas}
+    roots = {r: (sim.replica(r).last_executed, sim.replica(r).state_digest()) for r in replicas}
     assert len(set(roots.values())) == 1, roots
     # A replica that caught up by state transfer has no log entries for the snapshot's
     # prefix; compare whole-log hashes among the others (per-seq agreement is checked

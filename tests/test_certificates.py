@@ -3,7 +3,7 @@ recovers and forgets. The cluster has n=4 replicas (f=1, certificates of 2f+1=3
 signatures) with the simulator's symbolic signatures, unforgeable by construction.
 
 These tests were written against the mutants that mutation testing (``make mutate``,
-docs/testing.md) found alive in phalanx/core/certificates.py."""
+docs/testing.md) found alive in phalanx/host/certificates.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from typing import Any
 
 import msgspec
 
-from phalanx.core.certificates import (
+from phalanx.core.effects import Broadcast, Dropped, Persist, Send
+from phalanx.core.quorum import Quorums
+from phalanx.host.certificates import (
     AHEAD_WINDOW,
     CERT_PREFIX,
     KEEP_CERTIFICATES,
@@ -28,8 +30,6 @@ from phalanx.core.certificates import (
     encode_certificate,
     signed_bytes,
 )
-from phalanx.core.effects import Broadcast, Dropped, Persist, Send
-from phalanx.core.quorum import Quorums
 from phalanx.runtime.sim.crypto import SymbolicNodeCrypto, SymbolicOracle
 
 N = 4

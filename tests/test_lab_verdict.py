@@ -56,7 +56,7 @@ def test_nothing_saturated_names_no_phase():
 
 
 def test_every_message_of_every_protocol_has_a_phase():
-    from phalanx.protocols.pbft.replica import CERT_TIMER
+    from phalanx.host import CERT_TIMER
     from phalanx.protocols.registry import available, protocol
     from phalanx.runtime.accounting import PHASES, phase_table
 

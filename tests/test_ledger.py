@@ -206,7 +206,7 @@ def test_blocks_chain_by_hash_and_record_every_outcome() -> None:
     assert (applied.height, applied.index, rejected.index) == (1, 0, 1)
     second_block = decode_block(dict(second.records)[block_key(2)])
     assert second_block.header.prev_hash == first.digest == block.header.hash()
-    assert ledger.state_root() == second.digest
+    assert ledger.state_digest() == second.digest
 
 
 def test_snapshot_restore_round_trip_and_tampered_snapshots_are_refused() -> None:
@@ -216,7 +216,7 @@ def test_snapshot_restore_round_trip_and_tampered_snapshots_are_refused() -> Non
     snap = ledger.snapshot()
     copy = make_ledger()
     copy.restore(snap)
-    assert copy.state_root() == ledger.state_root()
+    assert copy.state_digest() == ledger.state_digest()
     assert copy.account(ADDR[4]) == (3, 0)
     decoded = msgspec.msgpack.decode(snap)
     decoded[1][0][1] += 1  # one more unit than the header's state root allows
@@ -287,7 +287,7 @@ def test_ledger_invariants_hold_for_generated_workloads(batches, sizes) -> None:
         replay.seal_block(seq)
         assert ledger.total_supply() == supply  # conserved
         assert all(b >= 0 for b, _ in ledger.accounts.values())  # never negative
-        assert replay.state_root() == ledger.state_root()  # deterministic
+        assert replay.state_digest() == ledger.state_digest()  # deterministic
     # Nonces advanced exactly by the applied transfers.
     for address, (_, nonce) in ledger.accounts.items():
         assert nonce == sum(1 for a, _ in applied_nonces if a == address)

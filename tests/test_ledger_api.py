@@ -49,7 +49,7 @@ def run_with_client(core, store, gateway, scenario, **limits) -> None:
     async def main() -> None:
         app = web.Application()
         metrics = Metrics("0")
-        LedgerApi(core, store, gateway, metrics, **limits).install(app)
+        LedgerApi(core.host, store, gateway, metrics, **limits).install(app)
         async with TestClient(TestServer(app)) as client:
             await scenario(client, metrics)
 
@@ -256,7 +256,7 @@ def test_unknown_endpoints_and_methods_answer_json_refusals_with_a_reason(world)
 
     async def main() -> None:
         app = make_app(driver, metrics, lambda: {})
-        LedgerApi(core, store, gateway, metrics).install(app)
+        LedgerApi(core.host, store, gateway, metrics).install(app)
         async with TestClient(TestServer(app)) as client:
             resp = await client.get("/no/such/endpoint")
             assert resp.status == 404 and resp.content_type == "application/json"

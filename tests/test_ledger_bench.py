@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phalanx.cluster import free_port_block
-from phalanx.core.certificates import BlockCertifier, BlockSig, signed_bytes
 from phalanx.core.effects import Broadcast, Dropped, Persist
 from phalanx.core.quorum import Quorums
 from phalanx.crypto.ed25519 import Ed25519NodeCrypto
 from phalanx.crypto.keys import KeyPair
+from phalanx.host.certificates import BlockCertifier, BlockSig, signed_bytes
 from phalanx.ledger.smt import EMPTY, SparseMerkleTree, internal_hash, leaf_hash, verify_proof
 
 TRACE = Path(__file__).parent / "data" / "eth_tx_2017_head300.csv"

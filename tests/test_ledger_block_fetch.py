@@ -16,8 +16,8 @@ from phalanx.api.ledger import LedgerApi, certificate_json, tx_to_json
 from phalanx.client.ledger import LedgerClient
 from phalanx.client.wallet import Wallet
 from phalanx.config import generate_cluster
-from phalanx.core.certificates import Certificate, signed_bytes
 from phalanx.crypto.keys import KeyPair
+from phalanx.host.certificates import Certificate, signed_bytes
 from phalanx.ledger import tx as txm
 from phalanx.ledger.block import APPLIED, decode_block
 from phalanx.ledger.state import Ledger
@@ -92,8 +92,8 @@ def test_a_certified_block_verifies_and_every_tampering_is_caught(chain) -> None
             pytest.fail(f"accepted: {name}")
 
 
-class _Core:
-    """What LedgerApi reads of a replica core: its ledger and certifier."""
+class _Host:
+    """What LedgerApi reads of a replica's host: its ledger and certifier."""
 
     def __init__(self, app, certifier=None) -> None:
         self.app = app
@@ -123,7 +123,7 @@ def test_a_skipped_block_is_served_from_a_peer_only_once_it_verifies(chain) -> N
         # Replica 1 has the block; replica 2 answers with a tampered one; replica 0 (us)
         # adopted the state above it without the block.
         peer_app, liar_app = web.Application(), web.Application()
-        LedgerApi(_Core(ledger, _Certifier(cert)), _Store(records), None,
+        LedgerApi(_Host(ledger, _Certifier(cert)), _Store(records), None,
                   Metrics("1")).install(peer_app)
         good = block_json(block, cert)
 
@@ -140,7 +140,7 @@ def test_a_skipped_block_is_served_from_a_peer_only_once_it_verifies(chain) -> N
             fetcher = BlockFetcher(cfg, 0, timeout=2.0)
             our_app = web.Application()
             metrics = Metrics("0")
-            LedgerApi(_Core(ledger), _Store([]), None, metrics, blocks=fetcher).install(our_app)
+            LedgerApi(_Host(ledger), _Store([]), None, metrics, blocks=fetcher).install(our_app)
             try:
                 async with TestClient(TestServer(our_app)) as client:
                     resp = await client.get("/block/1")

@@ -9,14 +9,14 @@ import hashlib
 from test_ledger_bench import KEYS, block_sig, certifier
 from test_ledger_sim import check_ledgers, ledger_cluster, ledgers, workload
 
-from phalanx.core.certificates import (
+from phalanx.core.effects import Broadcast, Dropped, Persist, Send
+from phalanx.host.certificates import (
     MAX_FETCH,
     Certificate,
     Certificates,
     FetchCertificates,
     signed_bytes,
 )
-from phalanx.core.effects import Broadcast, Dropped, Persist, Send
 from phalanx.ledger.smt import verify_proof
 from phalanx.ledger.state import account_key
 
@@ -73,8 +73,8 @@ def test_a_replica_caught_up_by_state_transfer_certifies_and_proves_at_the_top()
     late, app = sim.replica(2), apps[2]
     assert app.height == apps[0].height > 0
     assert sorted(app.versions) == [app.height]  # it adopted the state: no blocks executed
-    assert not late.certifier.waiting()
-    cert = late.certifier.certificate(app.height)
+    assert not late.host.certifier.waiting()
+    cert = late.host.certifier.certificate(app.height)
     assert cert is not None and cert.block_hash == app.last_block()[1]
     # The light-client path works there: a proof against the certified header.
     header, value, proof = app.prove(next(iter(app.accounts)), app.height)

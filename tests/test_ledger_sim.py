@@ -15,9 +15,9 @@ from pbft_harness import assert_consistent
 from phalanx.byzantine.behaviours import ActionBehaviour
 from phalanx.byzantine.checkers import checkers_for
 from phalanx.byzantine.protocols import fuzz_protocol
-from phalanx.core.certificates import signed_bytes
 from phalanx.core.quorum import Quorums
 from phalanx.crypto.keys import KeyPair
+from phalanx.host.certificates import signed_bytes
 from phalanx.ledger.state import Ledger, make_ledger_factory
 from phalanx.ledger.tx import encode_bundle, encode_tx, sign_transfer
 from phalanx.protocols.pbft.client import PbftClient
@@ -28,7 +28,7 @@ from phalanx.runtime.sim.network import ConstantLatency, NetworkModel
 from phalanx.runtime.sim.simulator import Simulation
 
 CONFIG = PbftConfig(checkpoint_interval=8, window=16, max_batch=16, max_inflight=4,
-                    view_change_timeout=0.5, state_root_every_batch=True)
+                    view_change_timeout=0.5, state_digest_every_batch=True)
 ACCOUNTS = [KeyPair.from_seed(hashlib.sha256(b"sim%d" % i).digest()) for i in range(6)]
 GENESIS = {k.public_key: 1_000 for k in ACCOUNTS[:4]}
 CHAIN = Ledger(GENESIS).chain_id
@@ -90,7 +90,7 @@ def test_ledger_replicas_agree_certify_blocks_and_verify_each_signature_once() -
     for r, replica in ((r, sim.replica(r)) for r in apps):
         # Once per replica: admission, backup validation and execution share the cache.
         assert replica.app.signatures.verifications <= 48, r
-        certifier = replica.certifier
+        certifier = replica.host.certifier
         cert = certifier.certificate(app.height)
         assert cert is not None, (r, certifier.certified, app.height)
         header, _ = app.version(app.height)
@@ -146,7 +146,7 @@ def test_bundles_from_multicasting_clients_survive_a_primary_crash() -> None:
         # Every transfer of every bundle applied, in nonce order, exactly once.
         assert [app.account(ACCOUNTS[c].public_key)[1] for c in range(4)] == [30] * 4, r
         assert app.signatures.verifications <= 120, r  # each signature once per replica
-    assert len({app.state_root() for app in apps.values()}) == 1
+    assert len({app.state_digest() for app in apps.values()}) == 1
     assert all(sim.replica(r).view >= 1 for r in apps)
 
 
@@ -175,4 +175,4 @@ def test_bundles_and_multicast_under_a_byzantine_replica(strategy, byzantine, se
     for r, app in apps.items():
         assert app.total_supply() == sum(GENESIS.values()), r
         assert [app.account(ACCOUNTS[c].public_key)[1] for c in range(4)] == [18] * 4, r
-    assert len({app.state_root() for app in apps.values()}) == 1
+    assert len({app.state_digest() for app in apps.values()}) == 1

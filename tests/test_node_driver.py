@@ -203,7 +203,7 @@ def test_observations_feed_metrics_and_status() -> None:
         driver.on_client_message(CLIENT, Request(CLIENT, 1, b"op"))
         await driver.drained()
         status = driver.status()
-        assert driver.last_executed_seq == 7 and driver.last_state_root == b"r" * 32
+        assert driver.last_executed_seq == 7
         assert status["requests_executed"] == 1 and status["batches_executed"] == 1
         # The executed seq and the state root are the core's (ReplicaServer.describe):
         # one field per fact in GET /status.

@@ -398,12 +398,13 @@ def test_a_held_multicast_request_is_forwarded_before_the_primary_is_suspected()
 
 def test_cached_reply_is_not_served_to_a_request_without_a_valid_authenticator():
     from phalanx.core.messages import Reply, Request
-    from phalanx.protocols.pbft.replica import ClientRecord, PbftReplica
+    from phalanx.host import ClientRecord
+    from phalanx.protocols.pbft.replica import PbftReplica
     from phalanx.statemachine.kv import KVStore
 
     replica = PbftReplica(0, Q, oracle().node_crypto(0), KVStore, CONFIG)
     victim = b"v" * 32
-    replica.clients[victim] = ClientRecord(7, b"secret")
+    replica.host.requests.clients[victim] = ClientRecord(7, b"secret")
     probe = Request(victim, 7, b"", endpoint=b"a" * 32)  # replayed id, no valid MAC
     out = replica.on_client_message(probe.reply_to, probe)
     assert not [e for e in out if isinstance(getattr(e, "msg", None), Reply)]

@@ -85,7 +85,7 @@ def test_lagging_replica_catches_up_by_state_transfer():
     sim.run(until=sim.now + 5.0)
     replica = sim.replica(3)
     assert replica.last_executed == sim.replica(0).last_executed
-    assert replica.state_root() == sim.replica(0).state_root()
+    assert replica.state_digest() == sim.replica(0).state_digest()
 
 
 @pytest.mark.parametrize("multicast", [False, True])
@@ -133,12 +133,12 @@ def test_whole_cluster_restart_from_disk_keeps_committed_state():
     sim.run(until=30.0, stop_when=sim.all_clients_done)
     assert sim.all_clients_done()
     sim.run(until=sim.now + 2.0)
-    before = sim.replica(0).state_root()
+    before = sim.replica(0).state_digest()
     for r in range(4):
         sim.crash(r, at=sim.now)
         sim.restart(r, at=sim.now + 0.5)
     sim.run(until=sim.now + 1.0)
-    assert all(sim.replica(r).state_root() == before for r in range(4))
+    assert all(sim.replica(r).state_digest() == before for r in range(4))
     sim.add_clients(2, put_op, requests_per_client=10)
     sim.run(until=sim.now + 30.0, stop_when=sim.all_clients_done)
     assert sim.all_clients_done(), sim.liveness_report()
@@ -391,7 +391,7 @@ def _splice_attack(seed: int, planted_bug: str | None = None):
     from phalanx.runtime.sim.network import NetworkModel, UniformLatency
 
     config = PbftConfig(checkpoint_interval=8, window=16, max_batch=4, max_inflight=4,
-                        view_change_timeout=0.5, state_root_every_batch=True,
+                        view_change_timeout=0.5, state_digest_every_batch=True,
                         planted_bug=planted_bug)
     sim = cluster(seed=seed, config=config,
                   network=NetworkModel(latency=UniformLatency(0.001, 0.01)))

@@ -203,9 +203,9 @@ def test_request_checks_are_final_for_the_bytes_and_local_for_the_authenticator(
 
 
 def test_a_replica_with_too_many_pending_requests_refuses_for_now(monkeypatch):
-    import phalanx.protocols.pbft.replica as replica_module
+    import phalanx.host.requests as requests_module
 
-    monkeypatch.setattr(replica_module, "MAX_PENDING_REQUESTS", 0)
+    monkeypatch.setattr(requests_module, "MAX_PENDING_REQUESTS", 0)
     assert replica_refusal(encode_put(b"k", b"v"), app=KVStore) == ("overloaded", T)
 
 

@@ -172,7 +172,7 @@ class ToyReplica:
         # Backups poll the primary: on a lossy network the last order may be lost.
         return [Send(PRIMARY, Fetch(self.executed_upto + 1)), SetTimer("sync", SYNC_S)]
 
-    def state_root(self) -> bytes:
+    def state_digest(self) -> bytes:
         return self.state
 
     # internals
@@ -338,7 +338,7 @@ class Probe:
         self.sent += 1
         return [Send(1, Ping(self.sent - 1)), SetTimer("tick", self.interval)]
 
-    def state_root(self) -> bytes:
+    def state_digest(self) -> bytes:
         return bytes(32)
 
 
@@ -483,7 +483,7 @@ class _OneShot:
     def on_timer(self, name: str) -> list[Effect]:
         return []
 
-    def state_root(self) -> bytes:
+    def state_digest(self) -> bytes:
         return b""
 
 

@@ -76,7 +76,7 @@ TARGETS = {
         ),
         Target(
             "certificates",
-            "phalanx/core/certificates.py",
+            "phalanx/host/certificates.py",
             (
                 "tests/test_certificates.py",
                 "tests/test_ledger_catchup.py",

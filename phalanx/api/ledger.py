@@ -38,16 +38,18 @@ from typing import Any
 from aiohttp import web
 
 from phalanx.config import ClusterConfig
-from phalanx.core.certificates import Certificate, cert_key, decode_certificate
 from phalanx.core.quorum import Quorums
 from phalanx.crypto.ed25519 import Ed25519ClientCrypto
 from phalanx.crypto.keys import KeyPair
+from phalanx.host import ReplicaHost
+from phalanx.host.certificates import Certificate, cert_key, decode_certificate
 from phalanx.ledger import tx as txm
 from phalanx.ledger.block import APPLIED, decode_block, decode_tx_record
 from phalanx.ledger.state import (
     MAX_NONCE_AHEAD,
     REJECTED_PREFIX,
     TX_PREFIX,
+    Ledger,
     account_key,
     block_key,
     decode_bundle_result,
@@ -55,6 +57,7 @@ from phalanx.ledger.state import (
     parse_account_value,
 )
 from phalanx.protocols.registry import protocol
+from phalanx.runtime.accounting import unwrap
 from phalanx.runtime.client import (
     ClientMux,
     ClientTransport,
@@ -306,11 +309,12 @@ class Gateway:
 
 
 class LedgerApi:
-    """Routes of the ledger API over one replica (core, store, gateway)."""
+    """Routes of the ledger API over one replica (its host, store, gateway)."""
 
-    def __init__(self, core: Any, store: Any, gateway: Gateway | None, metrics: Metrics,
-                 *, rate: float = 200.0, burst: float = 400.0, blocks: Any = None) -> None:
-        self.core = core
+    def __init__(self, host: ReplicaHost, store: Any, gateway: Gateway | None,
+                 metrics: Metrics, *, rate: float = 200.0, burst: float = 400.0,
+                 blocks: Any = None) -> None:
+        self.host = host
         self.store = store
         self.gateway = gateway
         self.metrics = metrics
@@ -326,8 +330,12 @@ class LedgerApi:
     # -- helpers ----------------------------------------------------------------------------
 
     @property
-    def ledger(self) -> Any:
-        return self.core.app  # replaced when a snapshot is installed: look it up each time
+    def ledger(self) -> Ledger:
+        """The replica's ledger (replaced when a snapshot is installed: look it up each
+        time), without the accounting's timing wrapper."""
+        ledger = unwrap(self.host.app)
+        assert isinstance(ledger, Ledger), "the ledger API serves a ledger replica"
+        return ledger
 
     def _refuse(self, status: int, reason: str, detail: str = "") -> web.Response:
         self.metrics.inc("api_rejected:" + reason)
@@ -342,7 +350,7 @@ class LedgerApi:
         return None if self.store is None else self.store.get(key)
 
     def _certificate(self, height: int) -> Certificate | None:
-        certifier = self.core.certifier
+        certifier = self.host.certifier
         cert = certifier.certificate(height) if certifier is not None else None
         if cert is None:
             raw = self._read(cert_key(height))
@@ -411,7 +419,7 @@ class LedgerApi:
         except ValueError:
             return self._refuse(400, "bad_address", "an address is 64 hex digits")
         ledger = self.ledger
-        certifier = self.core.certifier
+        certifier = self.host.certifier
         heights = sorted(certifier.certificates, reverse=True) if certifier else []
         chosen = None
         for height in [*heights, 0]:

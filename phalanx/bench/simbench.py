@@ -216,7 +216,7 @@ def end_of_run_safety(sim: Simulation, *, checked_live: bool) -> Safety:
             seen[slot] = seen.get(slot, 0) + 1
             if digests.setdefault(slot, e.digest) != e.digest:
                 consistent = False
-            if e.state_root and roots.setdefault(slot, e.state_root) != e.state_root:
+            if e.state_digest and roots.setdefault(slot, e.state_digest) != e.state_digest:
                 roots_equal = False
     hashes = {sim.committed_log_hash(r) for r in sim.correct_replicas}
     how = ("also checked after every event by the simulator's checkers" if checked_live

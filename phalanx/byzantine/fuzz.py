@@ -406,7 +406,7 @@ def _check_converged(sim: Simulation) -> None:
     for r in sim.correct_replicas:
         core = sim.replica(r)
         if core is not None:
-            heights[r] = (core.last_executed, core.state_root().hex()[:16])  # type: ignore[attr-defined]
+            heights[r] = (core.last_executed, core.state_digest().hex()[:16])  # type: ignore[attr-defined]
     if len(set(heights.values())) > 1:
         raise LivenessViolation(
             "convergence", f"correct replicas differ after settling: {heights}", sim.seed, sim.now

@@ -62,7 +62,7 @@ def random_options(rng: random.Random, planted_bug: str | None) -> PbftConfig:
         max_batch=rng.choice((4, 16)),
         max_inflight=rng.choice((1, 2, 4)),
         view_change_timeout=0.5,
-        state_root_every_batch=True,
+        state_digest_every_batch=True,
         planted_bug=planted_bug,
     )
 

@@ -23,8 +23,8 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from phalanx.config import ClusterConfig
-from phalanx.core.certificates import signed_bytes
 from phalanx.core.quorum import Quorums
+from phalanx.host.certificates import signed_bytes
 from phalanx.ledger import tx as txm
 from phalanx.ledger.block import BlockHeader
 from phalanx.ledger.smt import Proof, verify_proof

@@ -63,7 +63,7 @@ class Executed(msgspec.Struct, frozen=True):
     seq: int
     digest: bytes
     requests: list[tuple[bytes, int]]  # (client, timestamp) of each executed request
-    state_root: bytes
+    state_digest: bytes  # the application's (empty where the core skipped it)
 
 
 class Dropped(msgspec.Struct, frozen=True):

@@ -42,7 +42,7 @@ class ReplicaCore(Protocol):
     def on_timer(self, name: str) -> list[Effect]:
         ...
 
-    def state_root(self) -> bytes:
+    def state_digest(self) -> bytes:
         """Commitment to the executed state (for checkers and status)."""
         ...
 

@@ -17,9 +17,11 @@ ordering protocol that hosts it (it sees ordered batches only) gets:
   (well-formed, valid signature). Both share the execution's verified-signature cache,
   so each signature is verified once per replica.
 
-Pure: no I/O, no clocks, no randomness. The state root the host sees
-(:meth:`state_root`) is the hash of the last block header, which commits to the account
-tree, the height, the chain and the whole history of headers.
+Pure: no I/O, no clocks, no randomness. The state digest the host sees
+(:meth:`state_digest`, what checkpoints certify) is the hash of the last block header,
+which commits to the account tree, the height, the chain and the whole history of
+headers; the state root (:meth:`state_root`) is the accounts' sparse Merkle root, what
+proofs verify against.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import msgspec
 
@@ -45,6 +46,7 @@ from phalanx.ledger.block import (
 )
 from phalanx.ledger.smt import Proof, SparseMerkleTree
 from phalanx.ledger.tx import Transfer, VerifiedSignatures, decode_tx, op_txs, tx_id
+from phalanx.statemachine.base import BlockStateMachine, SealedBlock
 
 CHAIN_DOMAIN = b"phalanx-ledger-v1"
 MAX_NONCE_AHEAD = 256
@@ -112,22 +114,12 @@ class _Snapshot(msgspec.Struct, array_like=True, frozen=True, gc=False,
     accounts: list[tuple[bytes, int, int]]  # (address, balance, nonce), sorted
 
 
-@dataclass(frozen=True, slots=True)
-class SealedBlock:
-    """What the host does with a sealed block: persist ``records`` atomically with its
-    log, and sign ``digest`` (the header hash)."""
-
-    height: int
-    digest: bytes
-    records: list[tuple[bytes, bytes]]
-
-
-class Ledger:
+class Ledger(BlockStateMachine):
     """Accounts with balances and nonces; see the module docstring."""
 
-    final_refusals = txm.FINAL_REFUSALS
+    final_refusals: frozenset[str] = txm.FINAL_REFUSALS
     """Admission reasons that refuse an op for good (see ``tx.FINAL_REFUSALS``)."""
-    recovery_skip = (BLOCK_PREFIX, TX_PREFIX, REJECTED_PREFIX)
+    recovery_skip: tuple[bytes, ...] = (BLOCK_PREFIX, TX_PREFIX, REJECTED_PREFIX)
     """Record prefixes a restarting replica never reads back: the blocks and the tx index
     grow with history and only the API reads them (from the store, on demand)."""
 
@@ -233,7 +225,7 @@ class Ledger:
         self._ops.clear()
         self._outcomes.clear()
 
-    def state_root(self) -> bytes:
+    def state_digest(self) -> bytes:
         """The hash of the last block header; with unsealed changes (apply without
         seal_block), a hash over the last header and the pending account root."""
         if not self._ops:
@@ -241,10 +233,9 @@ class Ledger:
         pending = self.tree.update(self._dirty_items()).root_hash
         return hashlib.sha256(b"unsealed" + self._head_hash + pending).digest()
 
-    def merkle_state_root(self) -> bytes:
+    def state_root(self) -> bytes:
         """The sparse Merkle root of the accounts as of the last sealed block (its
-        header's ``state_root``, what proofs verify against): what ``/status`` and the
-        CLI call the state root. :meth:`state_root` is the head block's hash."""
+        header's ``state_root``, what proofs verify against)."""
         return self.header.state_root
 
     # -- block hooks ------------------------------------------------------------------------

@@ -37,9 +37,16 @@ need not hit the phases alike) and ``other`` is unknown (``None``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from time import perf_counter_ns
 from typing import Any
+
+from phalanx.statemachine.base import (
+    BlockStateMachine,
+    SealedBlock,
+    StateMachine,
+    StateMachineFactory,
+)
 
 PHASES: tuple[str, ...] = ("data", "consensus", "execution")
 
@@ -268,43 +275,77 @@ def phase_split(snap: Mapping[str, Any], cpu_s: float | None = None) -> dict[str
     return out
 
 
-class TimedStateMachine:
+class TimedStateMachine(StateMachine):
     """Wraps a :class:`~phalanx.statemachine.base.StateMachine` and charges the time of
-    ``apply`` and ``snapshot`` to ``accounting`` as execution. Everything else passes
-    through, so the core cannot tell it apart from the wrapped machine."""
+    ``apply`` and ``snapshot`` to ``accounting`` as execution; everything else passes
+    through, so the host cannot tell it apart from the wrapped machine. ``inner`` is the
+    wrapped machine (the ledger's API reads its accounts)."""
 
-    __slots__ = ("_accounting", "_inner")
-
-    def __init__(self, inner: Any, accounting: Accounting) -> None:
-        self._inner = inner
+    def __init__(self, inner: StateMachine, accounting: Accounting) -> None:
+        self.inner = inner
         self._accounting = accounting
+        self.recovery_skip = inner.recovery_skip
 
     def apply(self, ops: list[bytes]) -> list[bytes]:
         start = perf_counter_ns()
-        results = self._inner.apply(ops)
+        results = self.inner.apply(ops)
         self._accounting.executed(len(ops), perf_counter_ns() - start)
         return results
 
     def snapshot(self) -> bytes:
         start = perf_counter_ns()
-        data = self._inner.snapshot()
+        data = self.inner.snapshot()
         self._accounting.executed(0, perf_counter_ns() - start)
         return data
 
     def restore(self, snapshot: bytes) -> None:
-        self._inner.restore(snapshot)
+        self.inner.restore(snapshot)
+
+    def state_digest(self) -> bytes:
+        return self.inner.state_digest()
 
     def state_root(self) -> bytes:
-        return self._inner.state_root()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        return self.inner.state_root()
 
 
-def timed_factory(make: Callable[[], Any], accounting: Accounting) -> Callable[[], Any]:
-    """A state-machine factory whose machines are :class:`TimedStateMachine` s."""
+class TimedBlockStateMachine(TimedStateMachine, BlockStateMachine):
+    """:class:`TimedStateMachine` of a block-making state machine (the ledger)."""
 
-    def factory() -> Any:
-        return TimedStateMachine(make(), accounting)
+    inner: BlockStateMachine
+
+    def __init__(self, inner: BlockStateMachine, accounting: Accounting) -> None:
+        super().__init__(inner, accounting)
+        self.final_refusals = inner.final_refusals
+
+    def seal_block(self, consensus_seq: int) -> SealedBlock | None:
+        return self.inner.seal_block(consensus_seq)
+
+    def last_block(self) -> tuple[int, bytes]:
+        return self.inner.last_block()
+
+    def admit(self, op: bytes) -> str | None:
+        return self.inner.admit(op)
+
+    def check_op(self, op: bytes) -> bool:
+        return self.inner.check_op(op)
+
+
+def timed(app: StateMachine, accounting: Accounting) -> TimedStateMachine:
+    """``app``, its execution time charged to ``accounting``."""
+    if isinstance(app, BlockStateMachine):
+        return TimedBlockStateMachine(app, accounting)
+    return TimedStateMachine(app, accounting)
+
+
+def timed_factory(make: StateMachineFactory, accounting: Accounting) -> StateMachineFactory:
+    """A state-machine factory whose machines are timed (see :func:`timed`)."""
+
+    def factory() -> StateMachine:
+        return timed(make(), accounting)
 
     return factory
+
+
+def unwrap(app: StateMachine) -> StateMachine:
+    """The state machine a timing wrapper wraps (or ``app`` itself)."""
+    return app.inner if isinstance(app, TimedStateMachine) else app

@@ -41,6 +41,7 @@ from phalanx.runtime.metrics import Metrics
 from phalanx.runtime.node import ReplicaDriver
 from phalanx.runtime.transport import Transport
 from phalanx.runtime.wan import WanPlan
+from phalanx.statemachine.base import BlockStateMachine
 from phalanx.statemachine.burn import kv_factory
 from phalanx.storage.lmdb_store import Store
 from phalanx.storage.lock import DataDirLock
@@ -144,13 +145,11 @@ class ReplicaServer:
         ``pid`` and ``public_key`` let a launcher check that the process answering on a
         port is the one it started for this cluster. ``state_root`` is the Merkle root of
         the application state; a block state machine (the ledger) also reports its head
-        block's ``height`` and ``block_hash`` (its ``StateMachine.state_root()`` is that
-        block hash, which commits to the history too: it is not shown as a state root).
+        block's ``height`` and ``block_hash``.
         """
         core: Any = self.core
-        app = core.app  # replaced when a snapshot is installed: look it up each time
-        merkle_root = getattr(app, "merkle_state_root", app.state_root)
-        body = {
+        app = self.core.host.app  # replaced when a snapshot is installed: look it up each time
+        body: dict[str, Any] = {
             "protocol": self.config.protocol,
             "app": self.config.app,
             "n": self.config.n,
@@ -160,11 +159,10 @@ class ReplicaServer:
             "view": getattr(core, "view", None),
             "primary": getattr(getattr(core, "instance", None), "primary", None),
             "executed_seq": getattr(core, "last_executed", None),
-            "state_root": merkle_root().hex(),
+            "state_root": app.state_root().hex(),
         }
-        last_block = getattr(app, "last_block", None)
-        if last_block is not None:
-            height, block_hash = last_block()
+        if isinstance(app, BlockStateMachine):
+            height, block_hash = app.last_block()
             body["height"] = height
             body["block_hash"] = block_hash.hex()
         return body
@@ -182,7 +180,7 @@ class ReplicaServer:
             from phalanx.api.block_fetch import BlockFetcher
 
             self.blocks = BlockFetcher(self.config, self.replica_id)
-            LedgerApi(self.core, self.store, self.gateway, self.metrics,
+            LedgerApi(self.core.host, self.store, self.gateway, self.metrics,
                       blocks=self.blocks).install(app)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()

@@ -90,8 +90,6 @@ class ReplicaDriver:
         self.on_fatal = on_fatal
         self.fatal_error: BaseException | None = None
         self.last_executed_seq: int | None = None
-        self.last_state_root: bytes | None = None
-        self.last_executed: dict[int, int] = {}  # instance -> seq
         # Digests of recently executed seqs (instance 0), for cross-replica log checks.
         self._recent_digests: dict[int, bytes] = {}
         self._pending: list[Effect] = []
@@ -253,14 +251,12 @@ class ReplicaDriver:
         metrics = self.metrics
         metrics.inc("batches_executed")
         metrics.inc("requests_executed", len(effect.requests))
-        self.last_executed[effect.instance] = effect.seq
         if effect.instance == 0:
             recent = self._recent_digests
             recent[effect.seq] = effect.digest
             if len(recent) > RECENT_DIGESTS:
                 del recent[next(iter(recent))]  # dicts keep insertion order: the oldest
         self.last_executed_seq = effect.seq
-        self.last_state_root = effect.state_root
         metrics.set("last_executed_seq", effect.seq)
 
     def _flush(self) -> None:

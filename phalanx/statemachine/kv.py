@@ -18,6 +18,7 @@ from bisect import bisect_left
 import msgspec
 
 from phalanx.core.hashing import EMPTY_DIGEST
+from phalanx.statemachine.base import StateMachine
 
 MAX_KEY_BYTES = 1 << 10
 MAX_VALUE_BYTES = 1 << 20
@@ -123,7 +124,7 @@ def _parent_level(level: list[bytes]) -> list[bytes]:
     return parents
 
 
-class KVStore:
+class KVStore(StateMachine):
     """In-memory byte-string map with a cached Merkle state root.
 
     Root maintenance: leaf hashes are cached per key and recomputed lazily (a key written
@@ -172,6 +173,10 @@ class KVStore:
         self._added = set()
         self._removed = set()
         self._levels = None
+
+    def state_digest(self) -> bytes:
+        """The state's commitment: its Merkle root."""
+        return self.state_root()
 
     def state_root(self) -> bytes:
         """Merkle root over the sorted (key, value) leaves; see the module docstring."""

@@ -51,7 +51,7 @@ class PbftConfig:
     (16 MiB) however large the requests are."""
     single_shot: bool = False
     """Decide exactly one value, at seq 1 (the consensus service of leaderless SMR)."""
-    state_root_every_batch: bool = False
+    state_digest_every_batch: bool = False
     """Report the state root with every executed batch (simulator checkers); otherwise
     only at checkpoints, where it is needed anyway."""
     planted_bug: str | None = None

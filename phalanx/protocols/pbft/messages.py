@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import msgspec
 
-from phalanx.core.certificates import BlockSig, Certificates, FetchCertificates
 from phalanx.core.messages import CLIENT_MESSAGES, Digest, NonNegative, StateDigest, encode
+from phalanx.host import HOST_MESSAGES
 
 _opts = dict(array_like=True, frozen=True, gc=False)
 
@@ -135,23 +135,6 @@ class CommittedSlot(msgspec.Struct, tag=19, **_opts):
     payload: bytes
 
 
-class FetchState(msgspec.Struct, tag=20, **_opts):
-    """Ask for the snapshot of stable checkpoint ``seq``."""
-
-    instance: NonNegative
-    seq: NonNegative
-
-
-class StateData(msgspec.Struct, tag=21, **_opts):
-    """The snapshot of the sender's latest stable checkpoint (at or above the one asked
-    for), with its proof; the receiver checks the snapshot against the proven digest."""
-
-    instance: NonNegative
-    seq: NonNegative
-    snapshot: bytes
-    proof: list[Checkpoint]
-
-
 PBFT_MESSAGES = (
     PrePrepare,
     Prepare,
@@ -163,10 +146,9 @@ PBFT_MESSAGES = (
     PayloadData,
     FetchCommitted,
     CommittedSlot,
-    FetchState,
-    StateData,
 )
 
-# Commit certificates of a block-making state machine (the ledger): BlockSig (tag 39)
-# votes, and FetchCertificates / Certificates (37, 38) for replicas that missed them.
-ALL_MESSAGES = CLIENT_MESSAGES + PBFT_MESSAGES + (BlockSig, FetchCertificates, Certificates)
+# The replica host's: state transfer (FetchState, StateData: tags 20, 21) and the commit
+# certificates of a block-making state machine (BlockSig 39, FetchCertificates 37,
+# Certificates 38).
+ALL_MESSAGES = CLIENT_MESSAGES + PBFT_MESSAGES + HOST_MESSAGES

@@ -137,13 +137,13 @@ class StateRootChecker(Checker):
         slot = (executed.instance, executed.seq)
         first = self._first.get(slot)
         if first is None:
-            self._first[slot] = (replica, executed.state_root)
+            self._first[slot] = (replica, executed.state_digest)
             return
         other, root = first
-        if executed.state_root != root:
+        if executed.state_digest != root:
             raise self.violation(
                 f"replica {other} has state root {_short(root)} but replica {replica} has "
-                f"{_short(executed.state_root)} after {_slot(executed)}"
+                f"{_short(executed.state_digest)} after {_slot(executed)}"
             )
 
 
