@@ -29,34 +29,13 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
+from phalanx.core.quorum import Quorums
+from phalanx.protocols import registry
+from phalanx.protocols.registry import available
+from phalanx.protocols.spec import ProtocolSpec
+
 KEY_BYTES = 32
 CLUSTER_FILE = "cluster.toml"
-
-# Tunables per protocol: name -> (default, smallest allowed value). Every protocol so far
-# orders with PBFT-style checkpoints, windows and batching, so they share one set; a
-# protocol that needs more extends its entry here.
-_PBFT_OPTIONS: dict[str, tuple[int, int]] = {
-    "checkpoint_interval": (256, 1),
-    "window": (512, 1),
-    "max_batch": (512, 1),
-    "batch_delay_ms": (0, 0),
-    "fill_wait_ms": (2, 0),
-    "max_inflight": (4, 1),
-    "view_change_timeout_ms": (2000, 1),
-    "max_request_bytes": (1 << 20, 1),
-    "max_batch_bytes": (4 << 20, 1),
-}
-PROTOCOL_OPTIONS: dict[str, dict[str, tuple[int, int]]] = {
-    "pbft": _PBFT_OPTIONS,
-    "scalable-pbft": _PBFT_OPTIONS,
-    "dqpbft": _PBFT_OPTIONS,
-    "destiny": _PBFT_OPTIONS,
-    "leaderless": _PBFT_OPTIONS,
-}
-
-# Destiny (Linear Hybster) runs on a trusted monotonic counter, which stops equivocation
-# and so needs only 2f+1 replicas; every other protocol needs the Byzantine 3f+1.
-_TRUSTED_COUNTER_PROTOCOLS = frozenset({"destiny"})
 
 _TOP_LEVEL_KEYS = {"protocol", "f", "replicas", "app", "genesis"}
 APPS = ("kv", "ledger")
@@ -69,28 +48,19 @@ class ConfigError(ValueError):
     """The cluster configuration or a key file is invalid; the message says what and where."""
 
 
-def min_replicas(protocol: str, f: int) -> int:
-    """Fewest replicas with which ``protocol`` tolerates ``f`` Byzantine faults."""
-    return 2 * f + 1 if protocol in _TRUSTED_COUNTER_PROTOCOLS else 3 * f + 1
-
-
-def max_faults(protocol: str, n: int) -> int:
-    """Largest f that ``n`` replicas of ``protocol`` tolerate."""
-    return (n - 1) // 2 if protocol in _TRUSTED_COUNTER_PROTOCOLS else (n - 1) // 3
-
-
 def no_fault_warning(protocol: str, n: int, f: int) -> str | None:
     """The warning an operator gets for a cluster that tolerates no fault (f=0), else
     None: with f=0 one crashed or lying replica can stop or mislead the whole cluster."""
     if f > 0:
         return None
     return (f"warning: f=0: this {n}-replica {protocol} cluster tolerates no faulty "
-            f"replica; {min_replicas(protocol, 1)} replicas tolerate one (f=1)")
+            f"replica; {_spec(protocol).resilience.min_replicas(1)} replicas tolerate one "
+            f"(f=1)")
 
 
-def default_options(protocol: str) -> dict[str, int]:
-    """The tunables of ``protocol`` with their default values."""
-    return {name: default for name, (default, _) in _option_spec(protocol).items()}
+def default_options(protocol: str) -> dict[str, Any]:
+    """The tunables of ``protocol`` (its cluster-file table) with their default values."""
+    return _spec(protocol).options.from_table({}).to_table()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,50 +79,45 @@ class ClusterConfig:
     """A validated cluster: construction raises :class:`ConfigError` on any inconsistency.
 
     ``replicas`` is sorted by id, and ids are exactly ``0..n-1``. ``options`` holds every
-    tunable of the protocol (defaults filled in).
+    tunable of the protocol as its cluster-file table (defaults filled in; the protocol's
+    options class checks them: :meth:`protocol_options`).
     """
 
     protocol: str
     f: int
     replicas: tuple[ReplicaInfo, ...]
-    options: dict[str, int] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     app: str = "kv"
     genesis: dict[bytes, int] = field(default_factory=dict)
     """The ledger's genesis allocation: address (32-byte public key) -> balance."""
 
     def __post_init__(self) -> None:
-        spec = _option_spec(self.protocol)
+        spec = _spec(self.protocol)
         if not _is_int(self.f) or self.f < 0:
             raise ConfigError(f"f must be a non-negative integer, got {self.f!r}")
         replicas = tuple(sorted(self.replicas, key=lambda r: r.id))
         object.__setattr__(self, "replicas", replicas)
         _check_replicas(replicas)
-        n, need = len(replicas), min_replicas(self.protocol, self.f)
+        n, need = len(replicas), spec.resilience.min_replicas(self.f)
         if n < need:
             raise ConfigError(
                 f"{self.protocol} with f={self.f} needs at least {need} replicas, got n={n}"
             )
-        options = default_options(self.protocol)
-        for name, value in self.options.items():
-            if name not in spec:
-                raise ConfigError(
-                    f"unknown option {name!r} in [{self.protocol}]; known: {', '.join(spec)}"
-                )
-            minimum = spec[name][1]
-            if not _is_int(value) or value < minimum:
-                raise ConfigError(
-                    f"[{self.protocol}] {name} must be an integer >= {minimum}, got {value!r}"
-                )
-            options[name] = value
-        # The window must hold two checkpoint intervals, so that the primary can keep
-        # proposing while the next checkpoint is still becoming stable.
-        if options["window"] < 2 * options["checkpoint_interval"]:
-            raise ConfigError(
-                f"[{self.protocol}] window ({options['window']}) must be at least "
-                f"2 * checkpoint_interval ({2 * options['checkpoint_interval']})"
-            )
+        try:
+            options = spec.options.from_table(self.options).to_table()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         object.__setattr__(self, "options", options)
         _check_app(self.app, self.genesis)
+
+    def protocol_options(self) -> Any:
+        """The protocol's typed options (for PBFT a ``PbftConfig``)."""
+        return _spec(self.protocol).options.from_table(self.options)
+
+    @property
+    def quorums(self) -> Quorums:
+        """The cluster's quorum sizes (its protocol's fault model, n and f)."""
+        return Quorums(self.n, self.f, _spec(self.protocol).resilience)
 
     @property
     def n(self) -> int:
@@ -239,7 +204,7 @@ def generate_cluster(
     if n < 1:
         raise ConfigError(f"a cluster needs at least one replica, got n={n}")
     if f is None:
-        f = max_faults(protocol, n)
+        f = _spec(protocol).resilience.max_faults(n)
     keys = [SigningKey.generate() for _ in range(n)]
     config = ClusterConfig(
         protocol=protocol,
@@ -310,11 +275,11 @@ def _parse(doc: dict[str, Any]) -> ClusterConfig:
     protocol = doc["protocol"]
     if not isinstance(protocol, str):
         raise ConfigError(f"protocol must be a string, got {protocol!r}")
-    _option_spec(protocol)  # unknown protocol: fail before the confusing errors below
+    _spec(protocol)  # unknown protocol: fail before the confusing errors below
     for name in doc:
         if name in _TOP_LEVEL_KEYS or name == protocol:
             continue
-        if name in PROTOCOL_OPTIONS:
+        if name in available():
             raise ConfigError(f"options table [{name}] given but protocol is {protocol!r}")
         raise ConfigError(f"unknown field {name!r}")
     options = doc.get(protocol, {})
@@ -421,12 +386,11 @@ def _check_replicas(replicas: tuple[ReplicaInfo, ...]) -> None:
         keys[r.public_key] = r.id
 
 
-def _option_spec(protocol: str) -> dict[str, tuple[int, int]]:
+def _spec(protocol: str) -> ProtocolSpec:
     try:
-        return PROTOCOL_OPTIONS[protocol]
-    except KeyError:
-        known = ", ".join(PROTOCOL_OPTIONS)
-        raise ConfigError(f"unknown protocol {protocol!r}; known: {known}") from None
+        return registry.protocol(protocol)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _is_int(value: object) -> bool:

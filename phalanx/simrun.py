@@ -6,7 +6,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from phalanx.core.quorum import Quorums
 from phalanx.protocols.registry import protocol
 from phalanx.runtime.sim.latency import LatencyMatrix
 from phalanx.runtime.sim.network import (
@@ -56,9 +55,10 @@ def kv_simulation(
     """A simulated cluster of ``protocol_name`` replicas over the key-value store, with
     its clients' cores (sending each request to every replica if ``multicast``); ``f``
     defaults to the most faults ``n`` replicas tolerate; ``kwargs`` go to
-    :class:`Simulation` (checkers, trace, ...)."""
+    :class:`Simulation` (trace, ...; ``checkers`` default to the protocol's)."""
     proto = protocol(protocol_name)
-    quorums = Quorums.for_n(n) if f is None else Quorums(n, f)
+    quorums = proto.quorums(n, f)
+    kwargs.setdefault("checkers", proto.checkers())
 
     def make_client(crypto: Any) -> Any:
         core = proto.make_client(crypto, quorums, client_retransmit_s)
@@ -116,7 +116,7 @@ def run(spec: SimSpec) -> dict[str, Any]:
     sim.run(until=sim.now + 2.0)  # let every replica finish executing what committed
     summary = sim.summary()
     summary["protocol"] = spec.protocol
-    summary["f"] = Quorums.for_n(spec.n).f if spec.f is None else spec.f
+    summary["f"] = protocol(spec.protocol).quorums(spec.n, spec.f).f
     summary["completed_at_s"] = done_at
     summary["state_roots"] = {
         r: (core.state_digest().hex() if (core := sim.replica(r)) is not None else None)

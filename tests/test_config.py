@@ -46,6 +46,22 @@ def _value(v: Any) -> str:
     return str(v)
 
 
+@pytest.fixture
+def trusted_protocol() -> Any:
+    """A protocol with a trusted component (n >= 2f+1), registered for one test: PBFT's
+    spec under another name and fault model (the config only asks for those)."""
+    import dataclasses
+
+    from phalanx.core.quorum import TRUSTED
+    from phalanx.protocols import registry
+
+    spec = dataclasses.replace(registry.protocol("pbft"), name="trusted-test",
+                               resilience=TRUSTED)
+    registry.register(spec)
+    yield spec.name
+    registry.unregister(spec.name)
+
+
 def cluster_toml(
     replicas: list[dict[str, Any]] | None = None,
     tables: dict[str, dict[str, Any]] | None = None,
@@ -98,7 +114,7 @@ def test_replicas_listed_out_of_order_are_sorted_by_id() -> None:
 
 def test_dump_then_load_is_identity(tmp_path: Path) -> None:
     config = ClusterConfig(
-        protocol="scalable-pbft",
+        protocol="pbft",
         f=2,
         replicas=tuple(
             ReplicaInfo(i, f'host "{i}" \\ \t é', 9000 + i, 9100 + i, KEYS[i]) for i in range(7)
@@ -131,17 +147,23 @@ def test_generate_cluster_round_trips_and_keys_match(tmp_path: Path) -> None:
         ("pbft", 4, 1),
         ("pbft", 7, 2),
         ("pbft", 9, 2),
-        ("destiny", 3, 1),
-        ("destiny", 5, 2),
+        ("trusted-test", 3, 1),
+        ("trusted-test", 5, 2),
     ],
 )
-def test_generate_cluster_default_f(tmp_path: Path, protocol: str, n: int, f: int) -> None:
+def test_generate_cluster_default_f(
+    tmp_path: Path, protocol: str, n: int, f: int, trusted_protocol: str
+) -> None:
     assert generate_cluster(tmp_path, n, protocol=protocol).f == f
 
 
-def test_destiny_needs_only_2f_plus_1_replicas() -> None:
-    config = loads(cluster_toml(protocol="destiny", replicas=[replica(i) for i in range(3)]))
+def test_a_trusted_component_protocol_needs_only_2f_plus_1_replicas(
+    trusted_protocol: str,
+) -> None:
+    toml = cluster_toml(protocol=trusted_protocol, replicas=[replica(i) for i in range(3)])
+    config = loads(toml)
     assert (config.n, config.f) == (3, 1)
+    assert config.quorums.strong == 2  # a majority: f+1 of 2f+1
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -172,7 +194,9 @@ def test_unknown_fields_are_rejected() -> None:
 
 def test_unknown_protocol_and_foreign_options_table() -> None:
     expect_error(cluster_toml(protocol="raft"), "unknown protocol 'raft'", "pbft")
-    expect_error(cluster_toml(tables={"dqpbft": {"window": 8}}), "[dqpbft]", "'pbft'")
+    # A table named after no registered protocol is an unknown field (one named after
+    # another registered protocol says the cluster runs this one).
+    expect_error(cluster_toml(tables={"dqpbft": {"window": 8}}), "unknown field 'dqpbft'")
 
 
 def test_unknown_option_is_rejected_with_the_known_ones() -> None:
@@ -241,10 +265,15 @@ def test_port_out_of_range() -> None:
     expect_error(cluster_toml(replicas=replicas), "replica 0: port 70000 is not in 1..65535")
 
 
-def test_too_few_replicas_for_f() -> None:
+def test_too_few_replicas_for_f(trusted_protocol: str) -> None:
+    replicas = [replica(i) for i in range(2)]
+    expect_error(cluster_toml(protocol=trusted_protocol, replicas=replicas), "needs at least 3")
+
+
+def test_too_few_replicas_for_f_byzantine() -> None:
     expect_error(cluster_toml(f=2), "pbft with f=2 needs at least 7 replicas, got n=4")
     replicas = [replica(i) for i in range(2)]
-    expect_error(cluster_toml(protocol="destiny", replicas=replicas), "needs at least 3")
+    expect_error(cluster_toml(protocol="raft", replicas=replicas), "unknown protocol")
 
 
 @pytest.mark.parametrize("f", [-1, "1", 1.0, True])

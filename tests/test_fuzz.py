@@ -17,15 +17,16 @@ import pytest
 from pbft_harness import cluster, put_op
 
 from phalanx.byzantine.behaviours import Borgesian
-from phalanx.byzantine.checkers import AlarmChecker, LivenessChecker, LivenessViolation
+from phalanx.byzantine.checkers import LivenessChecker, LivenessViolation
 from phalanx.byzantine.fuzz import FuzzConfig, explain, make_plan, run_plan, shrink, sweep
 from phalanx.byzantine.generate import MessageGenerator, TrafficPool, is_signed
 from phalanx.byzantine.pbft import FIXUPS
 from phalanx.cli import main
 from phalanx.protocols.pbft.messages import ALL_MESSAGES, Checkpoint, ViewChange
-from phalanx.runtime.sim import SafetyViolation, Silent
+from phalanx.runtime.sim import Silent
 from phalanx.runtime.sim.crypto import SymbolicOracle
 from phalanx.runtime.sim.simulator import TWIN_BASE, Behaviour
+from phalanx.safety import AlarmChecker, SafetyViolation
 
 SEEDS = int(os.environ.get("PHALANX_FUZZ_SEEDS", "300"))
 CHUNK = 25

@@ -6,12 +6,12 @@ import pytest
 
 from phalanx.bench.results import NodeWindow
 from phalanx.bench.verdict import NodeCosts, verdict
+from phalanx.protocols.registry import protocol
 from phalanx.runtime.accounting import (
     Accounting,
     TimedStateMachine,
     delta,
     phase_split,
-    phase_table,
 )
 from phalanx.runtime.metrics import Metrics
 from phalanx.runtime.wan import WanPlan, parse_bandwidth
@@ -30,7 +30,7 @@ class Prepare:
 
 
 def _accounting() -> Accounting:
-    acct = Accounting(phase_table("pbft"))
+    acct = Accounting(protocol("pbft").phases)
     acct.received(PrePrepare, 10_000)
     acct.received(Prepare, 50)
     acct.received(Prepare, 50)
@@ -162,7 +162,7 @@ def test_nothing_committed_is_undetermined():
 def test_node_window_feeds_the_verdict_from_status_snapshots():
     acct = _accounting()
     start = {"cpu_s": 1.0, "bytes_sent": 0, "bytes_recv": 0, "msgs_sent": 0,
-             "accounting": Accounting(phase_table("pbft")).snapshot()}
+             "accounting": Accounting(protocol("pbft").phases).snapshot()}
     end = {"cpu_s": 1.1, "bytes_sent": 500, "bytes_recv": 10_100, "msgs_sent": 3,
            "accounting": acct.snapshot()}
     window = node_window_from(start, end)

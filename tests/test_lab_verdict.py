@@ -58,16 +58,14 @@ def test_nothing_saturated_names_no_phase():
 def test_every_message_of_every_protocol_has_a_phase():
     from phalanx.host import CERT_TIMER
     from phalanx.protocols.registry import available, protocol
-    from phalanx.runtime.accounting import PHASES, phase_table
+    from phalanx.runtime.accounting import PHASES
 
     for name in available():
-        table = phase_table(name)
+        table = protocol(name).phases
         missing = {m.__name__ for m in protocol(name).messages} - set(table)
         assert not missing, f"{name}: no phase for {sorted(missing)}"
         assert set(table.values()) <= set(PHASES)
-    assert phase_table("pbft")["timer:" + CERT_TIMER] == "execution"
-    with pytest.raises(ValueError, match="no phase table"):
-        phase_table("hotstuff")
+    assert protocol("pbft").phases["timer:" + CERT_TIMER] == "execution"
 
 
 def test_a_sweep_stopped_by_an_unexpected_error_still_writes_its_report(tmp_path,

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from phalanx.crypto.keys import KeyPair
+from phalanx.protocols.registry import protocol
 from phalanx.runtime import loop_factory
 from phalanx.runtime.framing import FRAME_OVERHEAD
-from phalanx.runtime.launcher import message_decoder
 from phalanx.runtime.metrics import Metrics
 from phalanx.runtime.transport import Transport
 from phalanx.runtime.wan import RELEASE_SLACK_S, Shaper, _DelayLine
@@ -184,7 +184,7 @@ def test_a_transport_bounds_its_shaper_by_its_send_queue_and_counts_its_drops():
     keys = [KeyPair.generate() for _ in range(2)]
     metrics = Metrics(0)
     transport = Transport(0, keys[0], {1: ("127.0.0.1", 1)}, [k.public_key for k in keys],
-                          message_decoder("pbft"), None, None, metrics,
+                          protocol("pbft").decoder(), None, None, metrics,
                           send_queue_limit=1 << 20)
     shaper = Shaper({1: 0.05}, {})
     transport.shaper = shaper

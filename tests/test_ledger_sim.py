@@ -12,9 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pbft_harness import assert_consistent
 
+from phalanx.byzantine.adapter import fuzz_adapter
 from phalanx.byzantine.behaviours import ActionBehaviour
-from phalanx.byzantine.checkers import checkers_for
-from phalanx.byzantine.protocols import fuzz_protocol
 from phalanx.core.quorum import Quorums
 from phalanx.crypto.keys import KeyPair
 from phalanx.host.certificates import signed_bytes
@@ -24,6 +23,7 @@ from phalanx.protocols.pbft.client import PbftClient
 from phalanx.protocols.pbft.config import PbftConfig
 from phalanx.protocols.pbft.messages import ALL_MESSAGES
 from phalanx.protocols.pbft.replica import PbftReplica
+from phalanx.protocols.registry import protocol
 from phalanx.runtime.sim.network import ConstantLatency, NetworkModel
 from phalanx.runtime.sim.simulator import Simulation
 
@@ -159,9 +159,9 @@ def test_bundles_and_multicast_under_a_byzantine_replica(strategy, byzantine, se
     silence...) against a ledger with multicasting clients sending bundles, on a lossy
     network: the simulator's safety checkers hold after every event, every request
     completes, and the correct replicas end with identical ledgers."""
-    behaviour = fuzz_protocol("pbft").strategies[strategy](byzantine, seed, frozenset(), None)
+    behaviour = fuzz_adapter("pbft").strategies[strategy](byzantine, seed, frozenset(), None)
     network = NetworkModel(latency=ConstantLatency(0.001), drop=0.02, duplicate=0.02)
-    sim = ledger_cluster(seed, network, multicast=True, checkers=checkers_for("pbft"))
+    sim = ledger_cluster(seed, network, multicast=True, checkers=protocol("pbft").checkers())
     sim.set_byzantine(byzantine, behaviour)
     sim.add_clients(4, bundle_op, requests_per_client=6)
     if isinstance(behaviour, ActionBehaviour):

@@ -604,7 +604,7 @@ def test_a_view_change_claiming_a_prepared_entry_at_view_minus_one_is_refused():
 ])
 def test_the_wire_refuses_negative_or_oversized_views_seqs_instances_and_short_digests(bad):
     from phalanx.core.messages import encode
-    from phalanx.runtime.launcher import message_decoder
+    from phalanx.protocols.registry import protocol
 
     with pytest.raises(msgspec.ValidationError):
-        message_decoder("pbft").decode(encode(bad))
+        protocol("pbft").decoder().decode(encode(bad))

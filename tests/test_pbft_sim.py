@@ -9,8 +9,8 @@ from pbft_harness import FAST, assert_consistent, cluster, executed_requests, pu
 
 from phalanx.protocols.pbft.config import PbftConfig
 from phalanx.protocols.pbft.instance import PbftInstance
-from phalanx.runtime.sim.checkers import SafetyViolation
 from phalanx.runtime.sim.simulator import Simulation
+from phalanx.safety import SafetyViolation
 
 
 @pytest.mark.parametrize("multicast", [False, True])

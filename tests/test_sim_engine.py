@@ -38,25 +38,27 @@ from phalanx.core.hashing import digest
 from phalanx.core.messages import Reply, Request, encode
 from phalanx.core.quorum import Quorums
 from phalanx.runtime.sim import (
-    AgreementChecker,
     Behaviour,
     ConstantLatency,
-    ExactlyOnceChecker,
     FilterOutgoing,
     LatencyMatrix,
     MatrixLatency,
     NetworkModel,
-    SafetyViolation,
     Silent,
     Simulation,
     SimulationError,
-    StateRootChecker,
     SymbolicOracle,
     UniformLatency,
+)
+from phalanx.runtime.sim.network import Network
+from phalanx.safety import (
+    AgreementChecker,
+    ExactlyOnceChecker,
+    SafetyViolation,
+    StateDigestChecker,
     ValidityChecker,
     committed_log_hash,
 )
-from phalanx.runtime.sim.network import Network
 
 DATA = Path(__file__).parent / "data"
 SHARED = Path("/work/shared/data")
@@ -825,7 +827,7 @@ def test_a_byzantine_behaviour_can_inject_messages_and_hide_inputs():
     ("bugs", "property_name"),
     [
         ({2: {"fork_digest"}}, "agreement"),
-        ({2: {"fork_root"}}, "state-roots"),
+        ({2: {"fork_root"}}, "state-digests"),
         ({0: {"double_order"}}, "exactly-once"),
         ({0: {"phantom"}}, "validity"),
     ],
@@ -854,10 +856,10 @@ def test_agreement_checker_compares_request_lists_under_one_digest():
         checker.on_executed(2, 0, _executed(1, [(b"c", 2)]))
 
 
-def test_state_root_checker():
-    checker = StateRootChecker()
+def test_state_digest_checker():
+    checker = StateDigestChecker()
     checker.on_executed(0, 0, _executed(1, [], root=b"a"))
-    with pytest.raises(SafetyViolation, match="state root"):
+    with pytest.raises(SafetyViolation, match="state digest"):
         checker.on_executed(1, 0, _executed(1, [], root=b"b"))
 
 

@@ -24,6 +24,7 @@ from phalanx.core.quorum import Quorums
 from phalanx.protocols.pbft.config import PbftConfig
 from phalanx.protocols.pbft.messages import ALL_MESSAGES
 from phalanx.protocols.pbft.replica import PbftReplica
+from phalanx.protocols.registry import protocol
 from phalanx.runtime.framing import (
     TO_ACCEPTOR,
     BadBundle,
@@ -32,7 +33,6 @@ from phalanx.runtime.framing import (
     FrameError,
     split_bundle,
 )
-from phalanx.runtime.launcher import message_decoder
 from phalanx.runtime.metrics import Metrics
 from phalanx.runtime.node import ReplicaDriver
 from phalanx.runtime.sim.crypto import SymbolicOracle
@@ -110,7 +110,7 @@ def _replica() -> tuple[PbftReplica, Any]:
     return PbftReplica(1, Quorums.for_n(4), oracle.node_crypto(1), KVStore, config), client
 
 
-_DECODER = message_decoder("pbft")
+_DECODER = protocol("pbft").decoder()
 
 
 def _valid_messages(seed: int, count: int) -> list[bytes]:

@@ -38,7 +38,6 @@ from typing import Any
 from aiohttp import web
 
 from phalanx.config import ClusterConfig
-from phalanx.core.quorum import Quorums
 from phalanx.crypto.ed25519 import Ed25519ClientCrypto
 from phalanx.crypto.keys import KeyPair
 from phalanx.host import ReplicaHost
@@ -205,15 +204,13 @@ class Gateway:
         self._workers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        from phalanx.runtime.launcher import message_decoder
-
         config = self.config
         keys = list(config.public_keys)
-        quorums = Quorums(config.n, config.f)
+        quorums = config.quorums
         spec = protocol(config.protocol)
         addrs = {r.id: (r.host, r.port) for r in config.replicas}
-        transport = ClientTransport(KeyPair.generate(), addrs, keys,
-                                    message_decoder(config.protocol), None, self.metrics)
+        transport = ClientTransport(KeyPair.generate(), addrs, keys, spec.decoder(), None,
+                                    self.metrics)
         self._mux = mux = ClientMux(transport)
         first = time.time_ns() // 1000
         for _ in range(self.clients):

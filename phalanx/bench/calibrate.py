@@ -42,7 +42,6 @@ import numpy as np
 
 from phalanx.core.effects import Broadcast, CancelTimer, Completed, Send, SetTimer, ToClient
 from phalanx.core.messages import encode
-from phalanx.core.quorum import Quorums
 from phalanx.crypto.ed25519 import Ed25519ClientCrypto, Ed25519NodeCrypto
 from phalanx.crypto.keys import KeyPair
 from phalanx.protocols.registry import protocol as protocol_spec
@@ -68,7 +67,7 @@ class _Harness:
                  options: dict[str, Any]) -> None:
         spec = protocol_spec(protocol)
         self.n = n
-        quorums = Quorums.for_n(n)
+        quorums = spec.quorums(n)
         keys = [KeyPair.generate() for _ in range(n)]
         public = [k.public_key for k in keys]
         self.accounting = Accounting()
@@ -82,7 +81,7 @@ class _Harness:
             crypto = Ed25519ClientCrypto(KeyPair.generate(), public)
             self.clients.append(spec.make_client(crypto, quorums, 5.0))
         self.by_id = {c.client_id: c for c in self.clients}
-        self.decoder = msgspec.msgpack.Decoder(_union(spec.messages))
+        self.decoder = spec.decoder()
         self.queue: deque[tuple[Any, Any, bytes]] = deque()  # (dst, src, wire)
         self.value = os.urandom(payload)
         self.counter = 0
@@ -205,13 +204,6 @@ class _Harness:
                 self._submit(self.clients.index(client), client)
 
 
-def _union(types: tuple[type, ...]) -> Any:
-    union = types[0]
-    for t in types[1:]:
-        union = union | t  # type: ignore[assignment]
-    return union
-
-
 SIZE_SPREAD = 256
 """A type whose sizes span fewer bytes than this gets no per-byte term (it would be
 collinear with the per-message one)."""
@@ -268,7 +260,7 @@ def measure_handlers(protocol: str, n: int = 4, clients: int = 32, payload: int 
     harness.run(requests, budget_s)
     # Timers: small batches with a batch delay, so that the primary waits on its batch
     # timer (the timer a loaded run fires most); every firing is timed like a handler.
-    timed = _Harness(protocol, n, clients, payload, {"batch_delay": 0.001, "max_batch": 8})
+    timed = _Harness(protocol, n, clients, payload, {"batch_delay_ms": 1, "max_batch": 8})
     timed.run(max(200, requests // 20), budget_s / 4, due_timers=True)
     timer_samples = [ns for _, ns in harness.timer_ns + timed.timer_ns]
     if not timer_samples:

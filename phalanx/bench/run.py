@@ -60,6 +60,7 @@ from phalanx.bench.results import (
 )
 from phalanx.cluster import identity_mismatch
 from phalanx.config import CLUSTER_FILE, ClusterConfig, default_options, generate_cluster
+from phalanx.protocols.registry import protocol
 from phalanx.runtime import run
 from phalanx.runtime.linkfaults import LINK_FAULTS_ENV
 from phalanx.runtime.wan import WanPlan
@@ -440,22 +441,14 @@ async def _sleep_until(wall: float) -> None:
     await asyncio.sleep(max(0.0, wall - time.time()))
 
 
-def _primary(statuses: dict[int, dict[str, Any] | None]) -> int:
-    """The primary most replicas name (replica 0, primary of view 0, if none says)."""
-    votes: dict[int, int] = {}
-    for s in statuses.values():
-        if s is not None and isinstance(s.get("primary"), int):
-            votes[s["primary"]] = votes.get(s["primary"], 0) + 1
-    return max(votes, key=lambda p: votes[p]) if votes else 0
-
-
 async def _kill_primary(
     cluster: Cluster, at: float, window_start: float, ends: dict[int, dict[str, Any] | None],
     fault: dict[str, Any],
 ) -> None:
     """At ``at`` (wall), record the primary's counters, then SIGKILL it."""
     await _sleep_until(at)
-    victim = _primary(await cluster.statuses(cluster.live))
+    spec = protocol(cluster.config.protocol)
+    victim = spec.fault_target(await cluster.statuses(cluster.live))
     ends[victim] = await cluster.status(victim, timeout=1.0)
     cluster.kill(victim)
     fault.update(replica=victim, at_s=round(time.time() - window_start, 3))

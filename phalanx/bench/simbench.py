@@ -31,8 +31,8 @@ from phalanx.bench.results import (
     Safety,
     build_results,
 )
-from phalanx.core.quorum import Quorums
-from phalanx.runtime.accounting import delta, phase_table
+from phalanx.protocols.registry import protocol
+from phalanx.runtime.accounting import delta
 from phalanx.runtime.sim.costmodel import CostModel
 from phalanx.runtime.sim.latency import LatencyMatrix
 from phalanx.runtime.sim.network import ConstantLatency, LatencyModel, MatrixLatency, NetworkModel
@@ -109,7 +109,7 @@ def build_scale(spec: ScaleSpec, model: CostModel) -> Simulation:
     sim.resources = Resources(
         model, spec.n, bandwidth_bps=spec.bandwidth_bps, host_cores=spec.host_cores,
         client_procs=spec.client_procs, op_bytes=len(ops(0, 0)),  # every op is this long
-        phase_of=phase_table(spec.protocol), cpu_share=spec.cpu_share,
+        phase_of=protocol(spec.protocol).phases, cpu_share=spec.cpu_share,
     )
     sim.add_clients(spec.clients, ops, 1 << 40)
     return sim
@@ -122,7 +122,7 @@ def run_scale(spec: ScaleSpec, model: CostModel,
     if sim is None:
         sim = build_scale(spec, model)
     resources: Resources = sim.resources
-    quorums = Quorums.for_n(spec.n)
+    quorums = protocol(spec.protocol).quorums(spec.n)
     start, end = spec.warmup, spec.warmup + spec.duration
     marks: dict[str, Any] = {}
     def mark(name: str) -> Any:

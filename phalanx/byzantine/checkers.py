@@ -1,53 +1,14 @@
-"""Checkers per protocol, and liveness after a global stabilization time (GST).
+"""Liveness after a global stabilization time (GST), in the simulator.
 
-Each protocol registers the safety checkers the simulator runs after every step
-(:func:`register_checkers`; PBFT registers agreement, validity, exactly-once, state
-roots and its own alarms in :mod:`phalanx.byzantine.pbft`). :class:`LivenessChecker`
-adds the one property a safety checker cannot see: once faults stop at GST, every
-correct client's request commits within a bound.
+The safety checkers are :mod:`phalanx.safety`'s, chosen by each protocol's spec;
+:class:`LivenessChecker` adds the one property a safety checker cannot see: once faults
+stop at GST, every correct client's request commits within a bound.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
-from phalanx.runtime.sim.checkers import Checker, SafetyViolation
 from phalanx.runtime.sim.simulator import Simulation
-
-_REGISTRY: dict[str, Callable[[], list[Checker]]] = {}
-
-
-def register_checkers(protocol: str, factory: Callable[[], list[Checker]]) -> None:
-    """``factory()`` builds fresh checkers for one simulation of ``protocol``."""
-    _REGISTRY[protocol] = factory
-
-
-def checkers_for(protocol: str) -> list[Checker]:
-    """Fresh instances of the checkers ``protocol`` registered."""
-    from phalanx.byzantine.protocols import fuzz_protocol
-
-    fuzz_protocol(protocol)  # importing a protocol's adapter registers its checkers
-    factory = _REGISTRY.get(protocol)
-    if factory is None:
-        raise ValueError(f"protocol {protocol!r} registered no checkers")
-    return factory()
-
-
-class AlarmChecker(Checker):
-    """Fails when a correct replica reports one of ``reasons`` as ``Dropped``: the
-    protocol's own detectors of states that are impossible while at most f replicas are
-    faulty (PBFT: a stable checkpoint contradicting its own, a new view contradicting a
-    commit)."""
-
-    property_name = "protocol-alarm"
-
-    def __init__(self, reasons: Iterable[str]) -> None:
-        super().__init__()
-        self.reasons = frozenset(reasons)
-
-    def on_dropped(self, replica: int, reason: str) -> None:
-        if reason in self.reasons:
-            raise self.violation(f"correct replica {replica} raised alarm {reason!r}")
+from phalanx.safety import SafetyViolation
 
 
 class LivenessViolation(SafetyViolation):

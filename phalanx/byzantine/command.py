@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from phalanx.byzantine.adapter import fuzzable
 from phalanx.byzantine.fuzz import (
     STRATEGY_WEIGHTS,
     FuzzConfig,
@@ -23,7 +24,6 @@ from phalanx.byzantine.fuzz import (
     shrink,
     sweep,
 )
-from phalanx.byzantine.protocols import fuzzable
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -26,13 +26,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from phalanx.byzantine.adapter import fuzz_adapter
 from phalanx.byzantine.behaviours import ActionBehaviour, Borgesian, Log
-from phalanx.byzantine.checkers import LivenessChecker, LivenessViolation, checkers_for
-from phalanx.byzantine.protocols import fuzz_protocol
-from phalanx.core.quorum import Quorums
-from phalanx.runtime.sim.checkers import SafetyViolation
+from phalanx.byzantine.checkers import LivenessChecker, LivenessViolation
+from phalanx.protocols.registry import protocol
 from phalanx.runtime.sim.network import NetworkModel, UniformLatency
 from phalanx.runtime.sim.simulator import TWIN_BASE, Behaviour, Simulation, SimulationError
+from phalanx.safety import SafetyViolation
 from phalanx.simrun import kv_simulation
 from phalanx.statemachine.kv import encode_put
 
@@ -110,21 +110,20 @@ class FuzzConfig:
             if n < 1:
                 raise ValueError(f"--n must be positive, got {n}")
             f = self.faults(n)
-            Quorums(n, f)  # n >= 3f+1, or ValueError saying why not
+            protocol(self.protocol).quorums(n, f)  # n >= 3f+1, or ValueError saying why
             if not 0 <= self.byzantine <= f:
                 raise ValueError(
                     f"--byzantine must be between 0 and f={f} for n={n}, got {self.byzantine}"
                 )
         if self.max_steps < 1:
             raise ValueError("--steps must be positive")
-        spec = fuzz_protocol(self.protocol)
-        if self.planted_bug is not None and self.planted_bug not in spec.planted_bugs:
-            raise ValueError(
-                f"unknown planted bug {self.planted_bug!r}; known: {', '.join(spec.planted_bugs)}"
-            )
+        bugs = protocol(self.protocol).planted_bugs
+        if self.planted_bug is not None and self.planted_bug not in bugs:
+            raise ValueError(f"unknown planted bug {self.planted_bug!r}; known: {', '.join(bugs)}")
+        adapter = fuzz_adapter(self.protocol)
         for name in self.strategies or ():
-            if name != "twins" and name not in spec.strategies:
-                known = ", ".join(["twins", *sorted(spec.strategies)])
+            if name != "twins" and name not in adapter.strategies:
+                known = ", ".join(["twins", *sorted(adapter.strategies)])
                 raise ValueError(f"unknown strategy {name!r}; known: {known}")
 
     @property
@@ -133,7 +132,7 @@ class FuzzConfig:
 
     def faults(self, n: int) -> int:
         """The f of a cluster of ``n`` replicas under this configuration."""
-        return Quorums.for_n(n).f if self.f is None else self.f
+        return protocol(self.protocol).quorums(n, self.f).f
 
     def describe_n(self) -> str:
         return ",".join(map(str, self.sizes))
@@ -196,7 +195,7 @@ class Plan:
 
 def make_plan(config: FuzzConfig, seed: int) -> Plan:
     """The plan of ``seed``: drawn from its own RNG, so it never depends on the run."""
-    spec = fuzz_protocol(config.protocol)
+    spec = fuzz_adapter(config.protocol)
     rng = random.Random(f"phalanx/fuzz/plan/{seed}")
     sizes = config.sizes
     # Drawn apart, so that a single size leaves every other choice of a seed as it was.
@@ -302,14 +301,14 @@ def run_plan(
 ) -> tuple[Outcome, Simulation]:
     """Run ``plan`` with the Byzantine actions in ``disabled`` switched off."""
     config = plan.config
-    spec = fuzz_protocol(config.protocol)
+    spec = fuzz_adapter(config.protocol)
     network = NetworkModel(
         latency=UniformLatency(*plan.latency), drop=plan.drop, duplicate=plan.duplicate,
         reorder=plan.reorder,
     )
     sim = kv_simulation(
         config.protocol, plan.n, plan.seed, network, plan.options, 0.3, f=plan.f,
-        multicast=plan.multicast, checkers=checkers_for(config.protocol), record_trace=record,
+        multicast=plan.multicast, record_trace=record,
     )
     behaviours: dict[int, Behaviour] = {}
     for replica, strategy in plan.byzantine:

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from phalanx.protocols.registry import protocol
 from phalanx.runtime.linkfaults import write_control
 
 ACTIONS = ("kill", "restart", "stop", "cont", "partition", "slow", "heal")
@@ -249,12 +250,10 @@ class Nemesis:
                 raise NemesisError(f"no replica was {replica} before this event")
             return last
         if replica == "primary":
+            # The leader most live replicas name, in the protocol's words.
             live = [r.id for r in cluster.config.replicas if r.id not in cluster.killed]
-            votes: dict[int, int] = {}
-            for s in (await cluster.statuses(live)).values():
-                if s is not None and isinstance(s.get("primary"), int):
-                    votes[s["primary"]] = votes.get(s["primary"], 0) + 1
-            return max(votes, key=lambda p: votes[p]) if votes else 0
+            spec = protocol(cluster.config.protocol)
+            return spec.fault_target(await cluster.statuses(live))
         assert isinstance(replica, int)
         return replica
 

@@ -18,15 +18,14 @@ from typing import Any
 
 import msgspec
 
+from phalanx.byzantine.adapter import FuzzAdapter
 from phalanx.byzantine.behaviours import Borgesian, Log, Rewriter, SelectiveDelivery, Voter
-from phalanx.byzantine.checkers import AlarmChecker, register_checkers
 from phalanx.byzantine.generate import MessageGenerator
 from phalanx.byzantine.pbft_attacks import ForgeNewView, HideCommit, SpliceNewView
-from phalanx.byzantine.protocols import FuzzProtocol
 from phalanx.core.hashing import digest
 from phalanx.core.messages import Request, decode_batch, encode_batch
 from phalanx.core.quorum import Quorums
-from phalanx.protocols.pbft.config import PLANTED_BUGS, PbftConfig
+from phalanx.protocols.pbft.config import PbftConfig
 from phalanx.protocols.pbft.messages import (
     ALL_MESSAGES,
     Checkpoint,
@@ -38,18 +37,7 @@ from phalanx.protocols.pbft.messages import (
     SlotSummary,
     ViewChange,
 )
-from phalanx.runtime.sim.checkers import default_checkers
 from phalanx.runtime.sim.simulator import Behaviour, NodeId, Silent, Simulation
-
-ALARMS = ("state_divergence", "new_view_conflicts_with_commit")
-"""Dropped reasons a correct PBFT replica reports only if more than f replicas lied."""
-
-
-def pbft_checkers() -> list[Any]:
-    return [*default_checkers(), AlarmChecker(ALARMS)]
-
-
-register_checkers("pbft", pbft_checkers)
 
 
 def random_options(rng: random.Random, planted_bug: str | None) -> PbftConfig:
@@ -247,24 +235,21 @@ def splice_new_view(
     return SpliceNewView(replica, seed, disabled=disabled, log=log)
 
 
-def fuzz_spec() -> FuzzProtocol:
-    return FuzzProtocol(
-        name="pbft",
-        messages=ALL_MESSAGES,
-        make_options=random_options,
-        strategies={
-            "borgesian": borgesian,
-            "silent": silent,
-            "selective": selective,
-            "equivocate": equivocate,
-            "vote_all": vote_all,
-            "forge_view": forge_view,
-            "hide_commit": hide_commit,
-            "splice_new_view": splice_new_view,
-        },
-        planted_bugs=PLANTED_BUGS,
-        signer_field="replica",
-        fixups=FIXUPS,
-        view_change_timeout=0.5,
-        needs_lagging_replica=frozenset({"splice_new_view"}),
-    )
+fuzz_adapter = FuzzAdapter(
+    make_options=random_options,
+    strategies={
+        "borgesian": borgesian,
+        "silent": silent,
+        "selective": selective,
+        "equivocate": equivocate,
+        "vote_all": vote_all,
+        "forge_view": forge_view,
+        "hide_commit": hide_commit,
+        "splice_new_view": splice_new_view,
+    },
+    signer_field="replica",
+    fixups=FIXUPS,
+    view_change_timeout=0.5,
+    needs_lagging_replica=frozenset({"splice_new_view"}),
+)
+"""PBFT's fuzz adapter (named by its spec: ``phalanx.byzantine.pbft:fuzz_adapter``)."""

@@ -543,7 +543,7 @@ class SpliceNewView(ActionBehaviour):
         q = self.quorums
         assert q is not None
         replicas = sorted(genuine)
-        for size in range(q.view_change, len(replicas) + 1):
+        for size in range(q.strong, len(replicas) + 1):
             for combo in itertools.combinations(replicas, size):
                 chosen = [genuine[r] for r in combo]
                 decision = decide_new_view(chosen, q)

@@ -117,7 +117,7 @@ class LedgerClient:
         if config.app != "ledger":
             raise ValueError(f"the cluster runs app {config.app!r}, not the ledger")
         self.config = config
-        self.q = Quorums(config.n, config.f)
+        self.q = config.quorums
         genesis = Ledger(config.genesis)
         self.chain_id = genesis.chain_id
         self.genesis_hash = genesis.genesis_header().hash()

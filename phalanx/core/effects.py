@@ -64,6 +64,9 @@ class Executed(msgspec.Struct, frozen=True):
     digest: bytes
     requests: list[tuple[bytes, int]]  # (client, timestamp) of each executed request
     state_digest: bytes  # the application's (empty where the core skipped it)
+    executed_set: int = 0
+    """Order-independent key of every request this replica executed so far (hosts that
+    track it, for checkers of protocols without a total order); 0 when not tracked."""
 
 
 class Dropped(msgspec.Struct, frozen=True):

@@ -10,9 +10,12 @@ Tag ranges: 1-9 client messages (here), 10-39 PBFT, 40+ later protocols.
 
 from __future__ import annotations
 
+import functools
+import operator
+from collections.abc import Iterable
 from enum import IntEnum
 from hashlib import sha256
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -125,6 +128,14 @@ _encoder = msgspec.msgpack.Encoder()
 def encode(msg: msgspec.Struct) -> bytes:
     """Canonical bytes of a message."""
     return _encoder.encode(msg)
+
+
+def message_decoder(messages: Iterable[type]) -> msgspec.msgpack.Decoder[Any]:
+    """The wire decoder of a tagged union of message types (a protocol's messages)."""
+    types = tuple(messages)
+    if not types:
+        raise ValueError("messages must name at least one message type")
+    return msgspec.msgpack.Decoder(functools.reduce(operator.or_, types))
 
 
 _batch_decoder = msgspec.msgpack.Decoder(list[Request])

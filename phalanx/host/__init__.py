@@ -36,13 +36,20 @@ What it gets
 """
 
 from phalanx.host.certificates import BlockCertifier, BlockSig, Certificates, FetchCertificates
-from phalanx.host.host import CERT_TIMER, HOST_MESSAGES, ReplicaHost, StableCheckpoints
+from phalanx.host.host import (
+    CERT_TIMER,
+    HOST_MESSAGES,
+    HOST_PHASES,
+    ReplicaHost,
+    StableCheckpoints,
+)
 from phalanx.host.requests import MAX_PENDING_REQUESTS, ClientRecord, Requests
 from phalanx.host.snapshots import FetchState, Snapshot, StateData, checkpoint_digest
 
 __all__ = [
     "CERT_TIMER",
     "HOST_MESSAGES",
+    "HOST_PHASES",
     "MAX_PENDING_REQUESTS",
     "BlockCertifier",
     "BlockSig",

@@ -39,6 +39,20 @@ HOST_MESSAGES = (FetchState, StateData, BlockSig, FetchCertificates, Certificate
 """The messages replicas' hosts exchange, whatever the protocol: state transfer and the
 commit certificates of a block-making state machine."""
 
+HOST_PHASES = {
+    # Moving a checkpoint's state keeps a replica in the agreement.
+    "FetchState": "consensus",
+    "StateData": "consensus",
+    # Commit certificates: replicas sign and gather signatures over the *executed*
+    # state, so it is execution's output work, not agreement on the order.
+    "BlockSig": "execution",
+    "FetchCertificates": "execution",
+    "Certificates": "execution",
+    "timer:" + CERT_TIMER: "execution",
+}
+"""The SMR phase each host message's cost counts in (a protocol's phase table adds its
+own messages to these)."""
+
 
 class StableCheckpoints(Protocol):
     """What the host needs to know of a protocol's checkpoints for state transfer."""

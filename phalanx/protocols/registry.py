@@ -1,57 +1,58 @@
-"""The protocols phalanx can run, by their CLI name.
+"""The protocols phalanx can run, by their CLI name: one line per protocol.
 
-Drivers (the asyncio runtime, the simulator, the CLI) build replicas and clients only
-through this table, so adding a protocol means adding one entry here.
+Everything that depends on the protocol — config, runtime, simulator, bench, fuzzer —
+asks :func:`protocol` for its :class:`~phalanx.protocols.spec.ProtocolSpec`. A protocol
+kept outside this package (a plugin, or one used only in tests) is registered by naming
+its spec in the environment: ``PHALANX_PROTOCOLS=package.module:SPEC[,...]`` (every
+process of a cluster then knows it, replicas started by ``phalanx up`` included).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+import importlib
+import os
 
-from phalanx.core.crypto import ClientCrypto, NodeCrypto
-from phalanx.core.node import ClientCore, ReplicaCore
-from phalanx.core.quorum import Quorums
-from phalanx.statemachine.base import StateMachine
+from phalanx.protocols.pbft.spec import SPEC as PBFT
+from phalanx.protocols.spec import ProtocolSpec
 
+PLUGINS_ENV = "PHALANX_PROTOCOLS"
 
-@dataclass(frozen=True)
-class ProtocolSpec:
-    name: str
-    messages: tuple[type, ...]
-    make_replica: Callable[
-        [int, Quorums, NodeCrypto, Callable[[], StateMachine], Mapping[str, Any]], ReplicaCore
-    ]
-    make_client: Callable[[ClientCrypto, Quorums, float], ClientCore]
+_SPECS: dict[str, ProtocolSpec] = {spec.name: spec for spec in (PBFT,)}
 
 
-def _pbft() -> ProtocolSpec:
-    from phalanx.protocols.pbft.client import PbftClient
-    from phalanx.protocols.pbft.config import PbftConfig
-    from phalanx.protocols.pbft.messages import ALL_MESSAGES
-    from phalanx.protocols.pbft.replica import PbftReplica
-
-    def make_replica(replica_id, quorums, crypto, make_sm, options):  # type: ignore[no-untyped-def]
-        config = options if isinstance(options, PbftConfig) else PbftConfig.from_options(options)
-        return PbftReplica(replica_id, quorums, crypto, make_sm, config)
-
-    def make_client(crypto, quorums, retransmit_timeout):  # type: ignore[no-untyped-def]
-        return PbftClient(crypto, quorums, retransmit_timeout=retransmit_timeout)
-
-    return ProtocolSpec("pbft", ALL_MESSAGES, make_replica, make_client)
+def register(spec: ProtocolSpec) -> None:
+    """Make ``spec`` known by its name (ValueError if another spec has that name)."""
+    known = _SPECS.get(spec.name)
+    if known is not None and known is not spec:
+        raise ValueError(f"a protocol named {spec.name!r} is registered already")
+    _SPECS[spec.name] = spec
 
 
-_FACTORIES: dict[str, Callable[[], ProtocolSpec]] = {"pbft": _pbft}
+def unregister(name: str) -> None:
+    """Forget the protocol ``name`` (tests that registered one for themselves)."""
+    _SPECS.pop(name, None)
+
+
+def _load_plugins() -> None:
+    for path in filter(None, (p.strip() for p in os.environ.get(PLUGINS_ENV, "").split(","))):
+        module, _, attribute = path.partition(":")
+        spec = getattr(importlib.import_module(module), attribute or "SPEC")
+        if not isinstance(spec, ProtocolSpec):
+            raise TypeError(f"{PLUGINS_ENV}: {path} is not a ProtocolSpec")
+        register(spec)
+
+
+_load_plugins()
 
 
 def available() -> list[str]:
-    return sorted(_FACTORIES)
+    """The registered protocols' names, sorted."""
+    return sorted(_SPECS)
 
 
 def protocol(name: str) -> ProtocolSpec:
     """The spec of protocol ``name``; ValueError naming the available ones otherwise."""
-    factory = _FACTORIES.get(name)
-    if factory is None:
+    spec = _SPECS.get(name)
+    if spec is None:
         raise ValueError(f"unknown protocol {name!r}; available: {', '.join(available())}")
-    return factory()
+    return spec

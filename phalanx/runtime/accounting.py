@@ -6,7 +6,7 @@ the three phases of SMR — **data** (shipping and checking request payloads),
 The protocol cores stay pure: the *driver* measures around the calls it makes
 (``time.perf_counter_ns``), the transport counts bytes by decoded message type, and a
 :class:`TimedStateMachine` wrapper (injected as the state-machine factory) times
-``apply``. A message type's phase comes from a per-protocol table (:data:`PHASES_BY_PROTOCOL`).
+``apply``. A message type's phase comes from the protocol's table (``ProtocolSpec.phases``).
 
 What is measured, per node (monotonic counters, cheap enough for the hot path):
 
@@ -50,53 +50,12 @@ from phalanx.statemachine.base import (
 
 PHASES: tuple[str, ...] = ("data", "consensus", "execution")
 
-PHASES_BY_PROTOCOL: dict[str, dict[str, str]] = {
-    "pbft": {
-        # Client traffic and the pre-prepare, which carries the batch (dissemination);
-        # backups verify the requests' authenticators while accepting it.
-        "Request": "data",
-        "Reply": "data",
-        "Replies": "data",
-        "Error": "data",
-        "PrePrepare": "data",
-        "FetchPayload": "data",
-        "PayloadData": "data",
-        "timer:pbft.batch": "data",
-        # Agreement on the order, its proofs and its recovery.
-        "Prepare": "consensus",
-        "Commit": "consensus",
-        "Checkpoint": "consensus",
-        "ViewChange": "consensus",
-        "NewView": "consensus",
-        "FetchCommitted": "consensus",
-        "CommittedSlot": "consensus",
-        "FetchState": "consensus",
-        "StateData": "consensus",
-        # Commit certificates of a block-making state machine (the ledger): replicas sign
-        # and gather signatures over the *executed* state, so it is execution's output
-        # work, not agreement on the order.
-        "BlockSig": "execution",
-        "FetchCertificates": "execution",
-        "Certificates": "execution",
-        "timer:ledger.certificates": "execution",
-    },
-}
 DEFAULT_PHASE = "consensus"
 """Phase of a timer a protocol's table does not name (the view-change and catch-up
-clocks). Every message type must be named: see :func:`phase_table`."""
+clocks). Every message type must be named (a test checks every protocol's table)."""
 
 PACKET_BYTES = 1500
 """Bytes counted as one unit of socket work when :func:`phase_split` shares ``io_ns``."""
-
-
-def phase_table(protocol: str) -> dict[str, str]:
-    """The message-type -> phase table of ``protocol``; ValueError for a protocol
-    without one (its every cost would silently count as consensus)."""
-    table = PHASES_BY_PROTOCOL.get(protocol)
-    if table is None:
-        raise ValueError(f"no phase table for protocol {protocol!r} in "
-                         f"phalanx.runtime.accounting.PHASES_BY_PROTOCOL")
-    return dict(table)
 
 
 class Accounting:

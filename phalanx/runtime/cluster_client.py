@@ -10,12 +10,10 @@ import asyncio
 import time
 
 from phalanx.config import ClusterConfig
-from phalanx.core.quorum import Quorums
 from phalanx.crypto.ed25519 import Ed25519ClientCrypto
 from phalanx.crypto.keys import KeyPair
 from phalanx.protocols.registry import protocol
 from phalanx.runtime.client import ClientMux, ClientRunner, ClientTransport
-from phalanx.runtime.launcher import message_decoder
 from phalanx.runtime.metrics import Metrics
 
 
@@ -34,17 +32,16 @@ async def open_client(
     keypair = keypair or KeyPair.generate()
     public_keys = list(config.public_keys)
     crypto = Ed25519ClientCrypto(keypair, public_keys)
-    core = protocol(config.protocol).make_client(
-        crypto, Quorums(config.n, config.f), retransmit_timeout
-    )
+    spec = protocol(config.protocol)
+    core = spec.make_client(crypto, config.quorums, retransmit_timeout)
     core.next_timestamp = time.time_ns() // 1000  # type: ignore[attr-defined]
     addrs = {r.id: (r.host, r.port) for r in config.replicas}
     transport = ClientTransport(
-        keypair, addrs, public_keys, message_decoder(config.protocol), None, metrics
+        keypair, addrs, public_keys, spec.decoder(), None, metrics
     )
     runner = ClientRunner(core, transport)
     await transport.start()
-    await _wait_for_quorum(transport, Quorums(config.n, config.f).strong, connect_timeout, config.n)
+    await _wait_for_quorum(transport, config.quorums.strong, connect_timeout, config.n)
     return runner
 
 
@@ -61,12 +58,11 @@ async def open_clients(
     ``multicast``, each request goes to every replica at once (PBFT: the backups check it
     while the primary batches it)."""
     public_keys = list(config.public_keys)
-    quorums = Quorums(config.n, config.f)
+    quorums = config.quorums
     spec = protocol(config.protocol)
     addrs = {r.id: (r.host, r.port) for r in config.replicas}
-    transport = ClientTransport(
-        KeyPair.generate(), addrs, public_keys, message_decoder(config.protocol), None, metrics
-    )
+    transport = ClientTransport(KeyPair.generate(), addrs, public_keys, spec.decoder(), None,
+                                metrics)
     mux = ClientMux(transport)
     runners = []
     first_timestamp = time.time_ns() // 1000

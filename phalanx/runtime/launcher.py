@@ -22,19 +22,17 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from phalanx.api.http import make_app
 from phalanx.api.ledger import Gateway, LedgerApi
 from phalanx.config import ClusterConfig, load, load_private_key
-from phalanx.core.quorum import Quorums
 from phalanx.crypto.ed25519 import Ed25519NodeCrypto
 from phalanx.crypto.keys import KeyPair
 from phalanx.ledger.state import make_ledger_factory
 from phalanx.protocols.registry import protocol
 from phalanx.runtime import run
-from phalanx.runtime.accounting import Accounting, phase_table, timed_factory
+from phalanx.runtime.accounting import Accounting, timed_factory
 from phalanx.runtime.linkfaults import LINK_FAULTS_ENV
 from phalanx.runtime.linkfaults import install as install_link_faults
 from phalanx.runtime.metrics import Metrics
@@ -52,15 +50,6 @@ DURABILITY = ("fsync", "process")
 """``fsync``: every write reaches the disk before the replica answers (survives power
 loss). ``process``: writes reach the OS page cache first (survive the replica being
 killed at any point, not the machine losing power); several times cheaper."""
-
-
-def message_decoder(protocol_name: str) -> msgspec.msgpack.Decoder[Any]:
-    """The wire decoder for every message of a protocol (a tagged union)."""
-    messages = protocol(protocol_name).messages
-    union = messages[0]
-    for m in messages[1:]:
-        union = union | m  # type: ignore[assignment]
-    return msgspec.msgpack.Decoder(union)
 
 
 def bind_listener(host: str, port: int, what: str) -> socket.socket:
@@ -106,8 +95,8 @@ class ReplicaServer:
         self.info = info
         keypair = KeyPair.from_seed(seed)
         public_keys = list(config.public_keys)
-        spec = protocol(config.protocol)
-        quorums = Quorums(config.n, config.f)
+        spec = self.spec = protocol(config.protocol)
+        quorums = config.quorums
         self.metrics = Metrics(replica=str(replica_id))
         crypto = Ed25519NodeCrypto(replica_id, keypair, public_keys)
         make_app = kv_factory(burn_us_per_op)
@@ -115,7 +104,7 @@ class ReplicaServer:
             make_app = make_ledger_factory(config.genesis)
         # The driver and transport measure per-type and per-phase costs; the core stays
         # pure (the state machine it is given is timed from outside).
-        self.accounting = Accounting(phase_table(config.protocol)) if accounting else None
+        self.accounting = Accounting(spec.phases) if accounting else None
         if self.accounting is not None:
             make_app = timed_factory(make_app, self.accounting)
         self.core = spec.make_replica(replica_id, quorums, crypto, make_app, config.options)
@@ -124,7 +113,7 @@ class ReplicaServer:
         self.store = Store(data_dir, durable=durability == "fsync") if data_dir else None
         addrs = {r.id: (r.host, r.port) for r in config.replicas}
         self.transport = Transport(
-            replica_id, keypair, addrs, public_keys, message_decoder(config.protocol),
+            replica_id, keypair, addrs, public_keys, spec.decoder(),
             None, None, self.metrics,
         )
         self.transport.accounting = self.accounting
@@ -147,7 +136,6 @@ class ReplicaServer:
         the application state; a block state machine (the ledger) also reports its head
         block's ``height`` and ``block_hash``.
         """
-        core: Any = self.core
         app = self.core.host.app  # replaced when a snapshot is installed: look it up each time
         body: dict[str, Any] = {
             "protocol": self.config.protocol,
@@ -156,9 +144,7 @@ class ReplicaServer:
             "f": self.config.f,
             "pid": os.getpid(),
             "public_key": self.info.public_key.hex(),
-            "view": getattr(core, "view", None),
-            "primary": getattr(getattr(core, "instance", None), "primary", None),
-            "executed_seq": getattr(core, "last_executed", None),
+            **self.spec.status(self.core),
             "state_root": app.state_root().hex(),
         }
         if isinstance(app, BlockStateMachine):

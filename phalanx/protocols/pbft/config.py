@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 PLANTED_BUGS = (
     "preprepare_digest",
@@ -60,8 +62,13 @@ class PbftConfig:
     def __post_init__(self) -> None:
         if self.planted_bug is not None and self.planted_bug not in PLANTED_BUGS:
             raise ValueError(f"unknown planted bug {self.planted_bug!r}; known: {PLANTED_BUGS}")
-        if self.checkpoint_interval < 1 or self.window < 2 * self.checkpoint_interval:
-            raise ValueError("need checkpoint_interval >= 1 and window >= 2 * checkpoint_interval")
+        if self.checkpoint_interval < 1:
+            raise ValueError("checkpoint_interval must be at least 1")
+        if self.window < 2 * self.checkpoint_interval:
+            # So that the primary can keep proposing while the next checkpoint becomes
+            # stable.
+            raise ValueError(f"window ({self.window}) must be at least 2 * "
+                             f"checkpoint_interval ({2 * self.checkpoint_interval})")
         if self.max_batch < 1 or self.max_inflight < 1 or self.view_change_timeout <= 0:
             raise ValueError("max_batch, max_inflight and view_change_timeout must be positive")
         if not 0 < self.max_request_bytes <= self.max_batch_bytes <= MAX_BATCH_BYTES:
@@ -71,15 +78,43 @@ class PbftConfig:
             )
 
     @classmethod
-    def from_options(cls, options: dict[str, object]) -> PbftConfig:
-        """Build from a config file's ``[pbft]`` table (``*_ms`` keys in milliseconds)."""
-        known = {f.name for f in fields(cls)}
-        kwargs: dict[str, object] = {}
-        for key, value in options.items():
-            name = key
-            if key.endswith("_ms"):
-                name, value = key[:-3], float(value) / 1000.0  # type: ignore[arg-type]
-            if name not in known:
-                raise ValueError(f"unknown pbft option {key!r}")
-            kwargs[name] = value
-        return cls(**kwargs)  # type: ignore[arg-type]
+    def from_table(cls, table: Mapping[str, Any]) -> PbftConfig:
+        """Options from a cluster file's ``[pbft]`` table (times in milliseconds, the
+        keys ending in ``_ms``); the defaults for what it leaves out."""
+        kwargs: dict[str, Any] = {}
+        for key, value in table.items():
+            entry = TABLE.get(key)
+            if entry is None:
+                raise ValueError(f"unknown option {key!r} in [pbft]; known: {', '.join(TABLE)}")
+            name, per_second, minimum = entry
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"[pbft] {key} must be an integer >= {minimum}, got {value!r}")
+            kwargs[name] = value / per_second if per_second != 1 else value
+        try:
+            return cls(**kwargs)
+        except ValueError as e:
+            raise ValueError(f"[pbft] {e}") from None
+
+    def to_table(self) -> dict[str, Any]:
+        """The ``[pbft]`` table of these options (what :meth:`from_table` reads back)."""
+        return {
+            key: round(getattr(self, name) * per_second) if per_second != 1
+            else getattr(self, name)
+            for key, (name, per_second, _) in TABLE.items()
+        }
+
+
+TABLE: dict[str, tuple[str, int, int]] = {
+    "checkpoint_interval": ("checkpoint_interval", 1, 1),
+    "window": ("window", 1, 1),
+    "max_batch": ("max_batch", 1, 1),
+    "batch_delay_ms": ("batch_delay", 1000, 0),
+    "fill_wait_ms": ("fill_wait", 1000, 0),
+    "max_inflight": ("max_inflight", 1, 1),
+    "view_change_timeout_ms": ("view_change_timeout", 1000, 1),
+    "max_request_bytes": ("max_request_bytes", 1, 1),
+    "max_batch_bytes": ("max_batch_bytes", 1, 1),
+}
+"""The ``[pbft]`` table of a cluster file: key -> (field, units per second of a time in
+the field's seconds, or 1; the smallest value the key takes). The test-only fields
+(``single_shot``, ``state_digest_every_batch``, ``planted_bug``) have no key."""

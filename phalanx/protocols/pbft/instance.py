@@ -158,8 +158,12 @@ class PbftInstance:
         self.config = config
         self.validate = validate
         self.window = 1 if config.single_shot else config.window
-        # 2f+1, or one less with the planted bug switched on (fuzzer self-test).
-        self.commit_quorum = quorums.commit - (config.planted_bug == "commit_quorum")
+        # PBFT's quorums are all strong ones (see core/quorum.py): a slot is prepared with
+        # the pre-prepare and strong-1 PREPAREs of backups, committed with strong
+        # COMMITs; a checkpoint is stable, a view change decidable, with strong messages.
+        self.prepare_quorum = quorums.strong - 1
+        # Or one less with the planted bug switched on (fuzzer self-test).
+        self.commit_quorum = quorums.strong - (config.planted_bug == "commit_quorum")
 
         self.view = 0
         self.in_view_change = False
@@ -333,7 +337,7 @@ class PbftInstance:
             if cp.replica in signers or not self._checkpoint_valid(cp):
                 return False
             signers.add(cp.replica)
-        return len(signers) >= self.q.checkpoint
+        return len(signers) >= self.q.strong
 
     def state_transferred(self, seq: int, digest: bytes, proof: list[Checkpoint]) -> list[Any]:
         """The host installed the snapshot of the proven stable checkpoint ``seq``
@@ -494,7 +498,7 @@ class PbftInstance:
             return
         if slot.prepared_view == view:
             return
-        if _count(slot.prepare_votes.get(view, {}), slot.digest) < self.q.prepare:
+        if _count(slot.prepare_votes.get(view, {}), slot.digest) < self.prepare_quorum:
             return
         slot.prepared_view = view
         if slot.p_entry is None or slot.p_entry[1] < view:
@@ -565,7 +569,7 @@ class PbftInstance:
             for by_seq in self.checkpoints.values()
             if (c := by_seq.get(cp.seq)) is not None and c.state_digest == cp.state_digest
         ]
-        if len(proof) < self.q.checkpoint:
+        if len(proof) < self.q.strong:
             return
         proof.sort(key=lambda c: c.replica)
         if cp.seq <= self.last_decided:
@@ -766,7 +770,7 @@ class PbftInstance:
         # The smallest set that decides (ours first): NEW-VIEW carries every VIEW-CHANGE
         # in it, so a bigger set only makes it bigger.
         ordered = [vcs[self.me]] + [vcs[r] for r in sorted(vcs) if r != self.me]
-        for size in range(self.q.view_change, len(ordered) + 1):
+        for size in range(self.q.strong, len(ordered) + 1):
             chosen = ordered[:size]
             decision = decide_new_view(chosen, self.q)
             if decision is not None:
@@ -1000,7 +1004,7 @@ class PbftInstance:
         same view change: a replica that timed out alone waits for the others instead of
         racing ahead into views nobody else will join (PBFT's liveness rule)."""
         if self.in_view_change:
-            return len(self.view_changes.get(self.view, {})) >= self.q.view_change
+            return len(self.view_changes.get(self.view, {})) >= self.q.strong
         if self.q.n == 1:
             return False  # nobody to suspect
         if self.primary == self.me:

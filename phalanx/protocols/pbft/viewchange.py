@@ -45,7 +45,7 @@ class NewViewDecision:
 def decide_new_view(view_changes: Sequence[ViewChange], quorums: Quorums) -> NewViewDecision | None:
     """Decide the new view from already-validated VIEW-CHANGEs (distinct replicas, same
     new view). Returns None when more VIEW-CHANGEs are needed."""
-    if len(view_changes) < quorums.view_change:
+    if len(view_changes) < quorums.strong:
         return None
     source = max(view_changes, key=lambda vc: (vc.checkpoint_seq, vc.replica))
     low = source.checkpoint_seq

@@ -2,20 +2,10 @@
 
 One seed fixes everything — keys, client ids, latencies, losses, the order of events —
 so a run, and any safety violation it finds, replays exactly. See ``simulator.py`` for
-the driver, ``network.py`` and ``latency.py`` for the network model, ``crypto.py`` for
-symbolic signatures and ``checkers.py`` for the safety properties asserted as it runs.
+the driver, ``network.py`` and ``latency.py`` for the network model and ``crypto.py`` for
+symbolic signatures; the safety properties asserted as it runs are :mod:`phalanx.safety`'s.
 """
 
-from phalanx.runtime.sim.checkers import (
-    AgreementChecker,
-    Checker,
-    ExactlyOnceChecker,
-    SafetyViolation,
-    StateRootChecker,
-    ValidityChecker,
-    committed_log_hash,
-    default_checkers,
-)
 from phalanx.runtime.sim.crypto import SymbolicClientCrypto, SymbolicNodeCrypto, SymbolicOracle
 from phalanx.runtime.sim.latency import LatencyMatrix
 from phalanx.runtime.sim.network import (
@@ -36,28 +26,20 @@ from phalanx.runtime.sim.simulator import (
 )
 
 __all__ = [
-    "AgreementChecker",
     "Behaviour",
-    "Checker",
     "CompletedRequest",
     "ConstantLatency",
-    "ExactlyOnceChecker",
     "FilterOutgoing",
     "LatencyMatrix",
     "LatencyModel",
     "MatrixLatency",
     "NetworkModel",
-    "SafetyViolation",
     "Silent",
     "Simulation",
     "SimulationError",
-    "StateRootChecker",
     "StuckClient",
     "SymbolicClientCrypto",
     "SymbolicNodeCrypto",
     "SymbolicOracle",
     "UniformLatency",
-    "ValidityChecker",
-    "committed_log_hash",
-    "default_checkers",
 ]

@@ -14,10 +14,8 @@ so a message that would not survive the real network does not survive this one e
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import heapq
-import operator
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,12 +37,12 @@ from phalanx.core.effects import (
     SetTimer,
     ToClient,
 )
-from phalanx.core.messages import encode
+from phalanx.core.messages import encode, message_decoder
 from phalanx.core.node import ClientCore, ReplicaCore
-from phalanx.runtime.sim.checkers import Checker, SafetyViolation, default_checkers
-from phalanx.runtime.sim.checkers import committed_log_hash as _log_hash
 from phalanx.runtime.sim.crypto import SymbolicNodeCrypto, SymbolicOracle
 from phalanx.runtime.sim.network import Network, NetworkModel
+from phalanx.safety import Checker, SafetyViolation, generic_checkers
+from phalanx.safety import committed_log_hash as _log_hash
 
 MakeReplica = Callable[[int, NodeCrypto], ReplicaCore]
 MakeClient = Callable[[ClientCrypto], ClientCore]
@@ -207,7 +205,7 @@ class Simulation:
     :func:`phalanx.core.messages.encode` when sent and decoded from those bytes for each
     receiver. ``wire=False`` passes the objects themselves (faster; ``messages`` unused).
 
-    ``checkers`` default to :func:`phalanx.runtime.sim.checkers.default_checkers`; pass
+    ``checkers`` default to :func:`phalanx.safety.generic_checkers` of a total order; pass
     ``[]`` to run without. ``record_trace`` keeps a human-readable line per event in
     :attr:`trace`; the trace hash is always computed.
     """
@@ -241,7 +239,7 @@ class Simulation:
         if wire and self._decoder is None:
             raise ValueError("wire=True needs the protocol's message types: pass messages=...")
         self.checkers: list[Checker] = (
-            default_checkers() if checkers is None else list(checkers)
+            generic_checkers(total_order=True) if checkers is None else list(checkers)
         )
         for checker in self.checkers:
             checker.bind(self)
@@ -491,7 +489,7 @@ class Simulation:
         return self._replicas[replica].executions
 
     def committed_log_hash(self, replica: int) -> str:
-        """Chained hash of ``replica``'s executed log (see ``checkers.committed_log_hash``)."""
+        """Chained hash of ``replica``'s executed log (``safety.committed_log_hash``)."""
         return _log_hash(self.executed_log(replica))
 
     def completed(self, client_index: int | None = None) -> list[CompletedRequest]:
@@ -946,11 +944,7 @@ def _make_decoder(
         return None
     if isinstance(messages, msgspec.msgpack.Decoder):
         return messages
-    types = list(messages)
-    if not types:
-        raise ValueError("messages must name at least one message type")
-    union = functools.reduce(operator.or_, types)
-    return msgspec.msgpack.Decoder(union)
+    return message_decoder(messages)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:

@@ -1,18 +1,25 @@
-"""Safety checkers: invariants asserted while a simulation runs.
+"""Safety checkers: the properties of :mod:`phalanx.safety`, asserted while a simulation
+runs.
 
 The simulation feeds every checker each ``Executed`` observation of a *correct* replica
 (Byzantine replicas are excluded: they may claim anything) the moment the core emits it,
-and each client submission. Checking on these observations, not by rescanning logs,
-keeps the cost per event constant and stops the run at the very event that broke safety —
-whose seed and time the :class:`SafetyViolation` names, so the run replays exactly.
+each client submission, and each ``Dropped`` a correct replica reports. Checking on these
+observations, not by rescanning logs, keeps the cost per event constant and stops the run
+at the very event that broke safety — whose seed and time the :class:`SafetyViolation`
+names, so the run replays exactly.
 
-The properties:
-- **agreement**: correct replicas execute the same batch (digest and request list) at
-  the same ``(instance, seq)``;
-- **state roots**: correct replicas reach the same state after the same slot;
-- **exactly-once**: a correct replica executes a request ``(client, timestamp)`` at most
-  once (replaying its own log after a restart, at the same slot, is not a second execution);
-- **validity**: every executed request was submitted by its client.
+- **agreement** (:class:`AgreementChecker`): correct replicas decide the same value
+  (digest and request list) at the same position ``(instance, seq)``;
+- **equal states** after the same position (:class:`StateDigestChecker`, total-order
+  protocols) or after the same set of executed requests (:class:`ExecutedSetChecker`,
+  any protocol: it needs the host's ``track_executed_set``);
+- **exactly-once** (:class:`ExactlyOnceChecker`): a correct replica executes a request
+  ``(client, timestamp)`` at most once (replaying its own log after a restart, at the same
+  position, is not a second execution);
+- **validity** (:class:`ValidityChecker`): every executed request was submitted by its
+  client;
+- a protocol's own **alarms** (:class:`AlarmChecker`): states a correct replica detects
+  and that are impossible while at most f replicas are faulty.
 """
 
 from __future__ import annotations
@@ -22,12 +29,9 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from phalanx.core.effects import Executed
+from phalanx.safety.properties import Position, RequestId
 
-Slot = tuple[int, int]
-"""(instance, seq)"""
-
-RequestId = tuple[bytes, int]
-"""(client, timestamp)"""
+Slot = Position
 
 
 class SafetyViolation(Exception):
@@ -124,10 +128,11 @@ class AgreementChecker(Checker):
             )
 
 
-class StateRootChecker(Checker):
-    """No two correct replicas report different state roots after the same slot."""
+class StateDigestChecker(Checker):
+    """Total order: no two correct replicas report different state digests after the
+    same position."""
 
-    property_name = "state-roots"
+    property_name = "state-digests"
 
     def __init__(self) -> None:
         super().__init__()
@@ -142,7 +147,7 @@ class StateRootChecker(Checker):
         other, root = first
         if executed.state_digest != root:
             raise self.violation(
-                f"replica {other} has state root {_short(root)} but replica {replica} has "
+                f"replica {other} has state digest {_short(root)} but replica {replica} has "
                 f"{_short(executed.state_digest)} after {_slot(executed)}"
             )
 
@@ -212,9 +217,55 @@ class ValidityChecker(Checker):
                 )
 
 
-def default_checkers() -> list[Checker]:
-    """One fresh instance of every checker above."""
-    return [AgreementChecker(), StateRootChecker(), ExactlyOnceChecker(), ValidityChecker()]
+class ExecutedSetChecker(Checker):
+    """Any order: correct replicas that executed the same set of requests report the same
+    state digest (``Executed.executed_set``, kept by hosts that track it, identifies the
+    set; observations without a digest or a set are skipped)."""
+
+    property_name = "executed-sets"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._first: dict[int, tuple[int, bytes]] = {}  # set key -> (replica, digest)
+
+    def on_executed(self, replica: int, incarnation: int, executed: Executed) -> None:
+        if not executed.state_digest or not executed.executed_set:
+            return
+        first = self._first.setdefault(executed.executed_set, (replica, executed.state_digest))
+        if first[1] != executed.state_digest:
+            raise self.violation(
+                f"replicas {first[0]} and {replica} executed the same requests but have "
+                f"state digests {_short(first[1])} and {_short(executed.state_digest)} "
+                f"(replica {replica} after {_slot(executed)})"
+            )
+
+
+class AlarmChecker(Checker):
+    """Fails when a correct replica reports one of ``reasons`` as ``Dropped``: the
+    protocol's own detectors of states that are impossible while at most f replicas are
+    faulty (PBFT: a stable checkpoint contradicting its own, a new view contradicting a
+    commit)."""
+
+    property_name = "protocol-alarm"
+
+    def __init__(self, reasons: Iterable[str]) -> None:
+        super().__init__()
+        self.reasons = frozenset(reasons)
+
+    def on_dropped(self, replica: int, reason: str) -> None:
+        if reason in self.reasons:
+            raise self.violation(f"correct replica {replica} raised alarm {reason!r}")
+
+
+def generic_checkers(total_order: bool) -> list[Checker]:
+    """Fresh instances of the checkers every protocol is held to: agreement per position,
+    exactly-once, validity, equal states for equal executed sets, and for a total-order
+    protocol equal states after each position."""
+    checkers: list[Checker] = [AgreementChecker(), ExactlyOnceChecker(), ValidityChecker(),
+                               ExecutedSetChecker()]
+    if total_order:
+        checkers.insert(1, StateDigestChecker())
+    return checkers
 
 
 def committed_log_hash(log: Iterable[Executed]) -> str:
