@@ -27,7 +27,6 @@ from phalanx.bench.results import (
     build_results,
     cpu_us_per_tx,
     host_cpu_busy,
-    logs_agree,
     longest_stall_s,
     max_node_bytes_per_tx,
     node_window,
@@ -37,6 +36,7 @@ from phalanx.bench.results import (
     to_json,
 )
 from phalanx.bench.run import split_clients
+from phalanx.safety import logs_agree
 
 # -- percentiles -------------------------------------------------------------------------------
 

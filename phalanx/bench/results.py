@@ -37,6 +37,7 @@ import msgspec
 from phalanx.bench.verdict import NodeCosts, verdict
 from phalanx.runtime.accounting import delta as accounting_delta
 from phalanx.runtime.accounting import phase_split
+from phalanx.safety import states_agree
 
 # The keys of the results object, in the order DESIGN.md lists them, then the extras.
 RESULT_KEYS: tuple[str, ...] = (
@@ -409,27 +410,17 @@ class Safety:
 
 def state_roots_agree(statuses: dict[int, dict[str, Any]]) -> tuple[bool, bool]:
     """(converged, roots_equal): do all replicas report one executed_seq, and one state
-    root (and, for the ledger, one head block hash)? Roots are only comparable at equal
-    seqs, so unconverged replicas fail both."""
+    (its root and, for the ledger, its head block hash: :func:`phalanx.safety.states_agree`
+    at equal positions)? States are only comparable at equal seqs, so unconverged
+    replicas fail both."""
     seqs = {executed_seq(s) for s in statuses.values()}
     converged = len(seqs) == 1 and None not in seqs
-    roots = {s.get("state_root") for s in statuses.values()}
-    heads = {s.get("block_hash") for s in statuses.values()}
-    return converged, converged and len(roots) == 1 and None not in roots and len(heads) == 1
-
-
-def logs_agree(logs: dict[int, dict[str, str]]) -> tuple[bool, int]:
-    """(consistent, compared): every seq present in two or more replicas' ``/log``
-    answers has one digest; ``compared`` counts the seqs that were in two or more."""
-    seen: dict[str, str] = {}
-    holders: dict[str, int] = {}
-    consistent = True
-    for digests in logs.values():
-        for seq, digest in digests.items():
-            if seen.setdefault(seq, digest) != digest:
-                consistent = False
-            holders[seq] = holders.get(seq, 0) + 1
-    return consistent, sum(1 for count in holders.values() if count >= 2)
+    states = {
+        r: (executed_seq(s), (s.get("state_root"), s.get("block_hash")))
+        for r, s in statuses.items()
+    }
+    known = all(s.get("state_root") is not None for s in statuses.values())
+    return converged, converged and known and states_agree(states)
 
 
 # -- derived figures -------------------------------------------------------------------------

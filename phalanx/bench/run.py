@@ -52,7 +52,6 @@ from phalanx.bench.results import (
     executed_seq,
     host_cpu_busy,
     host_cpu_times,
-    logs_agree,
     node_window,
     render_summary,
     state_roots_agree,
@@ -64,6 +63,7 @@ from phalanx.protocols.registry import protocol
 from phalanx.runtime import run
 from phalanx.runtime.linkfaults import LINK_FAULTS_ENV
 from phalanx.runtime.wan import WanPlan
+from phalanx.safety import logs_agree
 
 if TYPE_CHECKING:
     from phalanx.bench.netns import Testbed

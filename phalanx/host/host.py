@@ -30,6 +30,7 @@ from phalanx.host.snapshots import (
     StateData,
     open_state_data,
 )
+from phalanx.safety.properties import SET_KEY_MODULUS, executed_set_key
 from phalanx.statemachine.base import BlockStateMachine, StateMachine, StateMachineFactory
 
 CERT_TIMER = "ledger.certificates"
@@ -82,7 +83,10 @@ class ReplicaHost:
     snapshots and state transfer, for one replica of any ordering protocol.
 
     ``check_request`` checks a request's authenticator entry for this replica (default:
-    ``crypto.check_request``); ``max_request_bytes`` bounds a request's op.
+    ``crypto.check_request``); ``max_request_bytes`` bounds a request's op. With
+    ``track_executed_set`` every ``Executed`` observation carries the order-independent
+    key of the requests executed so far (``safety.ExecutedSetChecker``; a hash per
+    request, so off by default).
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class ReplicaHost:
         *,
         max_request_bytes: int,
         check_request: CheckRequest | None = None,
+        track_executed_set: bool = False,
     ) -> None:
         self.replica_id = replica_id
         self.make_state_machine = make_state_machine
@@ -102,6 +107,8 @@ class ReplicaHost:
         app = make_state_machine()
         self.requests = Requests(check_request or crypto.check_request, app, max_request_bytes)
         self.snapshots = Snapshots()
+        self.track_executed_set = track_executed_set
+        self.executed_set = 0  # safety.executed_set_key of every request executed
         # A state machine that makes blocks (the ledger) gets atomic block records and
         # commit certificates; any other (the key-value store) costs one test per batch.
         self.certifier = (
@@ -138,6 +145,7 @@ class ReplicaHost:
         app = self.make_state_machine()
         app.restore(snapshot.app)
         self.requests.install(app, snapshot.clients)
+        self.executed_set = int.from_bytes(snapshot.executed_set, "big")
         self._expect_snapshot_block()  # nothing to persist: no votes yet
         return snapshot.position
 
@@ -214,8 +222,11 @@ class ReplicaHost:
             self.requests.executed(req, result)
             reply = Reply(req.client, view, req.timestamp, self.replica_id, result)
             out.append(ToClient(req.reply_to, reply))
+        ids = [(r.client, r.timestamp) for r in fresh]
+        if self.track_executed_set:
+            self.executed_set = (self.executed_set + executed_set_key(ids)) % SET_KEY_MODULUS
         root = app.state_digest() if state_digest else b""
-        out.append(Executed(instance, seq, digest, [(r.client, r.timestamp) for r in fresh], root))
+        out.append(Executed(instance, seq, digest, ids, root, self.executed_set))
         return fresh, out
 
     # -- checkpoints and state transfer -------------------------------------------------
@@ -223,7 +234,8 @@ class ReplicaHost:
     def checkpoint(self, position: int) -> bytes:
         """Snapshot the state at ``position`` (a checkpoint the protocol takes); returns
         the digest its replicas sign."""
-        return self.snapshots.take(position, self.app, self.requests.rows())
+        executed_set = self.executed_set.to_bytes(32, "big") if self.track_executed_set else b""
+        return self.snapshots.take(position, self.app, self.requests.rows(), executed_set)
 
     def stable(self, position: int, digest: bytes) -> list[Any]:
         """The protocol proved the checkpoint at ``position`` stable with ``digest``."""
@@ -278,6 +290,7 @@ class ReplicaHost:
 
     def _install(self, snapshot: Snapshot, app: StateMachine) -> list[Any]:
         self.requests.install(app, snapshot.clients)
+        self.executed_set = int.from_bytes(snapshot.executed_set, "big")
         out = self.snapshots.installed(snapshot)
         out.extend(self._expect_snapshot_block())
         out.extend(self._arm_cert_timer())

@@ -26,16 +26,25 @@ SNAPSHOT_KEY = b"Rsnap"
 
 
 class Snapshot(msgspec.Struct, array_like=True, gc=False):
-    """Everything a checkpoint's digest covers: application state and client table."""
+    """Everything a checkpoint's digest covers: application state and client table (and
+    the executed-set key where the host tracks it)."""
 
     position: int
     app: bytes
     clients: list[ClientRow]
+    executed_set: bytes = b""  # 32 bytes, big-endian, where tracked
 
 
-def checkpoint_digest(state_digest: bytes, clients: list[ClientRow]) -> bytes:
-    """What a checkpoint certifies: the application's state digest and the client table."""
-    return digest_parts(state_digest, msgspec.msgpack.encode(clients))
+def checkpoint_digest(
+    state_digest: bytes, clients: list[ClientRow], executed_set: bytes = b""
+) -> bytes:
+    """What a checkpoint certifies: the application's state digest and the client table,
+    and the executed-set key if it is tracked (so that a replica that installs a snapshot
+    continues from a key its peers vouched for)."""
+    parts = [state_digest, msgspec.msgpack.encode(clients)]
+    if executed_set:
+        parts.append(executed_set)
+    return digest_parts(*parts)
 
 
 class FetchState(msgspec.Struct, tag=20, array_like=True, frozen=True, gc=False):
@@ -60,10 +69,12 @@ class Snapshots:
         self.taken: dict[int, tuple[Snapshot, bytes]] = {}  # position -> (snapshot, digest)
         self.stable: Snapshot | None = None
 
-    def take(self, position: int, app: StateMachine, clients: list[ClientRow]) -> bytes:
+    def take(
+        self, position: int, app: StateMachine, clients: list[ClientRow], executed_set: bytes
+    ) -> bytes:
         """Snapshot the state at ``position``; returns the checkpoint digest to sign."""
-        snapshot = Snapshot(position, app.snapshot(), clients)
-        digest = checkpoint_digest(app.state_digest(), clients)
+        snapshot = Snapshot(position, app.snapshot(), clients, executed_set)
+        digest = checkpoint_digest(app.state_digest(), clients, executed_set)
         self.taken[position] = (snapshot, digest)
         return digest
 
@@ -118,4 +129,4 @@ def open_state_data(
         return None
     if snap.position != msg.position:
         return None
-    return snap, app, checkpoint_digest(app.state_digest(), snap.clients)
+    return snap, app, checkpoint_digest(app.state_digest(), snap.clients, snap.executed_set)

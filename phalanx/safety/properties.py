@@ -53,7 +53,11 @@ def request_key(request: RequestId) -> int:
     )
 
 
+SET_KEY_MODULUS = 1 << 256
+
+
 def executed_set_key(requests: Iterable[RequestId]) -> int:
     """An order-independent key of a set of executed requests: the sum of their hashes
-    modulo 2^256, so that it can be kept incrementally as requests execute."""
-    return sum(request_key(r) for r in requests) % (1 << 256)
+    modulo 2^256, so that it can be kept incrementally as requests execute (add the key
+    of the new ones)."""
+    return sum(request_key(r) for r in requests) % SET_KEY_MODULUS

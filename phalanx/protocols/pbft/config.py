@@ -53,6 +53,9 @@ class PbftConfig:
     (16 MiB) however large the requests are."""
     single_shot: bool = False
     """Decide exactly one value, at seq 1 (the consensus service of leaderless SMR)."""
+    track_executed_set: bool = False
+    """Report the key of the set of requests executed so far with every batch (the
+    simulator's checker of equal states for equal executed sets)."""
     state_digest_every_batch: bool = False
     """Report the state root with every executed batch (simulator checkers); otherwise
     only at checkpoints, where it is needed anyway."""

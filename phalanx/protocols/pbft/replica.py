@@ -67,6 +67,7 @@ class PbftReplica:
             replica_id, quorums, crypto, make_state_machine, self,
             max_request_bytes=self.config.max_request_bytes,
             check_request=(lambda req: True) if unchecked else None,
+            track_executed_set=self.config.track_executed_set,
         )
         # Of the requests waiting to be ordered (host.pending), the ones not yet in a
         # batch of this view (the primary's queue, kept on every replica so that a new
