@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from phalanx.protocols.registry import protocol
+from phalanx.protocols.spec import MakeReplica
 from phalanx.runtime.sim.latency import LatencyMatrix
 from phalanx.runtime.sim.network import (
     ConstantLatency,
@@ -50,13 +51,16 @@ def kv_simulation(
     client_retransmit_s: float,
     multicast: bool = False,
     f: int | None = None,
+    make_replica: MakeReplica | None = None,
     **kwargs: Any,
 ) -> Simulation:
     """A simulated cluster of ``protocol_name`` replicas over the key-value store, with
     its clients' cores (sending each request to every replica if ``multicast``); ``f``
     defaults to the most faults ``n`` replicas tolerate; ``kwargs`` go to
-    :class:`Simulation` (trace, ...; ``checkers`` default to the protocol's)."""
+    :class:`Simulation` (trace, ...; ``checkers`` default to the protocol's).
+    ``make_replica`` replaces the protocol's (the fuzzer's planted bugs)."""
     proto = protocol(protocol_name)
+    build = make_replica or proto.make_replica
     quorums = proto.quorums(n, f)
     kwargs.setdefault("checkers", proto.checkers())
 
@@ -69,7 +73,7 @@ def kv_simulation(
     return Simulation(
         seed,
         n,
-        lambda rid, crypto: proto.make_replica(rid, quorums, crypto, KVStore, options),
+        lambda rid, crypto: build(rid, quorums, crypto, KVStore, options),
         make_client,
         network,
         messages=proto.messages,

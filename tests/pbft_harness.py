@@ -32,6 +32,7 @@ def cluster(
     network: NetworkModel | None = None,
     multicast: bool = False,
     f: int | None = None,
+    replica_class: type[PbftReplica] = PbftReplica,
     **kwargs,
 ) -> Simulation:
     """``multicast``: clients send every request to all replicas (backups do not forward);
@@ -40,7 +41,7 @@ def cluster(
     return Simulation(
         seed,
         n,
-        lambda rid, crypto: PbftReplica(rid, quorums, crypto, KVStore, config),
+        lambda rid, crypto: replica_class(rid, quorums, crypto, KVStore, config),
         lambda crypto: PbftClient(crypto, quorums, retransmit_timeout=0.3, multicast=multicast),
         network or NetworkModel(latency=ConstantLatency(0.001)),
         messages=ALL_MESSAGES,

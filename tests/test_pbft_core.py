@@ -219,9 +219,10 @@ def test_with_link_based_new_view_acceptance_a_lagging_replica_installs_a_splice
     unsigned): the lagging replica installs the spliced O set, without slot 1."""
     o = oracle()
     _, spliced = _two_quorums_that_decide_differently(o)
-    lagging = instance(me=0, config=PbftConfig(
-        checkpoint_interval=4, window=8, view_change_timeout=1.0,
-        planted_bug="unsigned_new_view"))
+    from phalanx.byzantine.pbft_planted import PLANTED_BUGS
+
+    instance_class = PLANTED_BUGS["unsigned_new_view"].replica_class.instance_class
+    lagging = instance_class(0, 0, Q, oracle().node_crypto(0), CONFIG, lambda p: True)
     lagging.on_message(3, NewView(0, 1, spliced))
     assert lagging.view == 1 and 1 not in lagging.slots
 

@@ -9,6 +9,7 @@ from pbft_harness import FAST, assert_consistent, cluster, executed_requests, pu
 
 from phalanx.protocols.pbft.config import PbftConfig
 from phalanx.protocols.pbft.instance import PbftInstance
+from phalanx.protocols.pbft.replica import PbftReplica
 from phalanx.runtime.sim.simulator import Simulation
 from phalanx.safety import SafetyViolation
 
@@ -388,12 +389,13 @@ def _splice_attack(seed: int, planted_bug: str | None = None):
     t=6s (every fault over) with a bound of 30s."""
     from phalanx.byzantine.checkers import LivenessChecker
     from phalanx.byzantine.pbft_attacks import SpliceNewView
+    from phalanx.byzantine.pbft_planted import PLANTED_BUGS
     from phalanx.runtime.sim.network import NetworkModel, UniformLatency
 
     config = PbftConfig(checkpoint_interval=8, window=16, max_batch=4, max_inflight=4,
-                        view_change_timeout=0.5, state_digest_every_batch=True,
-                        planted_bug=planted_bug)
-    sim = cluster(seed=seed, config=config,
+                        view_change_timeout=0.5, state_digest_every_batch=True)
+    replica_class = PLANTED_BUGS[planted_bug].replica_class if planted_bug else PbftReplica
+    sim = cluster(seed=seed, config=config, replica_class=replica_class,
                   network=NetworkModel(latency=UniformLatency(0.001, 0.01)))
     attacker = SpliceNewView(3, seed)
     sim.set_byzantine(3, attacker)

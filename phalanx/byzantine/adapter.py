@@ -27,15 +27,17 @@ StrategyFactory = Callable[[int, int, frozenset[int], Log | None], Behaviour]
 
 @dataclass(frozen=True)
 class FuzzAdapter:
-    make_options: Callable[[random.Random, str | None], Any]
-    """``make_options(rng, planted_bug)``: a random protocol configuration for one seed,
-    with the named planted bug switched on (or none)."""
+    make_options: Callable[[random.Random], Any]
+    """``make_options(rng)``: a random protocol configuration for one seed."""
     strategies: Mapping[str, StrategyFactory]
     """Protocol-aware Byzantine strategies by name (the Borgesian one is generic)."""
     signer_field: str = "replica"
     fixups: Mapping[type, Fixup] = field(default_factory=dict)
     view_change_timeout: float = 0.5
     """Simulated seconds; scales GST and the liveness bound."""
+    planted_bugs: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    """Deliberate bugs for the fuzzer's self-test: name -> ``make_replica`` (the spec's
+    signature) building replicas that have the bug."""
     needs_lagging_replica: frozenset[str] = frozenset()
     """Strategies whose attack needs a correct replica that misses a view change: a plan
     drawing one also crashes a correct replica for a while (within the fault model)."""

@@ -117,10 +117,10 @@ class FuzzConfig:
                 )
         if self.max_steps < 1:
             raise ValueError("--steps must be positive")
-        bugs = protocol(self.protocol).planted_bugs
+        adapter = fuzz_adapter(self.protocol)
+        bugs = adapter.planted_bugs
         if self.planted_bug is not None and self.planted_bug not in bugs:
             raise ValueError(f"unknown planted bug {self.planted_bug!r}; known: {', '.join(bugs)}")
-        adapter = fuzz_adapter(self.protocol)
         for name in self.strategies or ():
             if name != "twins" and name not in adapter.strategies:
                 known = ", ".join(["twins", *sorted(adapter.strategies)])
@@ -244,7 +244,7 @@ def make_plan(config: FuzzConfig, seed: int) -> Plan:
         n=n,
         f=config.faults(n),
         byzantine=byzantine,
-        options=spec.make_options(rng, config.planted_bug),
+        options=spec.make_options(rng),
         latency=(0.001, rng.choice((0.002, 0.01, 0.03))),
         drop=rng.choice((0.0, 0.0, 0.01, 0.05)),
         duplicate=rng.choice((0.0, 0.02)),
@@ -309,6 +309,7 @@ def run_plan(
     sim = kv_simulation(
         config.protocol, plan.n, plan.seed, network, plan.options, 0.3, f=plan.f,
         multicast=plan.multicast, record_trace=record,
+        make_replica=spec.planted_bugs[config.planted_bug] if config.planted_bug else None,
     )
     behaviours: dict[int, Behaviour] = {}
     for replica, strategy in plan.byzantine:

@@ -22,6 +22,7 @@ from phalanx.byzantine.adapter import FuzzAdapter
 from phalanx.byzantine.behaviours import Borgesian, Log, Rewriter, SelectiveDelivery, Voter
 from phalanx.byzantine.generate import MessageGenerator
 from phalanx.byzantine.pbft_attacks import ForgeNewView, HideCommit, SpliceNewView
+from phalanx.byzantine.pbft_planted import PLANTED_BUGS, planted_replica
 from phalanx.core.hashing import digest
 from phalanx.core.messages import Request, decode_batch, encode_batch
 from phalanx.core.quorum import Quorums
@@ -40,7 +41,7 @@ from phalanx.protocols.pbft.messages import (
 from phalanx.runtime.sim.simulator import Behaviour, NodeId, Silent, Simulation
 
 
-def random_options(rng: random.Random, planted_bug: str | None) -> PbftConfig:
+def random_options(rng: random.Random) -> PbftConfig:
     """A small, fast configuration: frequent checkpoints, short windows, shallow or deep
     pipelines — the corners where watermarks, GC and view changes meet."""
     interval = rng.choice((2, 4, 8))
@@ -51,7 +52,6 @@ def random_options(rng: random.Random, planted_bug: str | None) -> PbftConfig:
         max_inflight=rng.choice((1, 2, 4)),
         view_change_timeout=0.5,
         state_digest_every_batch=True,
-        planted_bug=planted_bug,
     )
 
 
@@ -250,6 +250,7 @@ fuzz_adapter = FuzzAdapter(
     signer_field="replica",
     fixups=FIXUPS,
     view_change_timeout=0.5,
+    planted_bugs={name: planted_replica(name) for name in PLANTED_BUGS},
     needs_lagging_replica=frozenset({"splice_new_view"}),
 )
 """PBFT's fuzz adapter (named by its spec: ``phalanx.byzantine.pbft:fuzz_adapter``)."""

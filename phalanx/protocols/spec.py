@@ -11,7 +11,7 @@ variants. Adding a protocol is one package and one line in the registry.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
 import msgspec
@@ -85,8 +85,6 @@ class ProtocolSpec:
     total_order: bool = True
     """Do correct replicas execute the same commands in the same order (so that their
     states must be equal after equal positions, not only after equal sets)?"""
-    planted_bugs: tuple[str, ...] = field(default=())
-    """Deliberate bugs the fuzzer's self-test switches on, by name."""
 
     def quorums(self, n: int, f: int | None = None) -> Quorums:
         """The quorums of ``n`` replicas tolerating ``f`` faults (default: the most

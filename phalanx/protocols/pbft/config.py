@@ -6,21 +6,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-PLANTED_BUGS = (
-    "preprepare_digest",
-    "checkpoint_signature",
-    "request_authenticator",
-    "view_change_proof",
-    "commit_quorum",
-    "quorum_2f_plus_1",
-    "unsigned_new_view",
-)
-"""Deliberate bugs for the fuzzer's self-test (``tests/test_fuzz.py``): a pre-prepare
-accepted without checking its digest; CHECKPOINT signatures not verified; client
-authenticators not verified; VIEW-CHANGE signatures (NEW-VIEW's proof) not verified; a
-commit quorum one too small; every quorum 2f+1 whatever n (right only for n = 3f+1); a
-NEW-VIEW for a later view taken from any sender without the new primary's signature."""
-
 MAX_BATCH_BYTES = 8 << 20
 """Upper bound of max_batch_bytes: half the transport's frame limit leaves room for the
 encoding and for catch-up messages that carry a payload."""
@@ -59,12 +44,8 @@ class PbftConfig:
     state_digest_every_batch: bool = False
     """Report the state root with every executed batch (simulator checkers); otherwise
     only at checkpoints, where it is needed anyway."""
-    planted_bug: str | None = None
-    """Testing only: switch on one of :data:`PLANTED_BUGS` (never in a real cluster)."""
 
     def __post_init__(self) -> None:
-        if self.planted_bug is not None and self.planted_bug not in PLANTED_BUGS:
-            raise ValueError(f"unknown planted bug {self.planted_bug!r}; known: {PLANTED_BUGS}")
         if self.checkpoint_interval < 1:
             raise ValueError("checkpoint_interval must be at least 1")
         if self.window < 2 * self.checkpoint_interval:
@@ -120,4 +101,4 @@ TABLE: dict[str, tuple[str, int, int]] = {
 }
 """The ``[pbft]`` table of a cluster file: key -> (field, units per second of a time in
 the field's seconds, or 1; the smallest value the key takes). The test-only fields
-(``single_shot``, ``state_digest_every_batch``, ``planted_bug``) have no key."""
+(``single_shot``, ``track_executed_set``, ``state_digest_every_batch``) have no key."""

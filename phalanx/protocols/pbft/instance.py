@@ -119,16 +119,6 @@ class Slot:
     echoed: dict[int, int] = field(default_factory=dict)  # peer -> sync tick of last answer
 
 
-@dataclass(frozen=True, slots=True)
-class _TwoFPlusOneQuorums(Quorums):
-    """Planted bug (fuzzer self-test): quorums of 2f+1 whatever n, which two halves of a
-    cluster with n > 3f+1 can each reach on their own."""
-
-    @property
-    def strong(self) -> int:
-        return 2 * self.f + 1
-
-
 def _digests(slot: Slot) -> set[bytes]:
     return {slot.digest, slot.committed_digest, *slot.q_entries}
 
@@ -151,8 +141,6 @@ class PbftInstance:
     ) -> None:
         self.instance = instance
         self.me = replica_id
-        if config.planted_bug == "quorum_2f_plus_1":
-            quorums = _TwoFPlusOneQuorums(quorums.n, quorums.f)
         self.q = quorums
         self.crypto = crypto
         self.config = config
@@ -162,8 +150,7 @@ class PbftInstance:
         # the pre-prepare and strong-1 PREPAREs of backups, committed with strong
         # COMMITs; a checkpoint is stable, a view change decidable, with strong messages.
         self.prepare_quorum = quorums.strong - 1
-        # Or one less with the planted bug switched on (fuzzer self-test).
-        self.commit_quorum = quorums.strong - (config.planted_bug == "commit_quorum")
+        self.commit_quorum = quorums.strong
 
         self.view = 0
         self.in_view_change = False
@@ -398,7 +385,7 @@ class PbftInstance:
         if slot.pp_view == pp.view:
             self._drop("equivocation" if slot.digest != pp.digest else "duplicate", src)
             return
-        if sha256(pp.payload) != pp.digest and self.config.planted_bug != "preprepare_digest":
+        if not self._digest_matches(pp):
             self._drop("bad_digest", src)
             return
         if not self.validate(pp.payload):
@@ -408,6 +395,9 @@ class PbftInstance:
         self._accept_preprepare(pp.seq, pp.view, pp.digest, pp.payload)
         self.out.append(Broadcast(Prepare(self.instance, pp.view, pp.seq, pp.digest)))
         self._check_prepared(pp.seq, pp.view)
+
+    def _digest_matches(self, pp: PrePrepare) -> bool:
+        return sha256(pp.payload) == pp.digest
 
     def _accept_preprepare(
         self, seq: int, view: int, digest: bytes, payload: bytes | None, lazy: bool = False
@@ -551,10 +541,11 @@ class PbftInstance:
         self._record_checkpoint(cp)
 
     def _checkpoint_valid(self, cp: Checkpoint) -> bool:
-        return 0 <= cp.replica < self.q.n and (
-            self.crypto.verify(cp.replica, cp.signed_bytes(), cp.sig)
-            or self.config.planted_bug == "checkpoint_signature"
-        )
+        return 0 <= cp.replica < self.q.n and self._signed_by(cp.replica, cp)
+
+    def _signed_by(self, replica: int, msg: Checkpoint | ViewChange | NewView) -> bool:
+        """Is ``msg`` (a CHECKPOINT, VIEW-CHANGE or NEW-VIEW) signed by ``replica``?"""
+        return self.crypto.verify(replica, msg.signed_bytes(), msg.sig)
 
     def _record_checkpoint(self, cp: Checkpoint) -> None:
         mine = self.checkpoints.setdefault(cp.replica, {})
@@ -725,13 +716,13 @@ class PbftInstance:
             target = sorted(ahead.values())[-self.q.weak]
             self._start_view_change(max(target, self.view + 1))
 
+    def _view_change_signed(self, vc: ViewChange) -> bool:
+        return self._signed_by(vc.replica, vc)
+
     def _view_change_valid(self, vc: ViewChange) -> bool:
         if not 0 <= vc.replica < self.q.n:
             return False
-        if (
-            not self.crypto.verify(vc.replica, vc.signed_bytes(), vc.sig)
-            and self.config.planted_bug != "view_change_proof"
-        ):
+        if not self._view_change_signed(vc):
             return False
         if not self.checkpoint_proof_valid(
             vc.checkpoint_seq, vc.checkpoint_digest, vc.checkpoint_proof
@@ -790,16 +781,9 @@ class PbftInstance:
     def _on_new_view(self, src: int, nv: NewView) -> None:
         if nv.view < self.view or (nv.view == self.view and not self.in_view_change):
             return
-        # The new primary's signature, not the link it came on, says the primary chose
-        # this quorum of VIEW-CHANGEs: so a replica that missed it may take it from
-        # anyone (e.g. in catch-up answers), but from nobody a NEW-VIEW assembled from
-        # another quorum of the same VIEW-CHANGEs.
-        if self.config.planted_bug == "unsigned_new_view":
-            if src != self.q.primary(nv.view) and nv.view == self.view:
-                self._drop("new_view_not_from_primary", src)  # the old, link-based rule
-                return
-        elif not self.crypto.verify(self.q.primary(nv.view), nv.signed_bytes(), nv.sig):
-            self._drop("bad_new_view_signature", src)
+        refused = self._new_view_refused(src, nv)
+        if refused is not None:
+            self._drop(refused, src)
             return
         replicas = [vc.replica for vc in nv.view_changes]
         if len(set(replicas)) != len(replicas) or any(
@@ -815,6 +799,16 @@ class PbftInstance:
             self._drop("bad_new_view", src)
             return
         self._install_new_view(nv, decision)
+
+    def _new_view_refused(self, src: int, nv: NewView) -> str | None:
+        """Why a NEW-VIEW from ``src`` is not the new primary's (None if it is). Its
+        signature, not the link it came on, says the primary chose this quorum of
+        VIEW-CHANGEs: so a replica that missed it may take it from anyone (e.g. in
+        catch-up answers), but from nobody a NEW-VIEW assembled from another quorum of
+        the same VIEW-CHANGEs."""
+        if not self._signed_by(self.q.primary(nv.view), nv):
+            return "bad_new_view_signature"
+        return None
 
     def _install_new_view(self, nv: NewView, decision: NewViewDecision) -> None:
         self.view, self.in_view_change = nv.view, False

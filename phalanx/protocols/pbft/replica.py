@@ -49,6 +49,8 @@ class PbftReplica:
     """One PBFT replica (instance 0) serving clients over a replicated state machine."""
 
     INSTANCE = 0
+    instance_class: type[PbftInstance] = PbftInstance
+    """The ordering instance (a test seam: the fuzzer's planted bugs subclass it)."""
 
     def __init__(
         self,
@@ -62,11 +64,10 @@ class PbftReplica:
         self.q = quorums
         self.crypto = crypto
         self.config = config or PbftConfig()
-        unchecked = self.config.planted_bug == "request_authenticator"
         self.host = ReplicaHost(
             replica_id, quorums, crypto, make_state_machine, self,
             max_request_bytes=self.config.max_request_bytes,
-            check_request=(lambda req: True) if unchecked else None,
+            check_request=self._check_request,
             track_executed_set=self.config.track_executed_set,
         )
         # Of the requests waiting to be ordered (host.pending), the ones not yet in a
@@ -89,7 +90,7 @@ class PbftReplica:
         self.fill_gaps = 0
         self.fill_timer_armed = False
         self.fill_expired = False
-        self.instance = PbftInstance(
+        self.instance = self.instance_class(
             self.INSTANCE, replica_id, quorums, crypto, self.config, self._validate_batch
         )
 
@@ -158,6 +159,10 @@ class PbftReplica:
     @property
     def last_executed(self) -> int:
         return self.instance.last_decided
+
+    def _check_request(self, req: Request) -> bool:
+        """Is this replica's entry of ``req``'s authenticator valid?"""
+        return self.crypto.check_request(req)
 
     # -- the host's view of our checkpoints (host.StableCheckpoints) --------------------
 

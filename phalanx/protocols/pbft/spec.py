@@ -9,7 +9,7 @@ from phalanx.core.crypto import ClientCrypto, NodeCrypto
 from phalanx.core.quorum import Quorums
 from phalanx.host import HOST_PHASES
 from phalanx.protocols.pbft.client import PbftClient
-from phalanx.protocols.pbft.config import PLANTED_BUGS, PbftConfig
+from phalanx.protocols.pbft.config import PbftConfig
 from phalanx.protocols.pbft.messages import ALL_MESSAGES
 from phalanx.protocols.pbft.replica import BATCH_TIMER, PbftReplica
 from phalanx.protocols.spec import ProtocolSpec
@@ -47,9 +47,11 @@ ALARMS = ("state_divergence", "new_view_conflicts_with_commit")
 def make_replica(
     replica_id: int, quorums: Quorums, crypto: NodeCrypto,
     make_state_machine: StateMachineFactory, options: PbftConfig | Mapping[str, Any],
+    replica_class: type[PbftReplica] = PbftReplica,
 ) -> PbftReplica:
+    """A PBFT replica (``replica_class``: a test seam for the fuzzer's planted bugs)."""
     config = options if isinstance(options, PbftConfig) else PbftConfig.from_table(options)
-    return PbftReplica(replica_id, quorums, crypto, make_state_machine, config)
+    return replica_class(replica_id, quorums, crypto, make_state_machine, config)
 
 
 def make_client(crypto: ClientCrypto, quorums: Quorums, retransmit_timeout: float) -> PbftClient:
@@ -84,5 +86,4 @@ SPEC = ProtocolSpec(
     leader=leader,
     checkers=checkers,
     fuzz="phalanx.byzantine.pbft:fuzz_adapter",
-    planted_bugs=PLANTED_BUGS,
 )
