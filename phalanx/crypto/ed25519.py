@@ -41,6 +41,11 @@ class Ed25519NodeCrypto:
         self._verify_keys = [VerifyKey(pk) for pk in replica_public_keys]
         self._client_keys = PairwiseKeys(keypair, client_key_cache_size, MacKey)
 
+    threshold = None
+    """No threshold signatures yet (BLS12-381 comes with Destiny)."""
+    trusted_counter = None
+    """No trusted monotonic counter yet (comes with Destiny's Linear Hybster)."""
+
     def sign(self, data: bytes) -> bytes:
         """This replica's 64-byte Ed25519 signature over ``data``."""
         return self._keypair.sign(data)

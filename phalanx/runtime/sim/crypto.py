@@ -9,13 +9,20 @@ Byzantine replicas), and no object can sign as a correct replica it is not.
 
 This is a model of the real schemes (Ed25519 signatures, HMAC authenticators), not a
 replacement: it keeps their unforgeability and drops their cost, so fuzz runs stay fast.
+
+The oracle also models the two extension points of :mod:`phalanx.core.crypto`: threshold
+signatures (a share is a MAC under the replica's secret; the combined signature a MAC
+under a group secret that only the oracle holds, issued for ``threshold`` valid shares of
+distinct replicas) and trusted monotonic counters (each replica's counters live in the
+oracle, outside the replica — like a trusted execution environment — so a Byzantine
+replica cannot rewind them and a crash does not reset them).
 """
 
 from __future__ import annotations
 
 import hmac
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from phalanx.core.messages import Request
 
@@ -27,6 +34,9 @@ CLIENT_ID_BYTES = 32
 
 _SIGN_DOMAIN = b"phalanx/sim/sign"
 _PAIR_DOMAIN = b"phalanx/sim/pair"
+_SHARE_DOMAIN = b"phalanx/sim/share"
+_GROUP_DOMAIN = b"phalanx/sim/group"
+_COUNTER_DOMAIN = b"phalanx/sim/counter"
 
 
 def _mac(key: bytes, data: bytes) -> bytes:
@@ -45,16 +55,29 @@ class SymbolicOracle:
         self.n = n
         self._rng = rng
         self._replica_secrets = [rng.randbytes(32) for _ in range(n)]
+        self._group_secret = rng.randbytes(32)
+        self._trusted_secrets = [rng.randbytes(32) for _ in range(n)]
+        # replica -> counter -> current value: the trusted components' state.
+        self._counters: list[dict[int, int]] = [{} for _ in range(n)]
         # client id -> pairwise key with each replica (index = replica id). Real clients
         # share one HMAC key per replica; a replica can thus forge only its own entry.
         self._pair_keys: dict[bytes, list[bytes]] = {}
 
     # -- capabilities -------------------------------------------------------------
 
-    def node_crypto(self, replica_id: int, colluders: Iterable[int] = ()) -> SymbolicNodeCrypto:
+    def node_crypto(
+        self, replica_id: int, colluders: Iterable[int] = (), *, threshold: int = 0,
+        trusted_counter: bool = False,
+    ) -> SymbolicNodeCrypto:
         """The crypto of replica ``replica_id``; ``colluders`` are the replicas it may also
-        sign as (give them only to Byzantine replicas, and only Byzantine colluders)."""
-        return SymbolicNodeCrypto(self, replica_id, colluders)
+        sign as (give them only to Byzantine replicas, and only Byzantine colluders). With
+        ``threshold`` > 0 it holds a threshold signer of that many shares; with
+        ``trusted_counter`` a trusted monotonic counter."""
+        return SymbolicNodeCrypto(
+            self, replica_id, colluders,
+            threshold=SymbolicThresholdSigner(self, replica_id, threshold) if threshold else None,
+            trusted_counter=SymbolicTrustedCounter(self, replica_id) if trusted_counter else None,
+        )
 
     def new_client(self) -> SymbolicClientCrypto:
         """Register a fresh client with a random 32-byte id and return its crypto."""
@@ -86,18 +109,32 @@ class SymbolicOracle:
     def _pair_mac(self, client_id: bytes, replica_id: int, request_digest: bytes) -> bytes:
         return _mac(self._pair_keys[client_id][replica_id], request_digest)
 
+    def _share(self, signer: int, data: bytes) -> bytes:
+        return _mac(self._replica_secrets[signer], _SHARE_DOMAIN + data)
+
+    def _group(self, data: bytes) -> bytes:
+        return _mac(self._group_secret, _GROUP_DOMAIN + data)
+
+    def _counter_mac(self, replica: int, counter: int, value: int, data: bytes) -> bytes:
+        prefix = counter.to_bytes(8, "big") + value.to_bytes(8, "big")
+        return _mac(self._trusted_secrets[replica], _COUNTER_DOMAIN + prefix + data)
+
 
 class SymbolicNodeCrypto:
     """:class:`phalanx.core.crypto.NodeCrypto` of one replica under the symbolic scheme."""
 
     def __init__(
-        self, oracle: SymbolicOracle, replica_id: int, colluders: Iterable[int] = ()
+        self, oracle: SymbolicOracle, replica_id: int, colluders: Iterable[int] = (), *,
+        threshold: SymbolicThresholdSigner | None = None,
+        trusted_counter: SymbolicTrustedCounter | None = None,
     ) -> None:
         if not 0 <= replica_id < oracle.n:
             raise ValueError(f"replica id {replica_id} outside 0..{oracle.n - 1}")
         self._oracle = oracle
         self.replica_id = replica_id
         self.colluders = frozenset(colluders) | {replica_id}
+        self.threshold = threshold
+        self.trusted_counter = trusted_counter
 
     def sign(self, data: bytes) -> bytes:
         """This replica's signature over ``data``."""
@@ -129,6 +166,69 @@ class SymbolicNodeCrypto:
         except Exception:
             # Garbage from a Byzantine sender must be rejected, never crash the replica.
             return False
+
+
+class SymbolicThresholdSigner:
+    """:class:`phalanx.core.crypto.ThresholdSigner` of one replica, symbolic."""
+
+    def __init__(self, oracle: SymbolicOracle, replica_id: int, threshold: int) -> None:
+        if not 1 <= threshold <= oracle.n:
+            raise ValueError(f"threshold must be in 1..{oracle.n}, got {threshold}")
+        self._oracle = oracle
+        self.replica_id = replica_id
+        self.threshold = threshold
+
+    def sign_share(self, data: bytes) -> bytes:
+        return self._oracle._share(self.replica_id, data)
+
+    def verify_share(self, signer: int, data: bytes, share: bytes) -> bool:
+        oracle = self._oracle
+        if not (isinstance(signer, int) and 0 <= signer < oracle.n and isinstance(share, bytes)):
+            return False
+        return hmac.compare_digest(oracle._share(signer, bytes(data)), share)
+
+    def combine(self, data: bytes, shares: Mapping[int, bytes]) -> bytes | None:
+        valid = sum(1 for signer, share in shares.items()
+                    if self.verify_share(signer, data, share))
+        return self._oracle._group(bytes(data)) if valid >= self.threshold else None
+
+    def verify(self, data: bytes, signature: bytes) -> bool:
+        if not isinstance(signature, bytes):
+            return False
+        return hmac.compare_digest(self._oracle._group(bytes(data)), signature)
+
+
+class SymbolicTrustedCounter:
+    """:class:`phalanx.core.crypto.TrustedCounter` of one replica, symbolic: its state is
+    the oracle's, so no behaviour of the replica (and no crash) can rewind it."""
+
+    def __init__(self, oracle: SymbolicOracle, replica_id: int) -> None:
+        self._oracle = oracle
+        self.replica_id = replica_id
+
+    def certify(self, counter: int, value: int, data: bytes) -> bytes:
+        counters = self._oracle._counters[self.replica_id]
+        current = counters.get(counter, 0)
+        if value <= current:
+            raise ValueError(f"trusted counter {counter} is at {current}: cannot certify "
+                             f"{value} (values only go up)")
+        counters[counter] = value
+        return self._oracle._counter_mac(self.replica_id, counter, value, data)
+
+    def value(self, counter: int) -> int:
+        return self._oracle._counters[self.replica_id].get(counter, 0)
+
+    def verify(
+        self, replica: int, counter: int, value: int, data: bytes, certificate: bytes
+    ) -> bool:
+        oracle = self._oracle
+        try:
+            if not 0 <= replica < oracle.n or not isinstance(certificate, bytes):
+                return False
+            expected = oracle._counter_mac(replica, counter, value, bytes(data))
+        except (TypeError, ValueError, OverflowError):
+            return False
+        return hmac.compare_digest(expected, certificate)
 
 
 class SymbolicClientCrypto:
