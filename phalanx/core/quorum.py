@@ -12,7 +12,8 @@ halves of the cluster each decide on their own. BFT-SMaRt sizes its quorums the 
 
 A protocol whose replicas hold a trusted component that stops equivocation (a trusted
 monotonic counter: Destiny's Linear Hybster) needs only n >= 2f+1 replicas, and quorums
-that intersect in one replica: a majority, f+1 of 2f+1.
+that intersect in one replica: a majority, f+1 of 2f+1. So does a protocol that only
+tolerates crashes.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ BYZANTINE = Resilience("byzantine", 3)
 """n >= 3f+1: Byzantine replicas that may equivocate."""
 TRUSTED = Resilience("trusted component", 2)
 """n >= 2f+1: Byzantine replicas whose trusted component stops equivocation."""
+CRASH = Resilience("crash", 2)
+"""n >= 2f+1: replicas that may only stop (and restart from their disk)."""
 
 
 @dataclass(frozen=True, slots=True)
