@@ -609,3 +609,24 @@ def test_the_wire_refuses_negative_or_oversized_views_seqs_instances_and_short_d
 
     with pytest.raises(msgspec.ValidationError):
         protocol("pbft").decoder().decode(encode(bad))
+
+
+def test_a_cached_reply_carries_the_current_view():
+    """A retransmitted request is answered from the client table, in the replica's current
+    view: clients learn the view (and so the primary) from replies. (The replica host
+    once answered cached replies in view 0: caught by comparing simulator traces.)"""
+    from phalanx.core.messages import Reply, Request
+    from phalanx.host import ClientRecord
+    from phalanx.protocols.pbft.replica import PbftReplica
+    from phalanx.statemachine.kv import KVStore
+
+    o = oracle()
+    client = o.new_client()
+    replica = PbftReplica(0, Q, o.node_crypto(0), KVStore, CONFIG)
+    replica.host.requests.clients[client.public_key] = ClientRecord(7, b"done")
+    replica.instance.view = 2
+    unsigned = Request(client.public_key, 7, b"op")
+    request = msgspec.structs.replace(unsigned, auth=client.authenticate(unsigned.digest()))
+    out = replica.on_client_message(request.reply_to, request)
+    replies = [e.msg for e in out if isinstance(getattr(e, "msg", None), Reply)]
+    assert [(r.view, r.result) for r in replies] == [(2, b"done")]

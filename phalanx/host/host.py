@@ -154,12 +154,15 @@ class ReplicaHost:
 
     # -- requests -----------------------------------------------------------------------
 
-    def admit(self, req: Request, client: bytes | None, src: int) -> tuple[str, list[Any]]:
+    def admit(
+        self, req: Request, client: bytes | None, src: int, view: int = 0
+    ) -> tuple[str, list[Any]]:
         """Classify a request that arrived from ``client`` (the connection it came on) or
         was relayed by replica ``src`` (``client`` None): returns the
         :class:`~phalanx.host.requests.Admission` status and the effects that answer or
-        count it. ``"new"`` is not queued yet: the protocol calls :meth:`enqueue` once it
-        decided to order it."""
+        count it (a cached reply carries ``view``, the protocol's current one). ``"new"``
+        is not queued yet: the protocol calls :meth:`enqueue` once it decided to order
+        it."""
         admission = self.requests.admit(req)
         status = admission.status
         if status in ("new", "waiting"):
@@ -173,8 +176,8 @@ class ReplicaHost:
             return status, out
         if status == "cached" and client is not None:
             # A retransmission: the reply may have been lost.
-            return status, [ToClient(client, self.reply(req.client, req.timestamp,
-                                                        admission.result))]
+            reply = Reply(req.client, view, req.timestamp, self.replica_id, admission.result)
+            return status, [ToClient(client, reply)]
         return status, [Dropped("stale_request", src)]
 
     def enqueue(self, req: Request) -> None:
@@ -184,9 +187,6 @@ class ReplicaHost:
         """May a batch another replica proposed hold ``req``? (see
         :meth:`Requests.valid_in_batch`)."""
         return self.requests.valid_in_batch(req)
-
-    def reply(self, client: bytes, timestamp: int, result: bytes, view: int = 0) -> Reply:
-        return Reply(client, view, timestamp, self.replica_id, result)
 
     # -- execution ----------------------------------------------------------------------
 

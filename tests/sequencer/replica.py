@@ -109,7 +109,7 @@ class SequencerReplica:
     # -- requests and ordering ----------------------------------------------------------
 
     def _on_request(self, req: Request, client: bytes | None, src: int) -> list[Any]:
-        status, out = self.host.admit(req, client, src)
+        status, out = self.host.admit(req, client, src, self.view)
         if status == "new":
             self.host.enqueue(req)
             self.unproposed[req.client] = req

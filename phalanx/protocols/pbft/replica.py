@@ -197,7 +197,7 @@ class PbftReplica:
 
     def _on_request(self, req: Request, client: bytes | None, forwarder: int | None) -> list[Any]:
         src = -1 if forwarder is None else forwarder
-        status, out = self.host.admit(req, client, src)
+        status, out = self.host.admit(req, client, src, self.instance.view)
         if status == "waiting":
             # A client retransmits to everyone: make sure the primary has it too.
             out.extend(self._relay(req, forwarder))

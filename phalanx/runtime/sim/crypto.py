@@ -55,8 +55,10 @@ class SymbolicOracle:
         self.n = n
         self._rng = rng
         self._replica_secrets = [rng.randbytes(32) for _ in range(n)]
-        self._group_secret = rng.randbytes(32)
-        self._trusted_secrets = [rng.randbytes(32) for _ in range(n)]
+        # Derived, not drawn: the simulation's RNG stream (keys, client ids, and so every
+        # run of a seed) stays what it was before these secrets existed.
+        self._group_secret = _mac(b"".join(self._replica_secrets), _GROUP_DOMAIN)
+        self._trusted_secrets = [_mac(secret, _COUNTER_DOMAIN) for secret in self._replica_secrets]
         # replica -> counter -> current value: the trusted components' state.
         self._counters: list[dict[int, int]] = [{} for _ in range(n)]
         # client id -> pairwise key with each replica (index = replica id). Real clients
