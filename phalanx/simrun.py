@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from phalanx.measure.latency import LatencyMatrix
 from phalanx.protocols.registry import protocol
-from phalanx.runtime.sim.latency import LatencyMatrix
 from phalanx.runtime.sim.network import (
     ConstantLatency,
     LatencyModel,

@@ -44,8 +44,8 @@ from phalanx.core.effects import Broadcast, CancelTimer, Completed, Send, SetTim
 from phalanx.core.messages import encode
 from phalanx.crypto.ed25519 import Ed25519ClientCrypto, Ed25519NodeCrypto
 from phalanx.crypto.keys import KeyPair
+from phalanx.measure.accounting import Accounting, timed_factory
 from phalanx.protocols.registry import protocol as protocol_spec
-from phalanx.runtime.accounting import Accounting, timed_factory
 from phalanx.runtime.sim.costmodel import CostModel, cost_ns
 from phalanx.statemachine.kv import KVStore, encode_put
 

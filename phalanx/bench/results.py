@@ -35,8 +35,8 @@ from typing import Any
 import msgspec
 
 from phalanx.bench.verdict import NodeCosts, verdict
-from phalanx.runtime.accounting import delta as accounting_delta
-from phalanx.runtime.accounting import phase_split
+from phalanx.measure.accounting import delta as accounting_delta
+from phalanx.measure.accounting import phase_split
 from phalanx.safety import states_agree
 
 # The keys of the results object, in the order DESIGN.md lists them, then the extras.
@@ -272,7 +272,7 @@ class NodeWindow:
     rss_bytes: int | None = None
     executed: int | None = None
     killed: bool = False
-    accounting: dict[str, Any] | None = None  # runtime/accounting.py delta over the window
+    accounting: dict[str, Any] | None = None  # measure/accounting.py delta over the window
     bandwidth_bps: float | None = None  # the node's emulated link cap, if any
 
     def phases(self) -> dict[str, Any] | None:

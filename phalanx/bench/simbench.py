@@ -31,10 +31,10 @@ from phalanx.bench.results import (
     Safety,
     build_results,
 )
+from phalanx.measure.accounting import delta
+from phalanx.measure.latency import LatencyMatrix
 from phalanx.protocols.registry import protocol
-from phalanx.runtime.accounting import delta
 from phalanx.runtime.sim.costmodel import CostModel
-from phalanx.runtime.sim.latency import LatencyMatrix
 from phalanx.runtime.sim.network import ConstantLatency, LatencyModel, MatrixLatency, NetworkModel
 from phalanx.runtime.sim.resources import Resources
 from phalanx.runtime.sim.simulator import Simulation

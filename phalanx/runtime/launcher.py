@@ -30,9 +30,9 @@ from phalanx.config import ClusterConfig, load, load_private_key
 from phalanx.crypto.ed25519 import Ed25519NodeCrypto
 from phalanx.crypto.keys import KeyPair
 from phalanx.ledger.state import make_ledger_factory
+from phalanx.measure.accounting import Accounting, timed_factory
 from phalanx.protocols.registry import protocol
 from phalanx.runtime import run
-from phalanx.runtime.accounting import Accounting, timed_factory
 from phalanx.runtime.linkfaults import LINK_FAULTS_ENV
 from phalanx.runtime.linkfaults import install as install_link_faults
 from phalanx.runtime.metrics import Metrics

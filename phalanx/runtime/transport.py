@@ -53,7 +53,7 @@ import msgspec
 
 from phalanx.crypto.keys import KeyPair, PairwiseKeys, pairwise_key
 from phalanx.crypto.mac import mac
-from phalanx.runtime.accounting import Accounting
+from phalanx.measure.accounting import Accounting
 from phalanx.runtime.framing import (
     DEFAULT_MAX_FRAME,
     FRAME_OVERHEAD,
@@ -587,7 +587,7 @@ class Endpoint:
         self.closing = False
         self.pending_handshakes = 0
         self.max_pending_handshakes = max_pending_handshakes
-        # Per-type bytes and transport time (runtime/accounting.py), if the owner wants them.
+        # Per-type bytes and transport time (measure/accounting.py), if the owner wants them.
         self.accounting: Accounting | None = None
         # WAN emulation (runtime/wan.py): link delays and a bandwidth cap, if any.
         self._shaper: Shaper | None = None

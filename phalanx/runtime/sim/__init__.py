@@ -6,8 +6,8 @@ the driver, ``network.py`` and ``latency.py`` for the network model and ``crypto
 symbolic signatures; the safety properties asserted as it runs are :mod:`phalanx.safety`'s.
 """
 
+from phalanx.measure.latency import LatencyMatrix
 from phalanx.runtime.sim.crypto import SymbolicClientCrypto, SymbolicNodeCrypto, SymbolicOracle
-from phalanx.runtime.sim.latency import LatencyMatrix
 from phalanx.runtime.sim.network import (
     ConstantLatency,
     LatencyModel,

@@ -20,7 +20,7 @@ simulator:
 Clients are mapped onto ``client_procs`` load-generator CPUs, as the bench runs them.
 Replies from one step to the clients of one load generator share one frame (the real
 replica coalesces replies per shared connection). Every charge is also recorded per
-replica in an :class:`~phalanx.runtime.accounting.Accounting`, so a simulated run reports
+replica in an :class:`~phalanx.measure.accounting.Accounting`, so a simulated run reports
 the same per-phase figures, and gets the same bottleneck verdict, as a measured one.
 """
 
@@ -30,7 +30,7 @@ from collections import deque
 from typing import Any
 
 from phalanx.core.effects import Executed
-from phalanx.runtime.accounting import Accounting
+from phalanx.measure.accounting import Accounting
 from phalanx.runtime.sim.costmodel import CostModel, cost_ns
 
 _DELIVER = 1  # the simulator's event kind for deliveries (see simulator.py)
