@@ -121,8 +121,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def _cmd_sim_costed(args: argparse.Namespace) -> int:
     from phalanx.bench.results import render_summary, to_json
     from phalanx.bench.simbench import ScaleSpec, run_scale
-    from phalanx.runtime.sim.costmodel import CostModel
     from phalanx.runtime.wan import parse_bandwidth
+    from phalanx.sim.costmodel import CostModel
 
     spec = ScaleSpec(
         protocol=args.protocol, n=args.n, clients=args.clients, payload=args.payload,

@@ -8,15 +8,16 @@ from typing import Any
 
 from phalanx.measure.latency import LatencyMatrix
 from phalanx.protocols.registry import protocol
-from phalanx.runtime.sim.network import (
+from phalanx.sim.kv_cluster import kv_simulation
+from phalanx.sim.network import (
     ConstantLatency,
     LatencyModel,
     MatrixLatency,
     NetworkModel,
     UniformLatency,
 )
-from phalanx.runtime.sim.simulator import Simulation
-from phalanx.statemachine.kv import KVStore, encode_put
+from phalanx.sim.simulator import Simulation
+from phalanx.statemachine.kv import encode_put
 
 
 @dataclass
@@ -39,42 +40,6 @@ class SimSpec:
     wan: str | None = None
     regions: tuple[str, ...] = ()
     options: dict[str, Any] | None = None
-
-
-def kv_simulation(
-    protocol_name: str,
-    n: int,
-    seed: int,
-    network: NetworkModel,
-    options: dict[str, Any],
-    client_retransmit_s: float,
-    multicast: bool = False,
-    f: int | None = None,
-    **kwargs: Any,
-) -> Simulation:
-    """A simulated cluster of ``protocol_name`` replicas over the key-value store, with
-    its clients' cores (sending each request to every replica if ``multicast``); ``f``
-    defaults to the most faults ``n`` replicas tolerate; ``kwargs`` go to
-    :class:`Simulation` (trace, ...; ``checkers`` default to the protocol's)."""
-    proto = protocol(protocol_name)
-    quorums = proto.quorums(n, f)
-    kwargs.setdefault("checkers", proto.checkers())
-
-    def make_client(crypto: Any) -> Any:
-        core = proto.make_client(crypto, quorums, client_retransmit_s)
-        if multicast:
-            core.multicast = True  # type: ignore[attr-defined]
-        return core
-
-    return Simulation(
-        seed,
-        n,
-        lambda rid, crypto: proto.make_replica(rid, quorums, crypto, KVStore, options),
-        make_client,
-        network,
-        messages=proto.messages,
-        **kwargs,
-    )
 
 
 def build(spec: SimSpec) -> Simulation:

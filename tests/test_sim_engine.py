@@ -37,20 +37,7 @@ from phalanx.core.effects import (
 from phalanx.core.hashing import digest
 from phalanx.core.messages import Reply, Request, encode
 from phalanx.core.quorum import Quorums
-from phalanx.runtime.sim import (
-    Behaviour,
-    ConstantLatency,
-    FilterOutgoing,
-    LatencyMatrix,
-    MatrixLatency,
-    NetworkModel,
-    Silent,
-    Simulation,
-    SimulationError,
-    SymbolicOracle,
-    UniformLatency,
-)
-from phalanx.runtime.sim.network import Network
+from phalanx.measure.latency import LatencyMatrix
 from phalanx.safety import (
     AgreementChecker,
     ExactlyOnceChecker,
@@ -59,6 +46,19 @@ from phalanx.safety import (
     ValidityChecker,
     committed_log_hash,
 )
+from phalanx.sim import (
+    Behaviour,
+    ConstantLatency,
+    FilterOutgoing,
+    MatrixLatency,
+    NetworkModel,
+    Silent,
+    Simulation,
+    SimulationError,
+    SymbolicOracle,
+    UniformLatency,
+)
+from phalanx.sim.network import Network
 
 DATA = Path(__file__).parent / "data"
 SHARED = Path("/work/shared/data")

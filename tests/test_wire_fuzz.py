@@ -35,7 +35,7 @@ from phalanx.runtime.framing import (
 )
 from phalanx.runtime.metrics import Metrics
 from phalanx.runtime.node import ReplicaDriver
-from phalanx.runtime.sim.crypto import SymbolicOracle
+from phalanx.sim.crypto import SymbolicOracle
 from phalanx.statemachine.kv import KVStore
 
 FUZZ = settings(

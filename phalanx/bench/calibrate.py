@@ -15,7 +15,7 @@ Three measurements, each of the real code:
    receive costs (system calls included) as ``a + b * bytes``.
 3. **Crypto.** Ed25519 sign and verify, HMAC-SHA256 of a digest, SHA-256 per byte.
 
-The result is a :class:`~phalanx.runtime.sim.costmodel.CostModel` (JSON), the input of
+The result is a :class:`~phalanx.sim.costmodel.CostModel` (JSON), the input of
 ``phalanx sim --cost-model``.
 """
 
@@ -46,7 +46,7 @@ from phalanx.crypto.ed25519 import Ed25519ClientCrypto, Ed25519NodeCrypto
 from phalanx.crypto.keys import KeyPair
 from phalanx.measure.accounting import Accounting, timed_factory
 from phalanx.protocols.registry import protocol as protocol_spec
-from phalanx.runtime.sim.costmodel import CostModel, cost_ns
+from phalanx.sim.costmodel import CostModel, cost_ns
 from phalanx.statemachine.kv import KVStore, encode_put
 
 BURST = 4

@@ -37,7 +37,7 @@ from phalanx.protocols.pbft.messages import (
     SlotSummary,
     ViewChange,
 )
-from phalanx.runtime.sim.simulator import Behaviour, NodeId, Silent, Simulation
+from phalanx.sim.simulator import Behaviour, NodeId, Silent, Simulation
 
 
 def random_options(rng: random.Random, planted_bug: str | None) -> PbftConfig:

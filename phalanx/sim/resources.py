@@ -31,7 +31,7 @@ from typing import Any
 
 from phalanx.core.effects import Executed
 from phalanx.measure.accounting import Accounting
-from phalanx.runtime.sim.costmodel import CostModel, cost_ns
+from phalanx.sim.costmodel import CostModel, cost_ns
 
 _DELIVER = 1  # the simulator's event kind for deliveries (see simulator.py)
 

@@ -1,21 +1,24 @@
 """phalanx's VOPR: a deterministic simulator that runs the unmodified sans-I/O cores.
 
 One seed fixes everything — keys, client ids, latencies, losses, the order of events —
-so a run, and any safety violation it finds, replays exactly. See ``simulator.py`` for
-the driver, ``network.py`` and ``latency.py`` for the network model and ``crypto.py`` for
-symbolic signatures; the safety properties asserted as it runs are :mod:`phalanx.safety`'s.
+so a run, and any safety violation it finds, replays exactly. The simulator is a driver
+of the cores like the asyncio runtime (:mod:`phalanx.runtime`), beside it, and neither
+imports the other. See ``simulator.py`` for the driver, ``network.py`` for the network
+model (RTT matrices are :mod:`phalanx.measure.latency`'s), ``crypto.py`` for symbolic
+signatures, ``resources.py`` and ``costmodel.py`` for CPU and bandwidth as queued
+resources, and ``kv_cluster.py`` for a cluster of a registered protocol; the safety
+properties asserted as it runs are :mod:`phalanx.safety`'s.
 """
 
-from phalanx.measure.latency import LatencyMatrix
-from phalanx.runtime.sim.crypto import SymbolicClientCrypto, SymbolicNodeCrypto, SymbolicOracle
-from phalanx.runtime.sim.network import (
+from phalanx.sim.crypto import SymbolicClientCrypto, SymbolicNodeCrypto, SymbolicOracle
+from phalanx.sim.network import (
     ConstantLatency,
     LatencyModel,
     MatrixLatency,
     NetworkModel,
     UniformLatency,
 )
-from phalanx.runtime.sim.simulator import (
+from phalanx.sim.simulator import (
     Behaviour,
     CompletedRequest,
     FilterOutgoing,
@@ -30,7 +33,6 @@ __all__ = [
     "CompletedRequest",
     "ConstantLatency",
     "FilterOutgoing",
-    "LatencyMatrix",
     "LatencyModel",
     "MatrixLatency",
     "NetworkModel",

@@ -39,10 +39,10 @@ from phalanx.core.effects import (
 )
 from phalanx.core.messages import encode, message_decoder
 from phalanx.core.node import ClientCore, ReplicaCore
-from phalanx.runtime.sim.crypto import SymbolicNodeCrypto, SymbolicOracle
-from phalanx.runtime.sim.network import Network, NetworkModel
 from phalanx.safety import Checker, SafetyViolation, generic_checkers
 from phalanx.safety import committed_log_hash as _log_hash
+from phalanx.sim.crypto import SymbolicNodeCrypto, SymbolicOracle
+from phalanx.sim.network import Network, NetworkModel
 
 MakeReplica = Callable[[int, NodeCrypto], ReplicaCore]
 MakeClient = Callable[[ClientCrypto], ClientCore]
