@@ -17,6 +17,7 @@ from phalanx.sim.network import (
     UniformLatency,
 )
 from phalanx.sim.simulator import Simulation
+from phalanx.sim.summary import run_summary
 from phalanx.statemachine.kv import encode_put
 
 
@@ -79,7 +80,7 @@ def run(spec: SimSpec) -> dict[str, Any]:
     sim.run(until=spec.duration, stop_when=sim.all_clients_done)
     done_at = sim.now
     sim.run(until=sim.now + 2.0)  # let every replica finish executing what committed
-    summary = sim.summary()
+    summary = run_summary(sim)
     summary["protocol"] = spec.protocol
     summary["f"] = protocol(spec.protocol).quorums(spec.n, spec.f).f
     summary["completed_at_s"] = done_at

@@ -147,7 +147,7 @@ def test_whole_cluster_restart_from_disk_keeps_committed_state():
 
 def test_equivocating_primary_is_replaced_and_nothing_diverges():
     from phalanx.protocols.pbft.messages import PrePrepare
-    from phalanx.sim.simulator import FilterOutgoing
+    from phalanx.sim.behaviour import FilterOutgoing
 
     def equivocate(dest, msg):
         # Replicas 1 and 2 get the real batch, replica 3 a different (valid but empty-ish)
@@ -170,7 +170,7 @@ def test_equivocating_primary_is_replaced_and_nothing_diverges():
 
 @pytest.mark.parametrize("multicast", [False, True])
 def test_silent_primary_is_replaced(multicast):
-    from phalanx.sim.simulator import Silent
+    from phalanx.sim.behaviour import Silent
 
     sim = cluster(seed=10, multicast=multicast)
     sim.set_byzantine(0, Silent())
@@ -227,7 +227,7 @@ def test_primary_equivocating_to_every_backup_is_voted_out_by_a_view_change():
 
     from phalanx.core.hashing import digest
     from phalanx.protocols.pbft.messages import PrePrepare
-    from phalanx.sim.simulator import FilterOutgoing
+    from phalanx.sim.behaviour import FilterOutgoing
 
     def equivocate(dest, msg):
         # Each backup gets a different proposal for the same slot: no digest can gather
@@ -440,8 +440,8 @@ def test_a_replica_whose_state_diverged_takes_the_certified_state_and_reexecutes
     from phalanx.protocols.pbft.client import PbftClient
     from phalanx.protocols.pbft.messages import ALL_MESSAGES
     from phalanx.protocols.pbft.replica import PbftReplica
+    from phalanx.sim.behaviour import Behaviour
     from phalanx.sim.network import ConstantLatency, NetworkModel
-    from phalanx.sim.simulator import Behaviour
     from phalanx.statemachine.kv import KVStore, encode_put
 
     corrupted = []

@@ -59,6 +59,7 @@ from phalanx.sim import (
     UniformLatency,
 )
 from phalanx.sim.network import Network
+from phalanx.sim.summary import run_summary
 
 DATA = Path(__file__).parent / "data"
 SHARED = Path("/work/shared/data")
@@ -429,7 +430,7 @@ def test_closed_loop_clients_complete_every_request_and_replicas_agree():
     assert len(hashes) == 1
     assert len(sim.executed_log(0)) == 30
     assert sim.liveness_report().startswith("all 3 clients done")
-    summary = sim.summary()
+    summary = run_summary(sim)
     assert summary["completed"] == 30 and summary["stuck_clients"] == 0
 
 

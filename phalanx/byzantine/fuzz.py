@@ -31,9 +31,10 @@ from phalanx.byzantine.behaviours import ActionBehaviour, Borgesian, Log
 from phalanx.byzantine.checkers import LivenessChecker, LivenessViolation
 from phalanx.protocols.registry import protocol
 from phalanx.safety import SafetyViolation
+from phalanx.sim.behaviour import Behaviour
 from phalanx.sim.kv_cluster import kv_simulation
 from phalanx.sim.network import NetworkModel, UniformLatency
-from phalanx.sim.simulator import TWIN_BASE, Behaviour, Simulation, SimulationError
+from phalanx.sim.simulator import TWIN_BASE, Simulation, SimulationError
 from phalanx.statemachine.kv import encode_put
 
 STRATEGY_WEIGHTS = {

@@ -5,11 +5,13 @@ so a run, and any safety violation it finds, replays exactly. The simulator is a
 of the cores like the asyncio runtime (:mod:`phalanx.runtime`), beside it, and neither
 imports the other. See ``simulator.py`` for the driver, ``network.py`` for the network
 model (RTT matrices are :mod:`phalanx.measure.latency`'s), ``crypto.py`` for symbolic
-signatures, ``resources.py`` and ``costmodel.py`` for CPU and bandwidth as queued
+signatures, ``behaviour.py`` for Byzantine replicas, ``stats.py`` and ``summary.py`` for
+what a run produced, ``resources.py`` and ``costmodel.py`` for CPU and bandwidth as queued
 resources, and ``kv_cluster.py`` for a cluster of a registered protocol; the safety
 properties asserted as it runs are :mod:`phalanx.safety`'s.
 """
 
+from phalanx.sim.behaviour import Behaviour, FilterOutgoing, Silent
 from phalanx.sim.crypto import SymbolicClientCrypto, SymbolicNodeCrypto, SymbolicOracle
 from phalanx.sim.network import (
     ConstantLatency,
@@ -18,24 +20,19 @@ from phalanx.sim.network import (
     NetworkModel,
     UniformLatency,
 )
-from phalanx.sim.simulator import (
-    Behaviour,
-    CompletedRequest,
-    FilterOutgoing,
-    Silent,
-    Simulation,
-    SimulationError,
-    StuckClient,
-)
+from phalanx.sim.simulator import ByzantineHooks, Simulation, SimulationError
+from phalanx.sim.stats import CompletedRequest, NodeStats, StuckClient
 
 __all__ = [
     "Behaviour",
+    "ByzantineHooks",
     "CompletedRequest",
     "ConstantLatency",
     "FilterOutgoing",
     "LatencyModel",
     "MatrixLatency",
     "NetworkModel",
+    "NodeStats",
     "Silent",
     "Simulation",
     "SimulationError",

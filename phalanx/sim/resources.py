@@ -33,8 +33,6 @@ from phalanx.core.effects import Executed
 from phalanx.measure.accounting import Accounting
 from phalanx.sim.costmodel import CostModel, cost_ns
 
-_DELIVER = 1  # the simulator's event kind for deliveries (see simulator.py)
-
 
 class Resources:
     """CPU clocks, inboxes and egress queues of every endpoint of one simulation."""
@@ -114,7 +112,7 @@ class Resources:
         ready = self._ready_at(key)
         if ours:
             if ready > now:
-                sim._push(ready, _DELIVER, src, dst, payload, incarnation)
+                sim.deliver_at(ready, src, dst, payload, incarnation)
                 return True
             del self._releasing[key]
             self._release_next(sim, key, now)
@@ -139,7 +137,7 @@ class Resources:
         if inbox:
             head = inbox.popleft()
             self._releasing[key] = head
-            sim._push(max(at, sim.now), _DELIVER, *head)
+            sim.deliver_at(max(at, sim.now), *head)
 
     def step(self, sim: Any, endpoint: int, effects: list[Any]) -> None:
         """Charge the input just handled by ``endpoint`` (message, timer or submit) and
