@@ -55,7 +55,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
-    from phalanx.runtime.launcher import serve_replica
+    from phalanx.launcher import serve_replica
 
     return serve_replica(args.config, args.id, args.key, args.data_dir, args.durability,
                          accounting=not args.no_accounting, wan_path=args.wan,

@@ -1,7 +1,10 @@
 """One replica process: config + key -> crypto, core, store, transport, driver, HTTP API.
 
-``phalanx node`` calls :func:`serve_replica`; tests and ``phalanx up`` start that command
-as a subprocess, so a replica in a test is exactly what a user runs.
+The composition root of a replica: it chooses the application (key-value store or
+ledger) and the API, and wires them to the asyncio runtime, so it sits above both
+:mod:`phalanx.runtime` and :mod:`phalanx.api`. ``phalanx node`` calls
+:func:`serve_replica`; tests and ``phalanx up`` start that command as a subprocess, so a
+replica in a test is exactly what a user runs.
 
 Start-up order matters: the data directory's lock first, then both listening ports, and
 only then the store. A second process for a replica that already runs (a second
