@@ -12,8 +12,7 @@ synthetic inputs. The inputs are
 :func:`build_results` combines them into the object ``DESIGN.md`` specifies for
 ``phalanx bench --json``; :data:`RESULT_KEYS` lists its keys.
 
-Percentiles use the nearest-rank definition: the p-th percentile of ``N`` samples is the
-smallest sample such that at least ``p%`` of the samples are at most it. Latencies are
+Percentiles are :mod:`phalanx.measure.percentile`'s nearest-rank ones. Latencies are
 kept in a log-bucketed histogram (:class:`LatencyHistogram`) so a long run at high
 throughput costs bounded memory; its percentiles are within half a bucket (0.5%) of the
 exact ones.
@@ -37,6 +36,7 @@ import msgspec
 from phalanx.bench.verdict import NodeCosts, verdict
 from phalanx.measure.accounting import delta as accounting_delta
 from phalanx.measure.accounting import phase_split
+from phalanx.measure.percentile import nearest_rank
 from phalanx.safety import states_agree
 
 # The keys of the results object, in the order DESIGN.md lists them, then the extras.
@@ -87,18 +87,7 @@ HOST_SATURATED = 0.90
 OTHERS_NOISY = 0.15
 
 
-# -- percentiles -----------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank ``q``-th percentile (0 < q <= 100) of ``values`` (need not be sorted)."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 < q <= 100:
-        raise ValueError(f"percentile rank must be in (0, 100], got {q}")
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
+# -- latencies -------------------------------------------------------------------------------
 
 
 class LatencyHistogram:
@@ -145,11 +134,9 @@ class LatencyHistogram:
 
     def percentile_us(self, q: float) -> float | None:
         """Nearest-rank ``q``-th percentile in microseconds (None when empty)."""
-        if not 0 < q <= 100:
-            raise ValueError(f"percentile rank must be in (0, 100], got {q}")
+        rank = nearest_rank(q, self.count)
         if self.count == 0:
             return None
-        rank = max(1, math.ceil(q / 100 * self.count))
         seen = 0
         for index in sorted(self.buckets):
             seen += self.buckets[index]
