@@ -174,12 +174,12 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.app == "ledger":
-        from phalanx.client.demo import run_ledger_demo
+        from phalanx.demo.ledger import run_ledger_demo
 
         return run_ledger_demo(args)
-    from phalanx.cluster import run_demo
+    from phalanx.demo.kv import run_kv_demo
 
-    return run_demo(args)
+    return run_kv_demo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
