@@ -119,8 +119,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim_costed(args: argparse.Namespace) -> int:
-    from phalanx.bench.results import render_summary, to_json
+    from phalanx.bench.results import to_json
     from phalanx.bench.simbench import ScaleSpec, run_scale
+    from phalanx.bench.summary import render_summary
     from phalanx.runtime.wan import parse_bandwidth
     from phalanx.sim.costmodel import CostModel
 
