@@ -108,9 +108,11 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from phalanx.bench.calibrate import calibrate
+    from phalanx.bench.calibrate import CalibrateSpec, calibrate, real_run_command
 
-    model = calibrate(args.protocol, requests=args.requests, real_run=not args.no_real_run)
+    real_run = None if args.no_real_run else build_parser().parse_args(
+        real_run_command(args.protocol))
+    model = calibrate(CalibrateSpec(args.protocol, requests=args.requests, real_run=real_run))
     model.dump(args.out)
     print(f"wrote {args.out}: {len(model.handler)} handler costs, transport send "
           f"{model.transport_send[0] / 1000:.1f} µs + {model.transport_send[1]:.2f} ns/B, "
