@@ -55,7 +55,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
-    from phalanx.runtime.launcher import serve_replica
+    from phalanx.launcher import serve_replica
 
     return serve_replica(args.config, args.id, args.key, args.data_dir, args.durability,
                          accounting=not args.no_accounting, wan_path=args.wan,
@@ -108,9 +108,11 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from phalanx.bench.calibrate import calibrate
+    from phalanx.bench.calibrate import CalibrateSpec, calibrate, real_run_command
 
-    model = calibrate(args.protocol, requests=args.requests, real_run=not args.no_real_run)
+    real_run = None if args.no_real_run else build_parser().parse_args(
+        real_run_command(args.protocol))
+    model = calibrate(CalibrateSpec(args.protocol, requests=args.requests, real_run=real_run))
     model.dump(args.out)
     print(f"wrote {args.out}: {len(model.handler)} handler costs, transport send "
           f"{model.transport_send[0] / 1000:.1f} µs + {model.transport_send[1]:.2f} ns/B, "
@@ -119,10 +121,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim_costed(args: argparse.Namespace) -> int:
-    from phalanx.bench.results import render_summary, to_json
+    from phalanx.bench.results import to_json
     from phalanx.bench.simbench import ScaleSpec, run_scale
-    from phalanx.runtime.sim.costmodel import CostModel
+    from phalanx.bench.summary import render_summary
     from phalanx.runtime.wan import parse_bandwidth
+    from phalanx.sim.costmodel import CostModel
 
     spec = ScaleSpec(
         protocol=args.protocol, n=args.n, clients=args.clients, payload=args.payload,
@@ -174,12 +177,12 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.app == "ledger":
-        from phalanx.client.demo import run_ledger_demo
+        from phalanx.demo.ledger import run_ledger_demo
 
         return run_ledger_demo(args)
-    from phalanx.cluster import run_demo
+    from phalanx.demo.kv import run_kv_demo
 
-    return run_demo(args)
+    return run_kv_demo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
-"""Local clusters of real replica processes: :class:`LocalCluster`, ``phalanx up`` and
-``phalanx demo``.
+"""Local clusters of real replica processes: :class:`LocalCluster` and ``phalanx up``
+(``phalanx demo`` runs one: :mod:`phalanx.demo`).
 
 Every replica is ``python -m phalanx.cli node --config DIR/cluster.toml --id I`` in its own
 process, exactly what an operator runs by hand, so whatever a test or a demo shows about
@@ -16,12 +16,10 @@ directory::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import atexit
 import contextlib
 import ctypes
 import json
-import math
 import os
 import random
 import shutil
@@ -29,12 +27,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -596,213 +593,11 @@ def _exit_reason(code: int) -> str:
     return f"exited with code {code}"
 
 
-# -- phalanx demo ------------------------------------------------------------------------
-
-
-@dataclass
-class _LoadLog:
-    """What the closed-loop clients of the demo observed."""
-
-    completions: list[tuple[float, float]] = field(default_factory=list)  # (done at, latency)
-    errors: int = 0
-    timeouts: int = 0
-    kill_at: float | None = None
-    started: float = 0.0
-    ended: float = 0.0
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))
-    return ordered[rank]
-
-
-async def _client_loop(
-    client: Any, index: int, stopping: asyncio.Event, log: _LoadLog, payload: int, keys: int,
-    request_timeout: float,
-) -> None:
-    from phalanx.runtime.client import RequestFailed
-    from phalanx.statemachine.kv import encode_put
-
-    rng = random.Random(index)
-    count = 0
-    while not stopping.is_set():
-        key = f"key-{rng.randrange(keys):05d}".encode()
-        value = f"client {index} request {count} ".encode().ljust(payload, b".")[:payload]
-        count += 1
-        begin = time.perf_counter()
-        try:
-            await asyncio.wait_for(client.request(encode_put(key, value)), request_timeout)
-        except TimeoutError:
-            # The client core still holds the abandoned request, so this client is done.
-            log.timeouts += 1
-            return
-        except RequestFailed:
-            log.errors += 1
-            continue
-        done = time.perf_counter()
-        log.completions.append((done, done - begin))
-
-
-async def _demo_load(
-    cluster: LocalCluster, clients: int, duration: float, payload: int, keys: int,
-    console: Any,
-) -> _LoadLog:
-    from phalanx.runtime.cluster_client import open_client
-
-    runners = await asyncio.gather(*(open_client(cluster.config) for _ in range(clients)))
-    log = _LoadLog()
-    stopping = asyncio.Event()
-    try:
-        log.started = time.perf_counter()
-        tasks = [
-            asyncio.create_task(
-                _client_loop(c, i, stopping, log, payload, keys, request_timeout=20.0)
-            )
-            for i, c in enumerate(runners)
-        ]
-        await asyncio.sleep(duration / 2)
-        before = len(log.completions)
-        cluster.kill(0)
-        log.kill_at = time.perf_counter()
-        console.print(
-            f"  t={log.kill_at - log.started:4.1f}s  SIGKILL replica 0 (the primary) after "
-            f"{before} commits", highlight=False,
-        )
-        await asyncio.sleep(duration / 2)
-        stopping.set()
-        log.ended = time.perf_counter()
-        # Requests in flight finish on their own (or time out inside their loop).
-        await asyncio.wait(tasks, timeout=25.0)
-        for task in tasks:
-            task.cancel()
-    finally:
-        await asyncio.gather(*(c.close() for c in runners), return_exceptions=True)
-    return log
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """``phalanx demo``: a 4-replica cluster under load, a primary crash, a restart."""
-    from rich.console import Console
-
-    console = Console()
-    with (
-        tempfile.TemporaryDirectory(prefix="phalanx-demo-") as tmp,
-        LocalCluster(tmp, 4) as cluster,
-    ):
-        try:
-            ok = _demo(console, cluster, args, tmp)
-        except (ClusterError, TimeoutError) as exc:
-            console.print(f"[red]demo FAILED: {exc}[/red]", highlight=False, soft_wrap=True)
-            ok = False
-    return 0 if ok else 1
-
-
-def _demo(console: Any, cluster: LocalCluster, args: argparse.Namespace, tmp: str) -> bool:
-    from phalanx.runtime import run
-
-    t0 = time.perf_counter()
-    console.print(f"starting 4 pbft replicas in {tmp} ...", highlight=False)
-    cluster.start()
-    console.print(
-        f"  ready in {time.perf_counter() - t0:.1f}s; {args.clients} clients, "
-        f"{args.duration:g}s of {args.payload}-byte PUTs over {args.keys} keys",
-        highlight=False,
-    )
-    log = run(_demo_load(cluster, args.clients, args.duration, args.payload, args.keys, console))
-    survivors = {i: cluster.status(i) for i in (1, 2, 3)}
-    console.print("restarting replica 0 from its data directory ...")
-    t_restart = time.perf_counter()
-    cluster.restart(0)
-    # No new requests: the restarted replica must catch up on its own (log recovery,
-    # then fetching committed slots or a checkpoint's state from the others).
-    seq, root = cluster.wait_converged(timeout=30.0)
-    caught_up = time.perf_counter() - t_restart
-    final = {i: cluster.status(i) for i in range(cluster.n)}
-    return _report(console, args, log, survivors, final, seq, root, caught_up)
-
-
-def _view_change(log: _LoadLog) -> tuple[float | None, int]:
-    """When commits resumed after the kill (seconds after it) and how many followed.
-
-    The view change is the longest pause in commits after the kill: requests the backups
-    had already prepared may still commit right after it, so the first commit after the
-    kill does not mark the new view."""
-    assert log.kill_at is not None
-    times = sorted(done for done, _ in log.completions if done > log.kill_at)
-    if not times:
-        return None, 0
-    previous, longest, resume_index = log.kill_at, -1.0, 0
-    for index, done in enumerate(times):
-        if done - previous > longest:
-            longest, resume_index = done - previous, index
-        previous = done
-    return times[resume_index] - log.kill_at, len(times) - resume_index
-
-
-def _report(
-    console: Any, args: argparse.Namespace, log: _LoadLog, survivors: dict[int, Any],
-    final: dict[int, Any], seq: int, root: str, caught_up: float,
-) -> bool:
-    from rich.table import Table
-
-    assert log.kill_at is not None
-    latencies = [lat for _, lat in log.completions]
-    committed = len(latencies)
-    elapsed = log.ended - log.started
-    resumed, after_view_change = _view_change(log)
-    table = Table(title="load", show_header=False)
-    table.add_column(justify="left")
-    table.add_column(justify="right")
-    rows = [
-        ("clients", str(args.clients)),
-        ("duration", f"{elapsed:.1f} s"),
-        ("committed requests", str(committed)),
-        ("throughput", f"{committed / elapsed:,.0f} req/s" if elapsed > 0 else "-"),
-        ("latency p50", f"{1000 * _percentile(latencies, 0.50):.1f} ms" if latencies else "-"),
-        ("latency p99", f"{1000 * _percentile(latencies, 0.99):.1f} ms" if latencies else "-"),
-        ("refused / timed out", f"{log.errors} / {log.timeouts}"),
-    ]
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-
-    views = sorted({s.get("view") for s in survivors.values()})
-    primaries = sorted({s.get("primary") for s in survivors.values()})
-    continued = after_view_change > 0 and all(v is not None and v >= 1 for v in views)
-    mark = "[green]yes[/green]" if continued else "[red]NO[/red]"
-    pause = f"{resumed:.2f} s after the kill" if resumed is not None else "never"
-    console.print(
-        f"primary crash: survivors moved to view {views} with primary {primaries}; "
-        f"commits resumed {pause}; {after_view_change} commits after the view change: "
-        f"{mark}", highlight=False,
-    )
-
-    table = Table(title=f"after restarting replica 0 (caught up in {caught_up:.1f} s)")
-    for column in ("replica", "view", "executed seq", "state root", "equal"):
-        table.add_column(column)
-    roots_equal = True
-    for i, s in sorted(final.items()):
-        same = s.get("executed_seq") == seq and s.get("state_root") == root
-        roots_equal &= same
-        table.add_row(
-            str(i), str(s.get("view")), str(s.get("executed_seq")),
-            str(s.get("state_root"))[:16] + "...",
-            "[green]yes[/green]" if same else "[red]NO[/red]",
-        )
-    console.print(table)
-    ok = continued and roots_equal and committed > 0
-    console.print("[green]demo ok[/green]" if ok else "[red]demo FAILED[/red]")
-    return ok
-
-
 __all__ = [
     "ClusterError",
     "LocalCluster",
     "free_port_block",
     "replica_json",
-    "run_demo",
     "run_up",
     "wait_converged",
 ]

@@ -6,18 +6,19 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from phalanx.measure.latency import LatencyMatrix
 from phalanx.protocols.registry import protocol
-from phalanx.protocols.spec import MakeReplica
-from phalanx.runtime.sim.latency import LatencyMatrix
-from phalanx.runtime.sim.network import (
+from phalanx.sim.kv_cluster import kv_simulation
+from phalanx.sim.network import (
     ConstantLatency,
     LatencyModel,
     MatrixLatency,
     NetworkModel,
     UniformLatency,
 )
-from phalanx.runtime.sim.simulator import Simulation
-from phalanx.statemachine.kv import KVStore, encode_put
+from phalanx.sim.simulator import Simulation
+from phalanx.sim.summary import run_summary
+from phalanx.statemachine.kv import encode_put
 
 
 @dataclass
@@ -40,45 +41,6 @@ class SimSpec:
     wan: str | None = None
     regions: tuple[str, ...] = ()
     options: dict[str, Any] | None = None
-
-
-def kv_simulation(
-    protocol_name: str,
-    n: int,
-    seed: int,
-    network: NetworkModel,
-    options: dict[str, Any],
-    client_retransmit_s: float,
-    multicast: bool = False,
-    f: int | None = None,
-    make_replica: MakeReplica | None = None,
-    **kwargs: Any,
-) -> Simulation:
-    """A simulated cluster of ``protocol_name`` replicas over the key-value store, with
-    its clients' cores (sending each request to every replica if ``multicast``); ``f``
-    defaults to the most faults ``n`` replicas tolerate; ``kwargs`` go to
-    :class:`Simulation` (trace, ...; ``checkers`` default to the protocol's).
-    ``make_replica`` replaces the protocol's (the fuzzer's planted bugs)."""
-    proto = protocol(protocol_name)
-    build = make_replica or proto.make_replica
-    quorums = proto.quorums(n, f)
-    kwargs.setdefault("checkers", proto.checkers())
-
-    def make_client(crypto: Any) -> Any:
-        core = proto.make_client(crypto, quorums, client_retransmit_s)
-        if multicast:
-            core.multicast = True  # type: ignore[attr-defined]
-        return core
-
-    return Simulation(
-        seed,
-        n,
-        lambda rid, crypto: build(rid, quorums, crypto, KVStore, options),
-        make_client,
-        network,
-        messages=proto.messages,
-        **kwargs,
-    )
 
 
 def build(spec: SimSpec) -> Simulation:
@@ -118,7 +80,7 @@ def run(spec: SimSpec) -> dict[str, Any]:
     sim.run(until=spec.duration, stop_when=sim.all_clients_done)
     done_at = sim.now
     sim.run(until=sim.now + 2.0)  # let every replica finish executing what committed
-    summary = sim.summary()
+    summary = run_summary(sim)
     summary["protocol"] = spec.protocol
     summary["f"] = protocol(spec.protocol).quorums(spec.n, spec.f).f
     summary["completed_at_s"] = done_at

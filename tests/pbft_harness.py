@@ -7,8 +7,8 @@ from phalanx.protocols.pbft.client import PbftClient
 from phalanx.protocols.pbft.config import PbftConfig
 from phalanx.protocols.pbft.messages import ALL_MESSAGES
 from phalanx.protocols.pbft.replica import PbftReplica
-from phalanx.runtime.sim.network import ConstantLatency, NetworkModel
-from phalanx.runtime.sim.simulator import Simulation
+from phalanx.sim.network import ConstantLatency, NetworkModel
+from phalanx.sim.simulator import Simulation
 from phalanx.statemachine.kv import KVStore, encode_put
 
 FAST = PbftConfig(

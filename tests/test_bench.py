@@ -30,12 +30,12 @@ from phalanx.bench.results import (
     longest_stall_s,
     max_node_bytes_per_tx,
     node_window,
-    percentile,
     state_roots_agree,
     timeline_split,
     to_json,
 )
 from phalanx.bench.run import split_clients
+from phalanx.measure.percentile import percentile
 from phalanx.safety import logs_agree
 
 # -- percentiles -------------------------------------------------------------------------------
@@ -56,6 +56,8 @@ def test_percentile_rejects_no_values_and_bad_ranks():
         percentile([], 50)
     with pytest.raises(ValueError):
         percentile([1.0], 0)
+    with pytest.raises(ValueError):
+        LatencyHistogram().percentile_us(101)
 
 
 def test_histogram_percentiles_are_within_its_resolution_of_the_exact_ones():

@@ -30,7 +30,7 @@ from phalanx.host.certificates import (
     encode_certificate,
     signed_bytes,
 )
-from phalanx.runtime.sim.crypto import SymbolicNodeCrypto, SymbolicOracle
+from phalanx.sim.crypto import SymbolicNodeCrypto, SymbolicOracle
 
 N = 4
 QUORUMS = Quorums.for_n(N)

@@ -166,3 +166,17 @@ def test_keygen_warns_that_f_0_tolerates_no_fault(tmp_path):
     explicit = run("keygen", "--n", "4", "--f", "0", "--out", str(tmp_path / "zero"))
     assert "tolerates no faulty replica" in explicit.stderr
     assert "warning" not in run("keygen", "--n", "4", "--out", str(tmp_path / "ok")).stderr
+
+
+def test_calibrations_real_run_is_a_valid_bench_command_the_cli_parses():
+    """calibrate names its real run as a command line; the CLI, which owns the bench's
+    options and defaults, parses it (calibrate no longer imports the CLI for that)."""
+    from phalanx.bench.calibrate import real_run_command
+    from phalanx.bench.run import _validate
+    from phalanx.cli import build_parser
+
+    args = build_parser().parse_args(real_run_command("pbft"))
+    assert args.command == "bench" and args.protocol == "pbft"
+    assert (args.n, args.clients, args.payload, args.durability) == (4, 16, 128, "process")
+    assert args.progress is False and args.kill_primary_at is None
+    _validate(args)  # raises ValueError for a bench that cannot run

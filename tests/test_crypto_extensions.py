@@ -9,7 +9,7 @@ import pytest
 
 from phalanx.crypto.ed25519 import Ed25519NodeCrypto
 from phalanx.crypto.keys import KeyPair
-from phalanx.runtime.sim.crypto import SymbolicOracle
+from phalanx.sim.crypto import SymbolicOracle
 
 
 def _oracle(n: int = 4) -> SymbolicOracle:

@@ -23,10 +23,11 @@ from phalanx.byzantine.generate import MessageGenerator, TrafficPool, is_signed
 from phalanx.byzantine.pbft import FIXUPS
 from phalanx.cli import main
 from phalanx.protocols.pbft.messages import ALL_MESSAGES, Checkpoint, ViewChange
-from phalanx.runtime.sim import Silent
-from phalanx.runtime.sim.crypto import SymbolicOracle
-from phalanx.runtime.sim.simulator import TWIN_BASE, Behaviour
 from phalanx.safety import AlarmChecker, SafetyViolation
+from phalanx.sim import Silent
+from phalanx.sim.behaviour import Behaviour
+from phalanx.sim.crypto import SymbolicOracle
+from phalanx.sim.simulator import TWIN_BASE
 
 SEEDS = int(os.environ.get("PHALANX_FUZZ_SEEDS", "300"))
 CHUNK = 25

@@ -29,7 +29,7 @@ from phalanx.runtime import run
 from phalanx.runtime.client import ClientRunner
 from phalanx.runtime.cluster_client import open_client
 from phalanx.runtime.framing import TO_ACCEPTOR, FrameEncoder
-from phalanx.runtime.transport import (
+from phalanx.runtime.handshake import (
     NONCE_SIZE,
     PROTOCOL_VERSION,
     Accept,

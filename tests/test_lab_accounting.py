@@ -6,13 +6,13 @@ import pytest
 
 from phalanx.bench.results import NodeWindow
 from phalanx.bench.verdict import NodeCosts, verdict
-from phalanx.protocols.registry import protocol
-from phalanx.runtime.accounting import (
+from phalanx.measure.accounting import (
     Accounting,
     TimedStateMachine,
     delta,
     phase_split,
 )
+from phalanx.protocols.registry import protocol
 from phalanx.runtime.metrics import Metrics
 from phalanx.runtime.wan import WanPlan, parse_bandwidth
 from phalanx.statemachine.burn import BurningKV

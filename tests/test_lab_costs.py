@@ -14,8 +14,8 @@ from test_lab_sim import _spec
 from phalanx.bench.calibrate import modeled_cpu_s
 from phalanx.bench.simbench import run_scale
 from phalanx.protocols.pbft.messages import Prepare
-from phalanx.runtime.sim.costmodel import CostModel
-from phalanx.runtime.sim.resources import Resources
+from phalanx.sim.costmodel import CostModel
+from phalanx.sim.resources import Resources
 
 
 @dataclass

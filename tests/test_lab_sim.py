@@ -14,7 +14,7 @@ import pytest
 from phalanx.bench.calibrate import fit_linear
 from phalanx.bench.results import to_json
 from phalanx.bench.simbench import ScaleSpec, deterministic_view, run_scale
-from phalanx.runtime.sim.costmodel import CostModel
+from phalanx.sim.costmodel import CostModel
 
 AZURE = "../shared/data/latency_azure_microsoft_published/rtt_matrix_ms.csv"
 

@@ -57,8 +57,8 @@ def test_nothing_saturated_names_no_phase():
 
 def test_every_message_of_every_protocol_has_a_phase():
     from phalanx.host import CERT_TIMER
+    from phalanx.measure.accounting import PHASES
     from phalanx.protocols.registry import available, protocol
-    from phalanx.runtime.accounting import PHASES
 
     for name in available():
         table = protocol(name).phases

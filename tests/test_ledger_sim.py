@@ -24,8 +24,8 @@ from phalanx.protocols.pbft.config import PbftConfig
 from phalanx.protocols.pbft.messages import ALL_MESSAGES
 from phalanx.protocols.pbft.replica import PbftReplica
 from phalanx.protocols.registry import protocol
-from phalanx.runtime.sim.network import ConstantLatency, NetworkModel
-from phalanx.runtime.sim.simulator import Simulation
+from phalanx.sim.network import ConstantLatency, NetworkModel
+from phalanx.sim.simulator import Simulation
 
 CONFIG = PbftConfig(checkpoint_interval=8, window=16, max_batch=16, max_inflight=4,
                     view_change_timeout=0.5, state_digest_every_batch=True)

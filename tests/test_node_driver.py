@@ -360,7 +360,7 @@ def test_a_primary_killed_before_its_proposals_reach_the_disk_restarts_fenced(mo
     from phalanx.protocols.pbft.messages import PrePrepare
     from phalanx.protocols.pbft.replica import PbftReplica
     from phalanx.runtime import node as node_module
-    from phalanx.runtime.sim.crypto import SymbolicOracle
+    from phalanx.sim.crypto import SymbolicOracle
     from phalanx.statemachine.kv import KVStore, encode_put
 
     monkeypatch.setattr(node_module, "encode", lambda msg: msg)  # keep message objects

@@ -23,7 +23,7 @@ from phalanx.protocols.pbft.messages import (
     ViewChange,
 )
 from phalanx.protocols.pbft.viewchange import NULL_DIGEST, decide_new_view
-from phalanx.runtime.sim.crypto import SymbolicOracle
+from phalanx.sim.crypto import SymbolicOracle
 
 Q = Quorums(4, 1)
 CONFIG = PbftConfig(checkpoint_interval=4, window=8, view_change_timeout=1.0)

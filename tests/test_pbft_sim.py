@@ -10,8 +10,8 @@ from pbft_harness import FAST, assert_consistent, cluster, executed_requests, pu
 from phalanx.protocols.pbft.config import PbftConfig
 from phalanx.protocols.pbft.instance import PbftInstance
 from phalanx.protocols.pbft.replica import PbftReplica
-from phalanx.runtime.sim.simulator import Simulation
 from phalanx.safety import SafetyViolation
+from phalanx.sim.simulator import Simulation
 
 
 @pytest.mark.parametrize("multicast", [False, True])
@@ -91,7 +91,7 @@ def test_lagging_replica_catches_up_by_state_transfer():
 
 @pytest.mark.parametrize("multicast", [False, True])
 def test_loss_reorder_and_duplication(multicast):
-    from phalanx.runtime.sim.network import NetworkModel, UniformLatency
+    from phalanx.sim.network import NetworkModel, UniformLatency
 
     network = NetworkModel(
         latency=UniformLatency(0.001, 0.01), drop=0.05, duplicate=0.05, reorder=0.005
@@ -148,7 +148,7 @@ def test_whole_cluster_restart_from_disk_keeps_committed_state():
 
 def test_equivocating_primary_is_replaced_and_nothing_diverges():
     from phalanx.protocols.pbft.messages import PrePrepare
-    from phalanx.runtime.sim.simulator import FilterOutgoing
+    from phalanx.sim.behaviour import FilterOutgoing
 
     def equivocate(dest, msg):
         # Replicas 1 and 2 get the real batch, replica 3 a different (valid but empty-ish)
@@ -171,7 +171,7 @@ def test_equivocating_primary_is_replaced_and_nothing_diverges():
 
 @pytest.mark.parametrize("multicast", [False, True])
 def test_silent_primary_is_replaced(multicast):
-    from phalanx.runtime.sim.simulator import Silent
+    from phalanx.sim.behaviour import Silent
 
     sim = cluster(seed=10, multicast=multicast)
     sim.set_byzantine(0, Silent())
@@ -194,7 +194,7 @@ def test_same_seed_same_run():
 
 
 def test_many_seeds_with_faults():
-    from phalanx.runtime.sim.network import NetworkModel, UniformLatency
+    from phalanx.sim.network import NetworkModel, UniformLatency
 
     for seed in range(100, 112):
         network = NetworkModel(latency=UniformLatency(0.001, 0.02), drop=0.02, reorder=0.01)
@@ -228,7 +228,7 @@ def test_primary_equivocating_to_every_backup_is_voted_out_by_a_view_change():
 
     from phalanx.core.hashing import digest
     from phalanx.protocols.pbft.messages import PrePrepare
-    from phalanx.runtime.sim.simulator import FilterOutgoing
+    from phalanx.sim.behaviour import FilterOutgoing
 
     def equivocate(dest, msg):
         # Each backup gets a different proposal for the same slot: no digest can gather
@@ -343,7 +343,7 @@ def test_multicast_requests_withheld_from_the_primary_cost_a_timeout_not_a_view_
     from phalanx.protocols.pbft.client import PbftClient
     from phalanx.protocols.pbft.messages import ALL_MESSAGES
     from phalanx.protocols.pbft.replica import PbftReplica
-    from phalanx.runtime.sim.network import ConstantLatency, NetworkModel
+    from phalanx.sim.network import ConstantLatency, NetworkModel
     from phalanx.statemachine.kv import KVStore
 
     class WithholdingClient(PbftClient):
@@ -390,7 +390,7 @@ def _splice_attack(seed: int, planted_bug: str | None = None):
     from phalanx.byzantine.checkers import LivenessChecker
     from phalanx.byzantine.pbft_attacks import SpliceNewView
     from phalanx.byzantine.pbft_planted import PLANTED_BUGS
-    from phalanx.runtime.sim.network import NetworkModel, UniformLatency
+    from phalanx.sim.network import NetworkModel, UniformLatency
 
     config = PbftConfig(checkpoint_interval=8, window=16, max_batch=4, max_inflight=4,
                         view_change_timeout=0.5, state_digest_every_batch=True)
@@ -442,8 +442,8 @@ def test_a_replica_whose_state_diverged_takes_the_certified_state_and_reexecutes
     from phalanx.protocols.pbft.client import PbftClient
     from phalanx.protocols.pbft.messages import ALL_MESSAGES
     from phalanx.protocols.pbft.replica import PbftReplica
-    from phalanx.runtime.sim.network import ConstantLatency, NetworkModel
-    from phalanx.runtime.sim.simulator import Behaviour
+    from phalanx.sim.behaviour import Behaviour
+    from phalanx.sim.network import ConstantLatency, NetworkModel
     from phalanx.statemachine.kv import KVStore, encode_put
 
     corrupted = []

@@ -19,7 +19,7 @@ from dataclasses import replace
 import pytest
 from pbft_harness import FAST, assert_consistent, cluster, put_op
 
-from phalanx.runtime.sim.network import NetworkModel, UniformLatency
+from phalanx.sim.network import NetworkModel, UniformLatency
 
 SEEDS = int(os.environ.get("PHALANX_SWEEP_SEEDS", "100"))
 LAST_FAULT_AT = 3.5  # crashes up to 1.5 s, restarts up to 2 s later

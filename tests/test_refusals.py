@@ -30,9 +30,10 @@ from phalanx.protocols.pbft.client import RETRY_TIMER, PbftClient
 from phalanx.protocols.pbft.config import PbftConfig
 from phalanx.protocols.pbft.messages import ALL_MESSAGES
 from phalanx.protocols.pbft.replica import PbftReplica
-from phalanx.runtime.sim.crypto import SymbolicOracle
-from phalanx.runtime.sim.network import ConstantLatency, NetworkModel
-from phalanx.runtime.sim.simulator import Behaviour, Simulation
+from phalanx.sim.behaviour import Behaviour
+from phalanx.sim.crypto import SymbolicOracle
+from phalanx.sim.network import ConstantLatency, NetworkModel
+from phalanx.sim.simulator import Simulation
 from phalanx.statemachine.kv import KVStore, encode_put
 
 Q = Quorums(4, 1)

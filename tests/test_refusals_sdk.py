@@ -23,7 +23,7 @@ from phalanx.crypto.keys import KeyPair
 from phalanx.protocols.pbft.client import PbftClient
 from phalanx.runtime.client import ClientRunner, RequestNotAccepted, RequestRefused
 from phalanx.runtime.metrics import Metrics
-from phalanx.runtime.sim.crypto import SymbolicOracle
+from phalanx.sim.crypto import SymbolicOracle
 
 Q = Quorums(4, 1)
 GRACE = 0.05

@@ -17,7 +17,7 @@ from pbft_harness import put_op
 from phalanx.byzantine.fuzz import FuzzConfig, sweep
 from phalanx.protocols import registry
 from phalanx.protocols.registry import PLUGINS_ENV
-from phalanx.runtime.sim.network import NetworkModel, UniformLatency
+from phalanx.sim.network import NetworkModel, UniformLatency
 from phalanx.simrun import kv_simulation
 
 TESTS = Path(__file__).parent

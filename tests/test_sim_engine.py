@@ -37,20 +37,8 @@ from phalanx.core.effects import (
 from phalanx.core.hashing import digest
 from phalanx.core.messages import Reply, Request, encode
 from phalanx.core.quorum import Quorums
-from phalanx.runtime.sim import (
-    Behaviour,
-    ConstantLatency,
-    FilterOutgoing,
-    LatencyMatrix,
-    MatrixLatency,
-    NetworkModel,
-    Silent,
-    Simulation,
-    SimulationError,
-    SymbolicOracle,
-    UniformLatency,
-)
-from phalanx.runtime.sim.network import Network
+from phalanx.measure.latency import LatencyMatrix
+from phalanx.measure.percentile import percentile
 from phalanx.safety import (
     AgreementChecker,
     ExactlyOnceChecker,
@@ -59,6 +47,20 @@ from phalanx.safety import (
     ValidityChecker,
     committed_log_hash,
 )
+from phalanx.sim import (
+    Behaviour,
+    ConstantLatency,
+    FilterOutgoing,
+    MatrixLatency,
+    NetworkModel,
+    Silent,
+    Simulation,
+    SimulationError,
+    SymbolicOracle,
+    UniformLatency,
+)
+from phalanx.sim.network import Network
+from phalanx.sim.summary import run_summary
 
 DATA = Path(__file__).parent / "data"
 SHARED = Path("/work/shared/data")
@@ -429,8 +431,22 @@ def test_closed_loop_clients_complete_every_request_and_replicas_agree():
     assert len(hashes) == 1
     assert len(sim.executed_log(0)) == 30
     assert sim.liveness_report().startswith("all 3 clients done")
-    summary = sim.summary()
+    summary = run_summary(sim)
     assert summary["completed"] == 30 and summary["stuck_clients"] == 0
+
+
+def test_the_run_summary_reports_nearest_rank_percentiles():
+    """p50 of 20 latencies is the 10th smallest, as everywhere else phalanx reports one
+    (the simulator's digest once took the sample after the rank: the 11th)."""
+    sim = make_toy(3)
+    sim.add_clients(2, toy_ops, 10)
+    finish(sim)
+    latencies = sorted(sim.latencies())
+    assert len(set(latencies)) == 20
+    reported = run_summary(sim)["latency_s"]
+    assert reported["p50"] == latencies[9] == percentile(latencies, 50)
+    assert reported["p90"] == latencies[17]
+    assert reported["p99"] == latencies[19]
 
 
 def test_wire_round_trip_hands_each_receiver_a_decoded_copy():

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import operator
 import os
 import socket
 from collections.abc import Callable, Coroutine
@@ -16,26 +15,26 @@ import msgspec
 import pytest
 
 from phalanx.core.effects import Broadcast, Completed, Send, SetTimer
-from phalanx.core.messages import Reply, Request, encode
+from phalanx.core.messages import Reply, Request, encode, message_decoder
 from phalanx.crypto import KeyPair, pairwise_key
 from phalanx.protocols.pbft.messages import ALL_MESSAGES, Commit, Prepare
 from phalanx.runtime import loop_factory
 from phalanx.runtime.client import ClientMux, ClientRunner, ClientTransport, RequestFailed
 from phalanx.runtime.framing import TO_ACCEPTOR, FrameEncoder
-from phalanx.runtime.metrics import Metrics
-from phalanx.runtime.transport import (
+from phalanx.runtime.handshake import (
     PROTOCOL_VERSION as PV,
 )
-from phalanx.runtime.transport import (
+from phalanx.runtime.handshake import (
     Accept,
     Confirm,
     Hello,
-    Transport,
     accept_tag,
     confirm_tag,
     hello_digest,
     session_key,
 )
+from phalanx.runtime.metrics import Metrics
+from phalanx.runtime.transport import Transport
 
 N = 3
 HOST = "127.0.0.1"
@@ -47,11 +46,8 @@ def run(main: Coroutine[Any, Any, None], loop: str = "uvloop") -> None:
         runner.run(asyncio.wait_for(main, 20))
 
 
-MESSAGE = functools.reduce(operator.or_, ALL_MESSAGES)
-
-
 def decoder() -> msgspec.msgpack.Decoder[Any]:
-    return msgspec.msgpack.Decoder(MESSAGE)
+    return message_decoder(ALL_MESSAGES)
 
 
 def free_ports(n: int) -> list[int]:

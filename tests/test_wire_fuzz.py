@@ -35,7 +35,7 @@ from phalanx.runtime.framing import (
 )
 from phalanx.runtime.metrics import Metrics
 from phalanx.runtime.node import ReplicaDriver
-from phalanx.runtime.sim.crypto import SymbolicOracle
+from phalanx.sim.crypto import SymbolicOracle
 from phalanx.statemachine.kv import KVStore
 
 FUZZ = settings(
@@ -220,7 +220,7 @@ def test_hello_with_invalid_utf8_is_a_counted_malformed_handshake() -> None:
     invalid UTF-8 in a str field, and Hello's ``role`` is one."""
     from test_transport import HOST, Cluster, closed_by_peer, run, still_healthy, until
 
-    from phalanx.runtime.transport import Hello
+    from phalanx.runtime.handshake import Hello
 
     hello = bytearray(msgspec.msgpack.encode(Hello(1, "client", -1, b"k" * 32, 0, b"n" * 32)))
     hello[hello.index(b"client")] = 0xFF

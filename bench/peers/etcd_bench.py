@@ -60,9 +60,9 @@ from phalanx.bench.results import (
     environment,
     host_cpu_busy,
     host_cpu_times,
-    render_summary,
 )
 from phalanx.bench.run import START_DELAY_S, BenchError, Children
+from phalanx.bench.summary import render_summary
 from phalanx.runtime import run
 
 READY_TIMEOUT_S = 30.0

@@ -55,8 +55,8 @@ from phalanx.ledger.state import (
     decode_result,
     parse_account_value,
 )
+from phalanx.measure.accounting import unwrap
 from phalanx.protocols.registry import protocol
-from phalanx.runtime.accounting import unwrap
 from phalanx.runtime.client import (
     ClientMux,
     ClientTransport,

@@ -15,12 +15,13 @@ Three measurements, each of the real code:
    receive costs (system calls included) as ``a + b * bytes``.
 3. **Crypto.** Ed25519 sign and verify, HMAC-SHA256 of a digest, SHA-256 per byte.
 
-The result is a :class:`~phalanx.runtime.sim.costmodel.CostModel` (JSON), the input of
+The result is a :class:`~phalanx.sim.costmodel.CostModel` (JSON), the input of
 ``phalanx sim --cost-model``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import hashlib
@@ -34,6 +35,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,9 +46,9 @@ from phalanx.core.effects import Broadcast, CancelTimer, Completed, Send, SetTim
 from phalanx.core.messages import encode
 from phalanx.crypto.ed25519 import Ed25519ClientCrypto, Ed25519NodeCrypto
 from phalanx.crypto.keys import KeyPair
+from phalanx.measure.accounting import Accounting, timed_factory
 from phalanx.protocols.registry import protocol as protocol_spec
-from phalanx.runtime.accounting import Accounting, timed_factory
-from phalanx.runtime.sim.costmodel import CostModel, cost_ns
+from phalanx.sim.costmodel import CostModel, cost_ns
 from phalanx.statemachine.kv import KVStore, encode_put
 
 BURST = 4
@@ -460,25 +462,28 @@ def modeled_cpu_s(model: CostModel, acct: dict[str, Any]) -> tuple[float, int]:
     return ns / 1e9, msgs
 
 
-def measure_runtime_overhead(model: CostModel, *, clients: int = 16, payload: int = 128,
-                             duration: float = 5.0) -> dict[str, Any]:
-    """One short real N=4 bench (loopback, ``--durability process``); per replica, the CPU
-    it used beyond what the model charges, per message in or out. Run at a different
-    load and payload than the validation, so the validation is not a fit to itself."""
+def real_run_command(protocol: str, *, clients: int = 16, payload: int = 128,
+                     duration: float = 5.0) -> list[str]:
+    """The ``phalanx`` command line of the short real run (N=4, loopback, ``--durability
+    process``) that measures what a real replica process adds per message. It runs at a
+    different load and payload than the validation, so the validation is not a fit to
+    itself. The CLI turns it into ``phalanx bench``'s arguments (:attr:`CalibrateSpec.real_run`)."""
+    return ["bench", "--n", "4", "--clients", str(clients), "--payload", str(payload),
+            "--duration", str(duration), "--warmup", "1", "--durability", "process",
+            "--no-progress", "--protocol", protocol]
+
+
+def measure_runtime_overhead(model: CostModel, bench_args: argparse.Namespace) -> dict[str, Any]:
+    """One short real bench (``bench_args``, see :func:`real_run_command`); per replica,
+    the CPU it used beyond what the model charges, per message in or out."""
     import tempfile
     from pathlib import Path
 
     from phalanx.bench.run import measure
-    from phalanx.cli import build_parser
     from phalanx.runtime import run
 
-    args = build_parser().parse_args([
-        "bench", "--n", "4", "--clients", str(clients), "--payload", str(payload),
-        "--duration", str(duration), "--warmup", "1", "--durability", "process",
-        "--no-progress", "--protocol", model.protocol,
-    ])
     with tempfile.TemporaryDirectory(prefix="phalanx-calibrate-") as workdir:
-        results = run(measure(args, Path(workdir)))
+        results = run(measure(bench_args, Path(workdir)))
     per_node = []
     for node in results["per_node"]:
         acct = _node_accounting(node)
@@ -490,7 +495,8 @@ def measure_runtime_overhead(model: CostModel, *, clients: int = 16, payload: in
     overhead = max(0.0, float(np.median(per_node))) if per_node else 0.0
     return {"runtime_per_msg_ns": round(overhead, 1),
             "per_node_ns": [round(v, 1) for v in per_node],
-            "run": {"clients": clients, "payload": payload, "duration_s": duration,
+            "run": {"clients": bench_args.clients, "payload": bench_args.payload,
+                    "duration_s": bench_args.duration,
                     "throughput_tps": results["throughput_tps"],
                     "host_cpu_busy": results["environment"].get("host_cpu_busy")}}
 
@@ -507,15 +513,32 @@ def _node_accounting(node: dict[str, Any]) -> dict[str, Any] | None:
 # -- the command ---------------------------------------------------------------------------
 
 
-def calibrate(protocol: str = "pbft", *, n: int = 4, clients: int = 32, payload: int = 512,
-              requests: int = 20_000, frames: int = 20_000, real_run: bool = True) -> CostModel:
-    """Run all three measurements and return the cost model."""
-    handlers = measure_handlers(protocol, n, clients, payload, requests)
-    transport = measure_transport(frames)
+@dataclass(frozen=True)
+class CalibrateSpec:
+    """What ``phalanx calibrate`` measures, and how much."""
+
+    protocol: str = "pbft"
+    n: int = 4
+    clients: int = 32
+    payload: int = 512
+    requests: int = 20_000
+    """Requests through the in-process handler measurement."""
+    frames: int = 20_000
+    """Frames per size through the transport measurement."""
+    real_run: argparse.Namespace | None = None
+    """``phalanx bench``'s arguments for the real run of :func:`real_run_command` (the
+    CLI, which owns those options and their defaults, parses them); None skips it."""
+
+
+def calibrate(spec: CalibrateSpec) -> CostModel:
+    """Run the measurements ``spec`` asks for and return the cost model."""
+    handlers = measure_handlers(spec.protocol, spec.n, spec.clients, spec.payload,
+                                spec.requests)
+    transport = measure_transport(spec.frames)
     crypto = measure_crypto()
     timer = handlers["timer_ns"]
     model = CostModel(
-        protocol=protocol,
+        protocol=spec.protocol,
         handler=handlers["handler"],
         client_handler=handlers["client_handler"],
         client_submit=handlers["client_submit"],
@@ -532,8 +555,8 @@ def calibrate(protocol: str = "pbft", *, n: int = 4, clients: int = 32, payload:
         fit={**handlers["fit"], "transport": {"points": transport["points"],
                                              "burst": transport["burst"]}},
     )
-    if real_run:
-        overhead = measure_runtime_overhead(model)
+    if spec.real_run is not None:
+        overhead = measure_runtime_overhead(model, spec.real_run)
         model.runtime_per_msg_ns = overhead["runtime_per_msg_ns"]
         model.fit["runtime_overhead"] = overhead
     return model

@@ -1,4 +1,5 @@
-"""The results of one ``phalanx bench`` run: the math, the JSON object and the summary.
+"""The results of one ``phalanx bench`` run: its inputs, the math, and the JSON object
+(the contract of ``DESIGN.md``); :mod:`phalanx.bench.summary` prints it.
 
 Everything here is pure (no processes, no sockets), so the arithmetic is unit-tested on
 synthetic inputs. The inputs are
@@ -12,8 +13,7 @@ synthetic inputs. The inputs are
 :func:`build_results` combines them into the object ``DESIGN.md`` specifies for
 ``phalanx bench --json``; :data:`RESULT_KEYS` lists its keys.
 
-Percentiles use the nearest-rank definition: the p-th percentile of ``N`` samples is the
-smallest sample such that at least ``p%`` of the samples are at most it. Latencies are
+Percentiles are :mod:`phalanx.measure.percentile`'s nearest-rank ones. Latencies are
 kept in a log-bucketed histogram (:class:`LatencyHistogram`) so a long run at high
 throughput costs bounded memory; its percentiles are within half a bucket (0.5%) of the
 exact ones.
@@ -35,8 +35,9 @@ from typing import Any
 import msgspec
 
 from phalanx.bench.verdict import NodeCosts, verdict
-from phalanx.runtime.accounting import delta as accounting_delta
-from phalanx.runtime.accounting import phase_split
+from phalanx.measure.accounting import delta as accounting_delta
+from phalanx.measure.accounting import phase_split
+from phalanx.measure.percentile import nearest_rank
 from phalanx.safety import states_agree
 
 # The keys of the results object, in the order DESIGN.md lists them, then the extras.
@@ -87,18 +88,7 @@ HOST_SATURATED = 0.90
 OTHERS_NOISY = 0.15
 
 
-# -- percentiles -----------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank ``q``-th percentile (0 < q <= 100) of ``values`` (need not be sorted)."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 < q <= 100:
-        raise ValueError(f"percentile rank must be in (0, 100], got {q}")
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
+# -- latencies -------------------------------------------------------------------------------
 
 
 class LatencyHistogram:
@@ -145,11 +135,9 @@ class LatencyHistogram:
 
     def percentile_us(self, q: float) -> float | None:
         """Nearest-rank ``q``-th percentile in microseconds (None when empty)."""
-        if not 0 < q <= 100:
-            raise ValueError(f"percentile rank must be in (0, 100], got {q}")
+        rank = nearest_rank(q, self.count)
         if self.count == 0:
             return None
-        rank = max(1, math.ceil(q / 100 * self.count))
         seen = 0
         for index in sorted(self.buckets):
             seen += self.buckets[index]
@@ -272,7 +260,7 @@ class NodeWindow:
     rss_bytes: int | None = None
     executed: int | None = None
     killed: bool = False
-    accounting: dict[str, Any] | None = None  # runtime/accounting.py delta over the window
+    accounting: dict[str, Any] | None = None  # measure/accounting.py delta over the window
     bandwidth_bps: float | None = None  # the node's emulated link cap, if any
 
     def phases(self) -> dict[str, Any] | None:
@@ -704,110 +692,3 @@ def _warnings(
 def to_json(results: dict[str, Any]) -> str:
     """The results object as indented JSON text."""
     return msgspec.json.format(msgspec.json.encode(results), indent=2).decode()
-
-
-# -- the summary -----------------------------------------------------------------------------
-
-
-def _fmt(value: float | None, spec: str = ",.1f", unit: str = "") -> str:
-    return "—" if value is None else f"{value:{spec}}{unit}"
-
-
-def _mib(value: float | None) -> str:
-    return "—" if value is None else f"{value / (1 << 20):,.1f}"
-
-
-def render_summary(results: dict[str, Any], console: Any = None) -> None:
-    """Print one honest summary of ``results`` (rich tables) to ``console`` or stdout."""
-    from rich.console import Console
-    from rich.table import Table
-
-    # Wide enough for the per-node table even when stdout is not a terminal.
-    console = console or Console(width=max(100, Console().width))
-    latency = results["latency_ms"]
-    safety = results["safety"]
-    env = results["environment"]
-    duration = results["duration_s"]
-
-    head = Table(title=f"phalanx bench — {results['protocol']}", show_header=False)
-    head.add_column("", style="bold")
-    head.add_column("")
-    head.add_row("committee", f"n={results['n']} f={results['f']}")
-    head.add_row(
-        "load",
-        f"{results['clients']} closed-loop clients in {results['client_procs']} process(es), "
-        f"{results['payload_bytes']} B values",
-    )
-    head.add_row("window", f"{duration:g} s after {results['warmup_s']:g} s warm-up")
-    head.add_row("committed", f"{results['committed_tx']:,} tx")
-    head.add_row("throughput", _fmt(results["throughput_tps"], ",.0f", " tx/s"))
-    head.add_row(
-        "latency p50 / p90 / p99",
-        " / ".join(_fmt(latency[k], ",.1f") for k in LATENCY_KEYS) + " ms",
-    )
-    head.add_row("replica CPU per tx (sum)", _fmt(results["cpu_us_per_tx"], ",.0f", " µs"))
-    head.add_row(
-        "bytes per tx (busiest node)", _fmt(results["max_node_bytes_per_tx"], ",.0f", " B")
-    )
-    client_share = results["client_cpu_s"] / duration / max(1, results["client_procs"])
-    head.add_row("load-generator CPU", f"{results['client_cpu_s']:.1f} s ({client_share:.0%} of a "
-                 "core per process)")
-    if "fault" in results:
-        fault = results["fault"]
-        head.add_row(
-            "fault",
-            f"replica {fault['replica']} killed at +{fault['at_s']:.2f} s: "
-            f"{fault['committed_before']:,} tx before "
-            f"({_fmt(fault['throughput_before_tps'], ',.0f')} tx/s), "
-            f"{fault['committed_after']:,} after ({_fmt(fault['throughput_after_tps'], ',.0f')}"
-            " tx/s)",
-        )
-    head.add_row("longest stall", f"{results['longest_stall_s']:.1f} s")
-
-    def yes_no(ok: bool) -> str:
-        return "[green]yes[/green]" if ok else "[red]NO[/red]"
-
-    head.add_row(
-        "safety",
-        f"state roots equal: {yes_no(safety['state_roots_equal'])}, "
-        f"logs consistent: {yes_no(safety['logs_consistent'])} "
-        f"({safety['compared_seqs']:,} seqs compared)",
-    )
-    neck = results["bottleneck"]
-    head.add_row("bottleneck", f"[bold]{neck['verdict']}[/bold]"
-                 + (f" ({neck['resource']}): {neck['reason']}" if neck.get("resource") else
-                    f": {neck.get('reason', '')}"))
-    head.add_row(
-        "environment",
-        f"Python {env['python']}, {env['cpu_count']} CPUs"
-        + (f" ({env['host_cpu_busy']:.0%} busy in the window)"
-           if env.get("host_cpu_busy") is not None else "")
-        + f", uvloop {env['uvloop']}, commit {(env['commit'] or '?')[:12]}",
-    )
-    console.print(head)
-
-    nodes = Table(title="per replica over the window")
-    for name in ("id", "CPU s", "CPU share", "core use", "sent MiB", "recv MiB", "msgs sent",
-                 "bytes/tx", "peak RSS MiB"):
-        nodes.add_column(name, justify="right")
-    committed = results["committed_tx"]
-    for node in results["per_node"]:
-        total = (
-            node["bytes_sent"] + node["bytes_recv"]
-            if node["bytes_sent"] is not None and node["bytes_recv"] is not None
-            else None
-        )
-        nodes.add_row(
-            f"{node['id']}{' killed' if node['killed'] else ''}",
-            _fmt(node["cpu_s"], ".2f"),
-            _fmt(None if node["cpu_share"] is None else node["cpu_share"] * 100, ".0f", "%"),
-            _fmt(None if node["cpu_s"] is None else node["cpu_s"] / duration * 100, ".0f", "%"),
-            _mib(node["bytes_sent"]),
-            _mib(node["bytes_recv"]),
-            _fmt(node["msgs_sent"], ",.0f"),
-            _fmt(per_tx(total, committed), ",.0f"),
-            _mib(node["peak_rss_bytes"]),
-        )
-    console.print(nodes)
-    for warning in results["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {warning}")

@@ -53,10 +53,10 @@ from phalanx.bench.results import (
     host_cpu_busy,
     host_cpu_times,
     node_window,
-    render_summary,
     state_roots_agree,
     to_json,
 )
+from phalanx.bench.summary import render_summary
 from phalanx.cluster import identity_mismatch
 from phalanx.config import CLUSTER_FILE, ClusterConfig, default_options, generate_cluster
 from phalanx.protocols.registry import protocol
@@ -343,7 +343,9 @@ def split_clients(clients: int, procs: int) -> list[int]:
     return [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
 
 
-async def _readline(proc: asyncio.subprocess.Process, timeout: float) -> str:
+async def read_child_line(proc: asyncio.subprocess.Process, timeout: float) -> str:
+    """The next line a child (a load generator) writes to its stdout pipe, stripped; ""
+    if none comes within ``timeout`` seconds or the pipe is closed."""
     assert proc.stdout is not None
     try:
         return (await asyncio.wait_for(proc.stdout.readline(), timeout)).decode().strip()
@@ -355,7 +357,7 @@ async def await_ready(children: Children, names: list[str], workdir: Path,
                       timeout_s: float) -> None:
     """Wait for every named load generator's ``ready`` line; BenchError names the first
     one that answered anything else (or nothing) and its log."""
-    lines = await asyncio.gather(*(_readline(children.procs[n], timeout_s) for n in names))
+    lines = await asyncio.gather(*(read_child_line(children.procs[n], timeout_s) for n in names))
     for name, line in zip(names, lines, strict=True):
         if not line.startswith("ready"):
             raise BenchError(f"{name} did not get ready: {line or 'no answer'} "

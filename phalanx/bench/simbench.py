@@ -31,14 +31,14 @@ from phalanx.bench.results import (
     Safety,
     build_results,
 )
+from phalanx.measure.accounting import delta
+from phalanx.measure.latency import LatencyMatrix
 from phalanx.protocols.registry import protocol
-from phalanx.runtime.accounting import delta
-from phalanx.runtime.sim.costmodel import CostModel
-from phalanx.runtime.sim.latency import LatencyMatrix
-from phalanx.runtime.sim.network import ConstantLatency, LatencyModel, MatrixLatency, NetworkModel
-from phalanx.runtime.sim.resources import Resources
-from phalanx.runtime.sim.simulator import Simulation
-from phalanx.simrun import kv_simulation
+from phalanx.sim.costmodel import CostModel
+from phalanx.sim.kv_cluster import kv_simulation
+from phalanx.sim.network import ConstantLatency, LatencyModel, MatrixLatency, NetworkModel
+from phalanx.sim.resources import Resources
+from phalanx.sim.simulator import Simulation
 from phalanx.statemachine.kv import encode_put
 
 TIMELINE_BIN_S = 0.1

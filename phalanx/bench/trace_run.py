@@ -46,9 +46,9 @@ from phalanx.bench.run import (
     BenchError,
     Children,
     Cluster,
-    _readline,
     await_ready,
     make_cluster,
+    read_child_line,
     split_clients,
 )
 from phalanx.bench.trace import Trace, load_trace, sign
@@ -144,13 +144,13 @@ async def measure_trace(args: argparse.Namespace, workdir: Path) -> dict[str, An
             host_start = host_cpu_times()  # from the replay's start: the host's busy share
             cap = max(args.duration, MIN_REPLAY_S)
             done = await asyncio.gather(
-                *(_readline(children.procs[n], cap) for n in names)
+                *(read_child_line(children.procs[n], cap) for n in names)
             )
             ends = await cluster.statuses(cluster.live)
             host_end = host_cpu_times()
             if any(line != "done" for line in done):
                 _send(children, names, "stop")  # unfinished: report what was answered
-                await asyncio.gather(*(_readline(children.procs[n], 10.0) for n in names))
+                await asyncio.gather(*(read_child_line(children.procs[n], 10.0) for n in names))
             reports = []
             for name in names:
                 with contextlib.suppress(OSError, ValueError):

@@ -2,7 +2,7 @@
 
 Pure arithmetic over what a run measured per node (a real ``phalanx bench`` or a
 calibrated simulation): CPU seconds, the per-phase split of the accounting
-(:mod:`phalanx.runtime.accounting`), bytes by phase, the window's length, and, if the run
+(:mod:`phalanx.measure.accounting`), bytes by phase, the window's length, and, if the run
 capped it, each node's bandwidth. The rules, in order:
 
 1. **network**: a node whose egress (the capped direction) used at least
@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from phalanx.runtime.accounting import PHASES
+from phalanx.measure.accounting import PHASES
 
 LINK_BUSY = 0.7
 """Share of a node's bandwidth cap above which its link counts as saturated."""

@@ -19,7 +19,7 @@ from typing import Any
 from phalanx.byzantine.behaviours import Log
 from phalanx.byzantine.generate import Fixup
 from phalanx.protocols.registry import available, protocol
-from phalanx.runtime.sim.simulator import Behaviour
+from phalanx.sim.behaviour import Behaviour
 
 StrategyFactory = Callable[[int, int, frozenset[int], Log | None], Behaviour]
 """``factory(replica, seed, disabled_actions, log) -> Behaviour``."""

@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from phalanx.byzantine.generate import Fixup, MessageGenerator, TrafficPool
-from phalanx.runtime.sim.simulator import Behaviour, NodeId, Simulation
+from phalanx.sim.behaviour import Behaviour
+from phalanx.sim.simulator import NodeId, Simulation
 
 Log = list[tuple[int, float, str]]
 """(action index, simulated time, description) of what a behaviour did (when asked)."""

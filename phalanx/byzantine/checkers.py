@@ -7,8 +7,8 @@ stop at GST, every correct client's request commits within a bound.
 
 from __future__ import annotations
 
-from phalanx.runtime.sim.simulator import Simulation
 from phalanx.safety import SafetyViolation
+from phalanx.sim.simulator import Simulation
 
 
 class LivenessViolation(SafetyViolation):

@@ -30,10 +30,11 @@ from phalanx.byzantine.adapter import fuzz_adapter
 from phalanx.byzantine.behaviours import ActionBehaviour, Borgesian, Log
 from phalanx.byzantine.checkers import LivenessChecker, LivenessViolation
 from phalanx.protocols.registry import protocol
-from phalanx.runtime.sim.network import NetworkModel, UniformLatency
-from phalanx.runtime.sim.simulator import TWIN_BASE, Behaviour, Simulation, SimulationError
 from phalanx.safety import SafetyViolation
-from phalanx.simrun import kv_simulation
+from phalanx.sim.behaviour import Behaviour
+from phalanx.sim.kv_cluster import kv_simulation
+from phalanx.sim.network import NetworkModel, UniformLatency
+from phalanx.sim.simulator import TWIN_BASE, Simulation, SimulationError
 from phalanx.statemachine.kv import encode_put
 
 STRATEGY_WEIGHTS = {

@@ -38,7 +38,8 @@ from phalanx.protocols.pbft.messages import (
     SlotSummary,
     ViewChange,
 )
-from phalanx.runtime.sim.simulator import Behaviour, NodeId, Silent, Simulation
+from phalanx.sim.behaviour import Behaviour, Silent
+from phalanx.sim.simulator import NodeId, Simulation
 
 
 def random_options(rng: random.Random) -> PbftConfig:

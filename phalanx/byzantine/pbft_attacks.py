@@ -57,7 +57,7 @@ from phalanx.protocols.pbft.messages import (
     ViewChange,
 )
 from phalanx.protocols.pbft.viewchange import NULL_DIGEST, decide_new_view
-from phalanx.runtime.sim.simulator import NodeId, Simulation
+from phalanx.sim.simulator import NodeId, Simulation
 
 _Checkpoint = tuple[int, bytes, list[Checkpoint]]
 MAX_CHECKPOINTS = 4

@@ -171,6 +171,15 @@ class LedgerClient:
                 problems.append(f"replica {replica}: did not verify: {exc}")
         raise LedgerError("no verified answer: " + "; ".join(problems))
 
+    async def account_from(self, address: bytes, replica: int) -> VerifiedAccount:
+        """Balance and nonce of ``address`` as ``replica`` answers, verified; raises
+        :class:`ProofError` if the answer does not verify and :class:`LedgerError` if
+        the replica has no answer (to compare what one replica proves at one height)."""
+        status, body = await self._request("GET", replica, f"/account/{address.hex()}")
+        if status != 200:
+            raise LedgerError(f"replica {replica}: HTTP {status} {body.get('error')}")
+        return self.verify_account(address, body, replica)
+
     def verify_account(self, address: bytes, body: dict[str, Any], replica: int = -1
                        ) -> VerifiedAccount:
         """Check one ``GET /account`` answer; raises :class:`ProofError` if it does not

@@ -1,7 +1,7 @@
 """The interfaces between protocol cores and their drivers.
 
 Both drivers — the asyncio runtime (``phalanx.runtime``) and the deterministic simulator
-(``phalanx.runtime.sim``) — know protocols only through these two classes. Replica ids
+(``phalanx.sim``) — know protocols only through these two classes. Replica ids
 are ``0..n-1``; clients are named by their public key (bytes).
 
 Driver obligations:

@@ -38,7 +38,7 @@ from phalanx.core.effects import (
 )
 from phalanx.core.messages import Replies, Reply, encode
 from phalanx.core.node import ReplicaCore
-from phalanx.runtime.accounting import Accounting
+from phalanx.measure.accounting import Accounting
 from phalanx.runtime.metrics import Metrics
 from phalanx.runtime.transport import Transport
 
@@ -82,7 +82,7 @@ class ReplicaDriver:
         accounting: Accounting | None = None,
     ) -> None:
         self.core = core
-        # Per-type and per-phase costs (see runtime/accounting.py); None: not measured.
+        # Per-type and per-phase costs (see measure/accounting.py); None: not measured.
         self.accounting = accounting
         self.transport = transport
         self.store = store

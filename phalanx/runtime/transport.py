@@ -8,25 +8,11 @@ learns the sender from that connection's handshake. A lost connection is rediale
 owner with exponential backoff (50 ms doubling to 2 s); messages sent meanwhile wait in
 a bounded queue (PBFT retransmits whatever that queue drops).
 
-Handshake (before any data, on the framing of :mod:`phalanx.runtime.framing`, untagged):
-
-1. connector -> acceptor  ``Hello``: role, replica id or client public key, target id,
-   ``nonce_c``.
-2. The acceptor looks up the claimed identity's public key (a replica's from the
-   cluster's key list; a client's is its id: clients are self-certifying), derives the
-   static pairwise key ``k`` and answers ``Accept``: ``nonce_a``,
-   ``MAC_k("acc" || H(hello) || nonce_a)``.
-3. The connector derives ``k`` for the replica it meant to reach and checks that MAC: it
-   is talking to that replica. It answers ``Confirm``: ``MAC_k("con" || nonce_a ||
-   H(hello))``, proving it holds the claimed identity's private key.
-
-Both then key their frames with ``HMAC-SHA256(k, nonce_c || nonce_a)``. The labels stop
-reflection of one side's MAC as the other's; the fresh nonces stop replayed handshakes.
-``H(hello)`` (the Hello's bytes, ``nonce_c`` included) binds the claimed role, identity
-and target into both MACs: a man in the middle cannot splice replica 1's handshake with
-replica 0 onto a connection where it claims to be "client with replica 1's key".
-Anything else (malformed hello, unknown replica, bad MAC, no handshake within 5 s)
-closes the connection and counts ``dropped_hs_<reason>``.
+Each connection opens with the handshake of :mod:`phalanx.runtime.handshake` (both
+identities proven, a fresh session key); a link carries it out, with the sockets, the
+fresh nonces and the clock that module leaves out. A failed handshake (malformed hello,
+unknown replica, bad MAC), or none within 5 s, closes the connection and counts
+``dropped_hs_<reason>``.
 
 After the handshake: payloads that the msgspec decoder rejects are dropped and counted
 (``dropped_decode``) without harming the link; a frame that breaks the framing (too
@@ -38,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
 import os
 import random
@@ -52,20 +36,27 @@ from typing import Any, Literal, cast
 import msgspec
 
 from phalanx.crypto.keys import KeyPair, PairwiseKeys, pairwise_key
-from phalanx.crypto.mac import mac
-from phalanx.runtime.accounting import Accounting
+from phalanx.measure.accounting import Accounting
 from phalanx.runtime.framing import (
     DEFAULT_MAX_FRAME,
     FRAME_OVERHEAD,
     HANDSHAKE_MAX_FRAME,
     LENGTH_SIZE,
-    TO_ACCEPTOR,
-    TO_CONNECTOR,
     BadBundle,
     FrameDecoder,
     FrameEncoder,
     FrameError,
     split_bundle,
+)
+from phalanx.runtime.handshake import (
+    NONCE_SIZE,
+    PROTOCOL_VERSION,
+    AcceptorHandshake,
+    ConnectorHandshake,
+    Established,
+    HandshakeError,
+    Hello,
+    PeerId,
 )
 from phalanx.runtime.metrics import Metrics
 from phalanx.runtime.wan import Shaper
@@ -76,8 +67,6 @@ BUNDLE_BYTES = 1 << 20
 """Most message bytes bundled in one frame: a frame is MAC'd and parsed whole, so a huge
 one would make the receiver buffer it all before handing out its first message."""
 
-PROTOCOL_VERSION = 2  # 2: frames carry bundles of messages
-NONCE_SIZE = 32
 HANDSHAKE_TIMEOUT = 5.0
 MAX_PENDING_HANDSHAKES = 1024
 RECONNECT_MIN = 0.05
@@ -86,72 +75,6 @@ DEFAULT_SEND_QUEUE_LIMIT = 64 << 20
 WRITE_BUFFER_HIGH = 4 << 20
 """Bytes the OS-facing write buffer may hold before we stop writing and let our own
 bounded queue absorb the backlog."""
-
-PeerId = int | bytes
-"""A replica id, or a client's public key."""
-
-
-# --- handshake messages ----------------------------------------------------------------
-
-
-class Hello(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
-    """The connector's claim of identity. ``replica`` is -1 and ``client`` its public key
-    for a client; ``client`` is empty for a replica."""
-
-    version: int
-    role: Literal["replica", "client"]
-    replica: int
-    client: bytes
-    target: int
-    nonce: bytes
-
-
-class Accept(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
-    """The acceptor's fresh nonce and its proof of holding the pairwise key."""
-
-    nonce: bytes
-    tag: bytes
-
-
-class Confirm(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
-    """The connector's proof of holding the pairwise key of the identity it claimed."""
-
-    tag: bytes
-
-
-_hs_encoder = msgspec.msgpack.Encoder()
-_hello_decoder = msgspec.msgpack.Decoder(Hello)
-_accept_decoder = msgspec.msgpack.Decoder(Accept)
-_confirm_decoder = msgspec.msgpack.Decoder(Confirm)
-
-
-def hello_digest(hello_bytes: bytes | memoryview) -> bytes:
-    """The handshake transcript both MACs cover: the Hello exactly as sent."""
-    return hashlib.sha256(hello_bytes).digest()
-
-
-def accept_tag(k: bytes, hello_hash: bytes, nonce_a: bytes) -> bytes:
-    """The acceptor's proof that it holds ``k`` for this very Hello."""
-    return mac(k, b"acc" + hello_hash + nonce_a)
-
-
-def confirm_tag(k: bytes, hello_hash: bytes, nonce_a: bytes) -> bytes:
-    """The connector's proof that it holds ``k`` (the claimed identity's key)."""
-    return mac(k, b"con" + nonce_a + hello_hash)
-
-
-def session_key(k: bytes, nonce_c: bytes, nonce_a: bytes) -> bytes:
-    """The per-connection frame key."""
-    return hmac.digest(k, nonce_c + nonce_a, "sha256")
-
-
-class HandshakeError(Exception):
-    """The peer failed the handshake; ``reason`` names the ``dropped_hs_<reason>`` metric."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(detail or reason)
-        self.reason = reason
-
 
 # --- send queue ------------------------------------------------------------------------
 
@@ -194,9 +117,7 @@ class SendQueue:
 
 # --- one connection --------------------------------------------------------------------
 
-_AWAIT_HELLO = "await_hello"
-_AWAIT_ACCEPT = "await_accept"
-_AWAIT_CONFIRM = "await_confirm"
+_HANDSHAKE = "handshake"
 _OPEN = "open"
 _CLOSED = "closed"
 
@@ -223,16 +144,13 @@ class Link(asyncio.Protocol):
         if queue is None:
             queue = SendQueue(owner.send_queue_limit, owner.metrics)
         self.queue = queue
-        self.state = _AWAIT_ACCEPT if self.initiator else _AWAIT_HELLO
+        self.state = _HANDSHAKE
         self.was_open = False
         self.closed: asyncio.Future[None] = owner.loop.create_future()
         self.transport: asyncio.Transport | None = None
         self._decoder = FrameDecoder(max_frame=HANDSHAKE_MAX_FRAME)
         self._encoder = FrameEncoder()
-        self._k = b""
-        self._nonce_c = b""
-        self._nonce_a = b""
-        self._hello_hash = b""
+        self._handshake: ConnectorHandshake | AcceptorHandshake | None = None
         self._timeout: asyncio.TimerHandle | None = None
         self._paused = False
         self._flush_scheduled = False
@@ -271,10 +189,12 @@ class Link(asyncio.Protocol):
         self._timeout = owner.loop.call_later(owner.handshake_timeout, self._handshake_timeout)
         if self.initiator:
             assert self.target is not None
-            self._nonce_c = os.urandom(NONCE_SIZE)
-            hello_bytes = _hs_encoder.encode(owner.hello(self.target, self._nonce_c))
-            self._hello_hash = hello_digest(hello_bytes)
-            transport.write(self._encoder.encode(hello_bytes))
+            hello = owner.hello(self.target, os.urandom(NONCE_SIZE))
+            connector = ConnectorHandshake(hello, owner.key_for_replica(self.target))
+            self._handshake = connector
+            transport.write(self._encoder.encode(connector.hello_bytes))
+        else:
+            self._handshake = AcceptorHandshake(owner.accept_hello, os.urandom(NONCE_SIZE))
 
     def data_received(self, data: bytes) -> None:
         owner = self.owner
@@ -399,61 +319,19 @@ class Link(asyncio.Protocol):
     # handshake ----------------------------------------------------------------------
 
     def _handshake_step(self, frame: memoryview) -> None:
-        state = self.state
-        try:
-            if state is _AWAIT_HELLO:
-                self._hello_hash = hello_digest(frame)
-                self._on_hello(_hello_decoder.decode(frame))
-            elif state is _AWAIT_ACCEPT:
-                self._on_accept(_accept_decoder.decode(frame))
-            elif state is _AWAIT_CONFIRM:
-                self._on_confirm(_confirm_decoder.decode(frame))
-        except (msgspec.DecodeError, UnicodeDecodeError) as e:
-            # Invalid UTF-8 in a str field (Hello.role) raises UnicodeDecodeError.
-            raise HandshakeError("malformed", f"{state}: {e}") from None
+        assert self._handshake is not None and self.transport is not None
+        step = self._handshake.receive(frame)  # raises HandshakeError
+        if step.reply is not None:
+            self.transport.write(self._encoder.encode(step.reply))
+        if step.established is not None:
+            self._open(step.established)
 
-    def _on_hello(self, hello: Hello) -> None:
-        if len(hello.nonce) != NONCE_SIZE:
-            raise HandshakeError("malformed", "nonce size")
-        if hello.version != PROTOCOL_VERSION:
-            raise HandshakeError("bad_version", f"version {hello.version}")
-        # The owner vets the identity and derives the pairwise key (raises HandshakeError).
-        self.peer, self._k = self.owner.accept_hello(hello)
-        self.peer_is_client = hello.role == "client"
-        self._nonce_c = hello.nonce
-        self._nonce_a = os.urandom(NONCE_SIZE)
-        tag = accept_tag(self._k, self._hello_hash, self._nonce_a)
-        accept = Accept(nonce=self._nonce_a, tag=tag)
-        assert self.transport is not None
-        self.transport.write(self._encoder.encode(_hs_encoder.encode(accept)))
-        self.state = _AWAIT_CONFIRM
-
-    def _on_accept(self, accept: Accept) -> None:
-        if len(accept.nonce) != NONCE_SIZE:
-            raise HandshakeError("malformed", "nonce size")
-        assert self.target is not None
-        self._k = self.owner.key_for_replica(self.target)
-        self._nonce_a = accept.nonce
-        expected = accept_tag(self._k, self._hello_hash, self._nonce_a)
-        if not hmac.compare_digest(expected, accept.tag):
-            # Not the replica we dialed (or a stale/forged answer): never send it anything.
-            raise HandshakeError("bad_mac", f"replica {self.target} failed to authenticate")
-        confirm = Confirm(tag=confirm_tag(self._k, self._hello_hash, self._nonce_a))
-        assert self.transport is not None
-        self.transport.write(self._encoder.encode(_hs_encoder.encode(confirm)))
-        self._open(send_direction=TO_ACCEPTOR, recv_direction=TO_CONNECTOR)
-
-    def _on_confirm(self, confirm: Confirm) -> None:
-        expected = confirm_tag(self._k, self._hello_hash, self._nonce_a)
-        if not hmac.compare_digest(expected, confirm.tag):
-            raise HandshakeError("bad_mac", f"{self.peer!r} failed to prove its identity")
-        self._open(send_direction=TO_CONNECTOR, recv_direction=TO_ACCEPTOR)
-
-    def _open(self, send_direction: int, recv_direction: int) -> None:
-        key = session_key(self._k, self._nonce_c, self._nonce_a)
-        self._k = b""
-        self._encoder.set_key(key, send_direction)
-        self._decoder.set_key(key, recv_direction, self.owner.max_frame)
+    def _open(self, established: Established) -> None:
+        self._handshake = None  # drops the pairwise key and the nonces
+        self.peer = established.peer
+        self.peer_is_client = established.peer_is_client
+        self._encoder.set_key(established.key, established.send_direction)
+        self._decoder.set_key(established.key, established.recv_direction, self.owner.max_frame)
         self._stop_handshake_clock()
         self.state = _OPEN
         self.was_open = True
@@ -587,7 +465,7 @@ class Endpoint:
         self.closing = False
         self.pending_handshakes = 0
         self.max_pending_handshakes = max_pending_handshakes
-        # Per-type bytes and transport time (runtime/accounting.py), if the owner wants them.
+        # Per-type bytes and transport time (measure/accounting.py), if the owner wants them.
         self.accounting: Accounting | None = None
         # WAN emulation (runtime/wan.py): link delays and a bandwidth cap, if any.
         self._shaper: Shaper | None = None

@@ -2,7 +2,7 @@
 optionally the bandwidth) of replicas placed in cloud regions.
 
 A :class:`WanPlan` says where every node sits: an RTT matrix (any square CSV that
-:class:`~phalanx.runtime.sim.latency.LatencyMatrix` reads — the AWS and Azure ones in
+:class:`~phalanx.measure.latency.LatencyMatrix` reads — the AWS and Azure ones in
 ``shared/data``), one region per replica and one per load-generator process, and an
 optional egress bandwidth cap per replica. It is written by ``phalanx bench --wan`` as
 JSON and read by every replica and load generator.
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from phalanx.measure.latency import LatencyMatrix
 from phalanx.runtime.framing import FRAME_OVERHEAD
-from phalanx.runtime.sim.latency import LatencyMatrix
 
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(bit|bps|b|Bps|B)?(/s)?\s*$")
 _SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}

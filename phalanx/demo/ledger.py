@@ -23,34 +23,24 @@ import random
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from phalanx.client.ledger import LedgerClient, LedgerError
 from phalanx.client.wallet import Wallet
-from phalanx.cluster import ClusterError, LocalCluster, _percentile, _view_change
+from phalanx.cluster import ClusterError, LocalCluster
 from phalanx.config import ClusterConfig
 from phalanx.crypto.keys import KeyPair
+from phalanx.demo.load import LoadLog, view_change
 from phalanx.ledger.block import APPLIED
-from phalanx.ledger.state import decode_result
+from phalanx.ledger.state import Ledger, decode_result
 from phalanx.ledger.tx import encode_tx, sign_transfer
+from phalanx.measure.percentile import percentile
+from phalanx.runtime import run
+from phalanx.runtime.cluster_client import open_clients
 
 FAUCET_FUNDS = 10**12
 WALLET_FUNDS = 10**9
 REQUEST_TIMEOUT_S = 20.0
-
-
-@dataclass
-class LoadLog:
-    """What the load wallets observed (the fields :func:`phalanx.cluster._view_change`
-    reads are those of the KV demo's log)."""
-
-    completions: list[tuple[float, float]] = field(default_factory=list)  # (done at, latency)
-    rejected: dict[str, int] = field(default_factory=dict)
-    timeouts: int = 0
-    kill_at: float | None = None
-    started: float = 0.0
-    ended: float = 0.0
 
 
 def load_wallets(count: int) -> list[KeyPair]:
@@ -73,12 +63,11 @@ async def _wallet_loop(runner: Any, me: int, wallets: list[KeyPair], chain_id: b
             log.timeouts += 1
             return  # the nonce's fate is unknown: this wallet stops
         except Exception as exc:  # refused at admission (RequestFailed)
-            reason = getattr(exc, "reason", type(exc).__name__)
-            log.rejected[reason] = log.rejected.get(reason, 0) + 1
+            log.reject(getattr(exc, "reason", type(exc).__name__))
             continue
         outcome = decode_result(result)
         if outcome.status != APPLIED:
-            log.rejected[outcome.reason] = log.rejected.get(outcome.reason, 0) + 1
+            log.reject(outcome.reason)
             return
         nonce += 1
         done = time.perf_counter()
@@ -87,8 +76,6 @@ async def _wallet_loop(runner: Any, me: int, wallets: list[KeyPair], chain_id: b
 
 async def _load(cluster: LocalCluster, wallets: list[KeyPair], chain_id: bytes,
                 duration: float, console: Any) -> LoadLog:
-    from phalanx.runtime.cluster_client import open_clients
-
     mux, runners = await open_clients(cluster.config, len(wallets))
     log = LoadLog()
     stopping = asyncio.Event()
@@ -151,8 +138,7 @@ async def _verified_supply(config: ClusterConfig, addresses: list[bytes], replic
         while True:
             accounts = []
             for address in addresses:
-                _, body = await client._request("GET", replica, f"/account/{address.hex()}")
-                accounts.append(client.verify_account(address, body, replica))
+                accounts.append(await client.account_from(address, replica))
             heights = {a.height for a in accounts}
             if len(heights) == 1:
                 return sum(a.balance for a in accounts), heights.pop()
@@ -183,9 +169,6 @@ def _demo(console: Any, cluster: LocalCluster, args: argparse.Namespace, tmp: st
           faucet: Wallet, wallets: list[KeyPair], genesis: dict[bytes, int]) -> bool:
     from rich.table import Table
 
-    from phalanx.ledger.state import Ledger
-    from phalanx.runtime import run
-
     t0 = time.perf_counter()
     console.print(f"starting 4 pbft replicas running the ledger in {tmp} ...", highlight=False)
     cluster.start()
@@ -206,9 +189,9 @@ def _demo(console: Any, cluster: LocalCluster, args: argparse.Namespace, tmp: st
     caught_up = time.perf_counter() - t_restart
     final = {i: cluster.status(i) for i in range(cluster.n)}
 
-    latencies = [lat for _, lat in log.completions]
+    latencies = log.latencies()
     elapsed = log.ended - log.started
-    resumed, after = _view_change(log)
+    resumed, after = view_change(log)
     table = Table(title="load", show_header=False)
     table.add_column(justify="left")
     table.add_column(justify="right")
@@ -217,8 +200,8 @@ def _demo(console: Any, cluster: LocalCluster, args: argparse.Namespace, tmp: st
         ("duration", f"{elapsed:.1f} s"),
         ("committed transfers", str(len(latencies))),
         ("throughput", f"{len(latencies) / elapsed:,.0f} tx/s" if elapsed > 0 else "-"),
-        ("latency p50", f"{1000 * _percentile(latencies, 0.5):.1f} ms" if latencies else "-"),
-        ("latency p99", f"{1000 * _percentile(latencies, 0.99):.1f} ms" if latencies else "-"),
+        ("latency p50", f"{1000 * percentile(latencies, 50):.1f} ms" if latencies else "-"),
+        ("latency p99", f"{1000 * percentile(latencies, 99):.1f} ms" if latencies else "-"),
         ("rejected / timed out", f"{sum(log.rejected.values())} / {log.timeouts}"),
         ("commits resumed after the kill", f"{resumed:.2f} s" if resumed is not None else "never"),
     ]

@@ -1,7 +1,7 @@
 """A machine's CPU costs of running a protocol, as measured by ``phalanx calibrate``.
 
 The simulator charges these costs to a node's CPU when the node handles an input and
-sends its outputs (see :mod:`phalanx.runtime.sim.resources`). Every cost is linear in
+sends its outputs (see :mod:`phalanx.sim.resources`). Every cost is linear in
 the message size: ``a_ns + b_ns_per_byte * bytes``.
 
 - ``handler[type]``: a replica core handling one message of ``type`` (decoded), execution

@@ -20,7 +20,7 @@ simulator:
 Clients are mapped onto ``client_procs`` load-generator CPUs, as the bench runs them.
 Replies from one step to the clients of one load generator share one frame (the real
 replica coalesces replies per shared connection). Every charge is also recorded per
-replica in an :class:`~phalanx.runtime.accounting.Accounting`, so a simulated run reports
+replica in an :class:`~phalanx.measure.accounting.Accounting`, so a simulated run reports
 the same per-phase figures, and gets the same bottleneck verdict, as a measured one.
 """
 
@@ -30,10 +30,8 @@ from collections import deque
 from typing import Any
 
 from phalanx.core.effects import Executed
-from phalanx.runtime.accounting import Accounting
-from phalanx.runtime.sim.costmodel import CostModel, cost_ns
-
-_DELIVER = 1  # the simulator's event kind for deliveries (see simulator.py)
+from phalanx.measure.accounting import Accounting
+from phalanx.sim.costmodel import CostModel, cost_ns
 
 
 class Resources:
@@ -114,7 +112,7 @@ class Resources:
         ready = self._ready_at(key)
         if ours:
             if ready > now:
-                sim._push(ready, _DELIVER, src, dst, payload, incarnation)
+                sim.deliver_at(ready, src, dst, payload, incarnation)
                 return True
             del self._releasing[key]
             self._release_next(sim, key, now)
@@ -139,7 +137,7 @@ class Resources:
         if inbox:
             head = inbox.popleft()
             self._releasing[key] = head
-            sim._push(max(at, sim.now), _DELIVER, *head)
+            sim.deliver_at(max(at, sim.now), *head)
 
     def step(self, sim: Any, endpoint: int, effects: list[Any]) -> None:
         """Charge the input just handled by ``endpoint`` (message, timer or submit) and

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from phalanx.runtime.sim.latency import LatencyMatrix
+from phalanx.measure.latency import LatencyMatrix
 
 
 class LatencyModel(Protocol):

@@ -1,7 +1,10 @@
 """One replica process: config + key -> crypto, core, store, transport, driver, HTTP API.
 
-``phalanx node`` calls :func:`serve_replica`; tests and ``phalanx up`` start that command
-as a subprocess, so a replica in a test is exactly what a user runs.
+The composition root of a replica: it chooses the application (key-value store or
+ledger) and the API, and wires them to the asyncio runtime, so it sits above both
+:mod:`phalanx.runtime` and :mod:`phalanx.api`. ``phalanx node`` calls
+:func:`serve_replica`; tests and ``phalanx up`` start that command as a subprocess, so a
+replica in a test is exactly what a user runs.
 
 Start-up order matters: the data directory's lock first, then both listening ports, and
 only then the store. A second process for a replica that already runs (a second
@@ -30,9 +33,9 @@ from phalanx.config import ClusterConfig, load, load_private_key
 from phalanx.crypto.ed25519 import Ed25519NodeCrypto
 from phalanx.crypto.keys import KeyPair
 from phalanx.ledger.state import make_ledger_factory
+from phalanx.measure.accounting import Accounting, timed_factory
 from phalanx.protocols.registry import protocol
 from phalanx.runtime import run
-from phalanx.runtime.accounting import Accounting, timed_factory
 from phalanx.runtime.linkfaults import LINK_FAULTS_ENV
 from phalanx.runtime.linkfaults import install as install_link_faults
 from phalanx.runtime.metrics import Metrics

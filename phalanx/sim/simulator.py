@@ -20,7 +20,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -39,10 +39,16 @@ from phalanx.core.effects import (
 )
 from phalanx.core.messages import encode, message_decoder
 from phalanx.core.node import ClientCore, ReplicaCore
-from phalanx.runtime.sim.crypto import SymbolicNodeCrypto, SymbolicOracle
-from phalanx.runtime.sim.network import Network, NetworkModel
 from phalanx.safety import Checker, SafetyViolation, generic_checkers
 from phalanx.safety import committed_log_hash as _log_hash
+from phalanx.sim.crypto import SymbolicNodeCrypto, SymbolicOracle
+from phalanx.sim.network import Network, NetworkModel
+from phalanx.sim.stats import (
+    CompletedRequest,
+    NodeStats,
+    StuckClient,
+    liveness_report,
+)
 
 MakeReplica = Callable[[int, NodeCrypto], ReplicaCore]
 MakeClient = Callable[[ClientCrypto], ClientCore]
@@ -76,87 +82,21 @@ class SimulationError(Exception):
     """A core or a behaviour raised; the message names the seed, time and event."""
 
 
-class Behaviour:
-    """Hooks that make a replica Byzantine. The base class behaves honestly.
-
-    The replica's own core still runs; a behaviour watches and rewrites around it:
-    - :meth:`on_deliver` sees every message before the core; returning ``False`` hides it;
-    - :meth:`on_timer` likewise for timer firings;
-    - :meth:`filter` rewrites each outgoing message, per destination (a replica id or a
-      client id): return ``[]`` to stay silent, other messages to equivocate.
-    A behaviour may send forged messages with :meth:`Simulation.inject` and sign as any
-    Byzantine replica with :meth:`Simulation.byzantine_crypto`.
-    """
+class ByzantineHooks(Protocol):
+    """What the simulation asks of a Byzantine replica's behaviour, around its core
+    (:class:`phalanx.sim.behaviour.Behaviour` is the honest implementation to build on)."""
 
     def on_deliver(self, sim: Simulation, src: NodeId, msg: Any) -> bool | None:
-        """Called before the core sees ``msg`` from ``src``; ``False`` suppresses it."""
-        return None
+        """Before the core sees ``msg`` from ``src``; ``False`` suppresses it."""
+        ...
 
     def on_timer(self, sim: Simulation, name: str) -> bool | None:
-        """Called before the core's timer ``name`` fires; ``False`` suppresses it."""
-        return None
+        """Before the core's timer ``name`` fires; ``False`` suppresses it."""
+        ...
 
     def filter(self, dest: NodeId, msg: Any) -> list[Any]:
         """The messages actually sent to ``dest`` in place of ``msg``."""
-        return [msg]
-
-
-class Silent(Behaviour):
-    """A replica that listens and computes but never sends anything."""
-
-    def filter(self, dest: NodeId, msg: Any) -> list[Any]:
-        return []
-
-
-class FilterOutgoing(Behaviour):
-    """Rewrites outgoing messages with ``fn(dest, msg) -> list[msg]`` — e.g. a primary that
-    sends different PrePrepares to different backups."""
-
-    def __init__(self, fn: Callable[[NodeId, Any], list[Any]]) -> None:
-        self._fn = fn
-
-    def filter(self, dest: NodeId, msg: Any) -> list[Any]:
-        return self._fn(dest, msg)
-
-
-@dataclass(frozen=True, slots=True)
-class CompletedRequest:
-    """A request a client finished: with a result, or refused for good (``error``)."""
-
-    client_index: int
-    client: bytes
-    timestamp: int
-    result: bytes
-    error: str | None
-    submitted_at: float
-    completed_at: float
-
-    @property
-    def latency(self) -> float:
-        """Seconds from submission to completion."""
-        return self.completed_at - self.submitted_at
-
-
-@dataclass(frozen=True, slots=True)
-class StuckClient:
-    """A client that has not finished its requests (see :meth:`Simulation.stuck_clients`)."""
-
-    client_index: int
-    client: bytes
-    completed: int
-    requests: int
-    pending_timestamp: int | None
-    waiting_since: float | None
-
-
-@dataclass(slots=True)
-class NodeStats:
-    """Traffic of one replica or client (bytes are wire bytes; 0 with ``wire=False``)."""
-
-    msgs_sent: int = 0
-    bytes_sent: int = 0
-    msgs_recv: int = 0
-    bytes_recv: int = 0
+        ...
 
 
 @dataclass(slots=True)
@@ -177,7 +117,7 @@ class _Replica:
     # appended, so logs of correct replicas stay comparable).
     log: dict[tuple[int, int], Executed] = field(default_factory=dict)
     executions: int = 0
-    behaviour: Behaviour | None = None
+    behaviour: ByzantineHooks | None = None
     endpoint: int = -1  # the replica id, or TWIN_BASE + id for a twin
 
 
@@ -253,7 +193,7 @@ class Simulation:
         self._sequence = 0
         self._timer_generation = 0
         self._partition_ids = 0
-        self._byzantine: dict[int, Behaviour] = {}
+        self._byzantine: dict[int, ByzantineHooks] = {}
         self._twins: dict[int, _Replica] = {}  # twin endpoint -> the second instance
         self._stats: dict[int, NodeStats] = {e: NodeStats() for e in range(n)}
         # Checkers that want Dropped observations (protocol alarms such as a detected
@@ -341,11 +281,17 @@ class Simulation:
             self._push(heal_at, _HEAL, partition_id)
         return partition_id
 
+    def deliver_at(self, at: float, src: int, dst: int, payload: Any, incarnation: int) -> None:
+        """Deliver ``payload`` (as it was sent) from endpoint ``src`` to endpoint ``dst`` at
+        ``at``, unless ``dst`` has restarted since ``incarnation``: how :attr:`resources`
+        hands back a message it held while the receiving node's CPU was busy."""
+        self._push(at, _DELIVER, src, dst, payload, incarnation)
+
     def call_at(self, at: float, fn: Callable[[Simulation], None]) -> None:
         """Run ``fn(self)`` at simulated time ``at`` (for fault schedules and fuzzers)."""
         self._push(self._at(at), _CALL, fn)
 
-    def set_byzantine(self, replica: int, behaviour: Behaviour) -> None:
+    def set_byzantine(self, replica: int, behaviour: ByzantineHooks) -> None:
         """Make ``replica`` Byzantine: ``behaviour`` wraps it and checkers ignore it.
         Call before :meth:`run`, so no observation of it was trusted already."""
         self._check_replica(replica)
@@ -354,7 +300,7 @@ class Simulation:
         self._byzantine[replica] = behaviour
         self._replicas[replica].behaviour = behaviour
 
-    def add_twin(self, replica: int, behaviour: Behaviour | None = None) -> int:
+    def add_twin(self, replica: int, behaviour: ByzantineHooks | None = None) -> int:
         """Run a second instance of Byzantine ``replica`` (Twins): same id, same keys,
         its own core and durable store, at endpoint ``TWIN_BASE + replica``. Messages to
         ``replica`` reach both instances; messages from either come from ``replica``.
@@ -527,47 +473,11 @@ class Simulation:
 
     def liveness_report(self) -> str:
         """One line per stuck client, or a note that all are done."""
-        stuck = self.stuck_clients()
-        if not stuck:
-            return f"all {len(self._clients)} clients done at t={self.now:.6f}s"
-        lines = [f"{len(stuck)} of {len(self._clients)} clients stuck at t={self.now:.6f}s "
-                 f"(seed={self.seed}):"]
-        for s in stuck:
-            waiting = (
-                f"waiting for timestamp {s.pending_timestamp} since t={s.waiting_since:.6f}s"
-                if s.pending_timestamp is not None
-                else "not waiting (next submit scheduled)"
-            )
-            lines.append(
-                f"  client {s.client_index} ({s.client.hex()[:16]}): "
-                f"{s.completed}/{s.requests} done, {waiting}"
-            )
-        return "\n".join(lines)
+        return liveness_report(self.stuck_clients(), len(self._clients), self.now, self.seed)
 
     def trace_hash(self) -> str:
         """SHA-256 over every event processed so far: equal seeds give equal hashes."""
         return self._trace_hash.hexdigest()
-
-    def summary(self) -> dict[str, Any]:
-        """A JSON-ready digest of the run (for ``phalanx sim``)."""
-        latencies = sorted(self.latencies())
-        return {
-            "seed": self.seed,
-            "n": self.n,
-            "time_s": self.now,
-            "events": self.events_processed,
-            "byzantine": list(self.byzantine),
-            "completed": len(self.completed()),
-            "latency_s": {
-                "p50": _percentile(latencies, 0.50),
-                "p90": _percentile(latencies, 0.90),
-                "p99": _percentile(latencies, 0.99),
-            },
-            "log_hashes": {r: self.committed_log_hash(r) for r in range(self.n)},
-            "counters": dict(sorted((self.counters + self.network.counters).items())),
-            "trace_hash": self.trace_hash(),
-            "stuck_clients": len(self.stuck_clients()),
-        }
 
     # -- event loop internals -----------------------------------------------------
 
@@ -945,10 +855,3 @@ def _make_decoder(
     if isinstance(messages, msgspec.msgpack.Decoder):
         return messages
     return message_decoder(messages)
-
-
-def _percentile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, int(q * len(sorted_values)))
-    return sorted_values[index]

@@ -1,0 +1,53 @@
+"""A simulated cluster of a registered protocol over the key-value store: what
+``phalanx sim``, the fuzzer and the simulated bench run. The simulator's counterpart of
+:mod:`phalanx.runtime.cluster_client`: both drivers learn a protocol from its
+:class:`~phalanx.protocols.spec.ProtocolSpec`, by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from phalanx.protocols.registry import protocol
+from phalanx.protocols.spec import MakeReplica
+from phalanx.sim.network import NetworkModel
+from phalanx.sim.simulator import Simulation
+from phalanx.statemachine.kv import KVStore
+
+
+def kv_simulation(
+    protocol_name: str,
+    n: int,
+    seed: int,
+    network: NetworkModel,
+    options: dict[str, Any],
+    client_retransmit_s: float,
+    multicast: bool = False,
+    f: int | None = None,
+    make_replica: MakeReplica | None = None,
+    **kwargs: Any,
+) -> Simulation:
+    """A simulated cluster of ``protocol_name`` replicas over the key-value store, with
+    its clients' cores (sending each request to every replica if ``multicast``); ``f``
+    defaults to the most faults ``n`` replicas tolerate; ``kwargs`` go to
+    :class:`Simulation` (trace, ...; ``checkers`` default to the protocol's).
+    ``make_replica`` replaces the protocol's (the fuzzer's planted bugs)."""
+    proto = protocol(protocol_name)
+    build = make_replica or proto.make_replica
+    quorums = proto.quorums(n, f)
+    kwargs.setdefault("checkers", proto.checkers())
+
+    def make_client(crypto: Any) -> Any:
+        core = proto.make_client(crypto, quorums, client_retransmit_s)
+        if multicast:
+            core.multicast = True  # type: ignore[attr-defined]
+        return core
+
+    return Simulation(
+        seed,
+        n,
+        lambda rid, crypto: build(rid, quorums, crypto, KVStore, options),
+        make_client,
+        network,
+        messages=proto.messages,
+        **kwargs,
+    )
