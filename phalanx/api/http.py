@@ -75,7 +75,19 @@ def make_app(
         digests = driver.executed_digests(first, last)
         return web.json_response({str(seq): d.hex() for seq, d in digests.items()})
 
-    app = web.Application(client_max_size=1 << 16)
+    @web.middleware
+    async def count_refusals(request: web.Request, handler: Any) -> web.StreamResponse:
+        # Refusals raised rather than returned — an unknown path (404), a wrong method
+        # (405), bad /log arguments (400) — are counted like the API's own refusals, so
+        # that no refused request goes uncounted (the hostile-input harness checks it).
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                metrics.inc(f"api_rejected:http_{exc.status}")
+            raise
+
+    app = web.Application(client_max_size=1 << 16, middlewares=[count_refusals])
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/log", executed_log)
