@@ -250,10 +250,7 @@ class LocalCluster:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log.write(f"--- {stamp} starting replica {i} ---\n".encode())
             log.flush()
-            command = [
-                sys.executable, "-m", "phalanx.cli", "node",
-                "--config", str(self.config_path), "--id", str(i),
-            ]
+            command = self.node_command(i)
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             # A session of its own: a Ctrl-C at the terminal reaches only us, and we stop
             # the replicas in order (instead of every process racing to exit at once).
@@ -285,6 +282,12 @@ class LocalCluster:
                     f"replicas {sorted(waiting)} did not answer /status within {timeout} s"
                 )
             time.sleep(0.1)
+
+    def node_command(self, i: int) -> list[str]:
+        """The command that runs replica ``i`` (a harness may wrap it, e.g. to run a
+        deliberately faulty replica)."""
+        return [sys.executable, "-m", "phalanx.cli", "node",
+                "--config", str(self.config_path), "--id", str(i)]
 
     def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to replica ``i`` (a crash by default); after SIGKILL, waits until
