@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -55,6 +56,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     c.add_argument("--json", default=None, help="write the report here")
     c.set_defaults(reliability=_crash)
+    _add_hostile(sub)
+
+
+def _add_hostile(sub: Any) -> None:
+    h = sub.add_parser("hostile", help="hostile input: malformed and adversarial frames and "
+                                       "HTTP requests against a live, loaded cluster")
+    h.add_argument("--n", type=int, default=4)
+    h.add_argument("--seed", type=int, default=1)
+    h.add_argument("--frames", type=int, default=50_000,
+                   help="frames to send in all (the campaign: 1,000,000)")
+    h.add_argument("--http", type=int, default=5_000,
+                   help="HTTP requests to send in all (the campaign: 100,000)")
+    h.add_argument("--wallets", type=int, default=16, help="the background ledger load")
+    h.add_argument("--concurrency", type=int, default=8, help="attackers at once")
+    h.add_argument("--slowloris", type=int, default=200,
+                   help="connections of each slow-loris attack (handshake, HTTP)")
+    h.add_argument("--fat-slowloris", type=int, default=20,
+                   help="authenticated links that each hold a partial 16 MiB frame")
+    h.add_argument("--partial-mib", type=float, default=1.0,
+                   help="MiB of it each such link sends before stalling")
+    h.add_argument("--rss-limit-mib", type=float, default=128.0,
+                   help="a replica's anonymous RSS may exceed its baseline by this much")
+    h.add_argument("--hold", type=float, default=8.0,
+                   help="seconds the slow-loris connections hold on")
+    h.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    h.add_argument("--json", default=None, help="write the report here")
+    h.set_defaults(reliability=_hostile)
+
+
+def _hostile(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from phalanx.reliability.hostile import HostileSpec, run_hostile_command
+
+    spec = HostileSpec(
+        workdir=_workdir(args, "phalanx-hostile-"), n=args.n, seed=args.seed,
+        frames=args.frames, http_requests=args.http, wallets=args.wallets,
+        concurrency=args.concurrency, slowloris=args.slowloris,
+        fat_slowloris=args.fat_slowloris, partial_mib=args.partial_mib,
+        rss_limit_mib=args.rss_limit_mib, hold_s=args.hold,
+    )
+    return run_hostile_command(spec, args.json, Console())
 
 
 def _workdir(args: argparse.Namespace, prefix: str) -> Path:

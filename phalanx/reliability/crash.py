@@ -72,7 +72,6 @@ it from outside (counted: ``failpoint_missed``)."""
 APPLY_SHARE = 0.25  # of power cuts at one replica: inside a log generation's LMDB commit
 APPLY_DELAY_MS = 30.0  # the kill comes 0..this many ms into that commit
 CUTS = ("discard", "torn", "none")
-ACCOUNT_TIMEOUT_S = 20.0
 DROP_EVERY = 50
 
 
@@ -97,6 +96,8 @@ class CrashSpec:
     faults: tuple[str, ...] = ()
     catch_up_timeout: float = 60.0
     converge_timeout: float = 120.0
+    account_timeout: float = 20.0  # for a replica's GET /account answers at the end
+    drain_s: float = 60.0  # for the wallets to settle their last transfer at the end
 
     def validate(self) -> None:
         if self.n < 4 or self.cycles < 0 or self.wallets < 2:
@@ -206,7 +207,7 @@ class CrashTorture:
             cluster.start()
             load = LoadProcess(cluster.config_path, self.workdir / "journal.jsonl",
                                seed=spec.seed, wallets=spec.wallets,
-                               sdk_wallets=spec.sdk_wallets,
+                               sdk_wallets=spec.sdk_wallets, drain=spec.drain_s,
                                log=self.workdir / "cluster" / "logs" / "load.log")
             load.wait_ready()
             self.say(f"crash torture: n={spec.n}, {spec.cycles} cycles, {spec.wallets} "
@@ -361,11 +362,11 @@ class CrashTorture:
                   ) -> tuple[dict[int, list[tuple[int, int] | None]], list[int]]:
         """Every wallet's executed (balance, nonce) on every replica, and their heights.
         ``GET /account`` answers once the replica holds a certified block; a replica
-        that still has none after :data:`ACCOUNT_TIMEOUT_S` counts as unreadable."""
+        that still has none after ``account_timeout`` seconds counts as unreadable."""
         accounts: dict[int, list[tuple[int, int] | None]] = {}
         heights: list[int] = []
         for replica in range(cluster.n):
-            deadline = time.monotonic() + ACCOUNT_TIMEOUT_S
+            deadline = time.monotonic() + self.spec.account_timeout
             row: list[tuple[int, int] | None] = []
             for index in range(self.spec.wallets):
                 address = wallet_plan.wallet(self.spec.seed, index).public_key.hex()
