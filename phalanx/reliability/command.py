@@ -57,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--json", default=None, help="write the report here")
     c.set_defaults(reliability=_crash)
     _add_hostile(sub)
+    _add_soak(sub)
 
 
 def _add_hostile(sub: Any) -> None:
@@ -98,6 +99,50 @@ def _hostile(args: argparse.Namespace) -> int:
         rss_limit_mib=args.rss_limit_mib, hold_s=args.hold,
     )
     return run_hostile_command(spec, args.json, Console())
+
+
+def _add_soak(sub: Any) -> None:
+    s = sub.add_parser("soak", help="soak: a long open-loop load at a share of saturation, "
+                                    "view changes on a schedule; RSS, disk, p99 plotted")
+    s.add_argument("--n", type=int, default=4)
+    s.add_argument("--duration", type=float, default=3600.0, help="seconds of soak")
+    s.add_argument("--load", type=float, default=0.7,
+                   help="share of the measured saturated throughput to offer")
+    s.add_argument("--saturation", type=float, default=None, metavar="TPS",
+                   help="skip the measurement: the saturated throughput is TPS")
+    s.add_argument("--saturation-duration", type=float, default=20.0,
+                   help="seconds of the closed-loop bench that measures saturation")
+    s.add_argument("--view-change-every", type=float, default=300.0, metavar="SECONDS")
+    s.add_argument("--view-change", choices=("stop", "kill"), default="stop",
+                   help="stop: SIGSTOP the primary, SIGCONT it later; kill: SIGKILL it and "
+                        "restart it")
+    s.add_argument("--stop", type=float, default=4.0,
+                   help="seconds the primary stays stopped (or down)")
+    s.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
+    s.add_argument("--warmup", type=float, default=60.0,
+                   help="seconds left out of the first-third baselines")
+    s.add_argument("--clients", type=int, default=64, help="requests in flight at most")
+    s.add_argument("--client-procs", type=int, default=2)
+    s.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    s.add_argument("--json", default=None, help="write the report here")
+    s.add_argument("--png", default=None, help="write the plot here")
+    s.set_defaults(reliability=_soak)
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from phalanx.reliability.soak import SoakSpec, run_soak_command
+
+    spec = SoakSpec(
+        workdir=_workdir(args, "phalanx-soak-"), n=args.n, duration_s=args.duration,
+        load=args.load, saturation_tps=args.saturation,
+        saturation_duration_s=args.saturation_duration,
+        view_change_every_s=args.view_change_every, view_change=args.view_change,
+        stop_s=args.stop, interval_s=args.interval, warmup_s=args.warmup,
+        clients=args.clients, client_procs=args.client_procs,
+    )
+    return run_soak_command(spec, args.json, args.png, Console())
 
 
 def _workdir(args: argparse.Namespace, prefix: str) -> Path:
