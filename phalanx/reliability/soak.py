@@ -425,12 +425,25 @@ def mark_disturbed(series: list[dict[str, Any]], changes_s: list[float], rate: f
     return recoveries
 
 
+def _slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (x, y) points (0 with fewer than two)."""
+    if len(points) < 2:
+        return 0.0
+    mean_x = statistics.fmean(x for x, _ in points)
+    mean_y = statistics.fmean(y for _, y in points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    if not spread:
+        return 0.0
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+
+
 def _thirds(values: list[float]) -> tuple[float, float] | None:
     """Medians of the first and last thirds (None with fewer than three values)."""
     if len(values) < 3:
         return None
     third = max(1, len(values) // 3)
-    return statistics.median(values[:third]), statistics.median(values[-third:])
+    return (round(statistics.median(values[:third]), 2),
+            round(statistics.median(values[-third:]), 2))
 
 
 def judge(samples: list[Sample], series: list[dict[str, Any]], go: float, rate: float,
@@ -445,8 +458,11 @@ def judge(samples: list[Sample], series: list[dict[str, Any]], go: float, rate: 
         if thirds is None:
             continue
         growth = thirds[1] - thirds[0]
+        points = [(s.t - go, s.anon_mib[r]) for s in steady if r in s.anon_mib]
         rss[str(r)] = {"first_third_mib": thirds[0], "last_third_mib": thirds[1],
-                       "growth_mib": round(growth, 2)}
+                       "growth_mib": round(growth, 2),
+                       "slope_mib_per_hour": round(_slope(points) * 3600, 1),
+                       "peak_mib": max(v for _, v in points)}
         if growth > spec.rss_tolerance_mib:
             findings.add("rss_growth", f"replica {r}: anonymous RSS {thirds[0]:.1f} -> "
                          f"{thirds[1]:.1f} MiB (tolerance {spec.rss_tolerance_mib:g})")
@@ -508,11 +524,14 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     axes[1].set_yscale("log")
     samples = report["samples"]
     t = [s["t_s"] / minutes for s in samples]
-    for r in sorted({k for s in samples for k in s["anon_mib"]}, key=int):
-        axes[2].plot(t, [s["anon_mib"].get(r) for s in samples], label=f"replica {r} anon")
-        axes[2].plot(t, [s["file_mib"].get(r) for s in samples], linestyle="--", alpha=0.5,
-                     label=f"replica {r} mapped")
-        axes[3].plot(t, [s["disk_mib"].get(r) for s in samples], label=f"replica {r}")
+    for index, r in enumerate(sorted({k for s in samples for k in s["anon_mib"]}, key=int)):
+        color = f"C{index}"
+        axes[2].plot(t, [s["anon_mib"].get(r) for s in samples], color=color,
+                     label=f"replica {r} anonymous")
+        axes[2].plot(t, [s["file_mib"].get(r) for s in samples], color=color, linestyle="--",
+                     alpha=0.5, label=f"replica {r} mapped (LMDB)")
+        axes[3].plot(t, [s["disk_mib"].get(r) for s in samples], color=color,
+                     label=f"replica {r}")
     axes[2].set_ylabel("RSS (MiB)")
     axes[3].set_ylabel("data dir on disk (MiB)")
     axes[3].set_xlabel("minutes")

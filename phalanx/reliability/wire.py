@@ -270,9 +270,13 @@ async def hello_fuzz(ctx: WireContext, units: int) -> Sent:
         reader, writer = await _connect(ctx, replica)
         frame = FrameEncoder().encode(_bad_hello(ctx, replica))
         writer.write(frame)
-        if not await _closed_by_peer(reader):
-            # Accepted: the fuzzed Hello happened to be valid; say nothing more (the
-            # replica counts the abandoned handshake when we hang up).
+        try:
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                # Refused: the replica hangs up. Answered (the fuzzed Hello happened to be
+                # valid): we hang up at once, and the replica counts the abandoned
+                # handshake (hs_incomplete).
+                await reader.read(1)
+        except (TimeoutError, OSError):
             pass
         _close(writer)
         sent.add(Sent(1, 1, 0, 1, len(frame)))
