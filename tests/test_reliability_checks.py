@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from phalanx.ledger.state import Ledger, block_key
 from phalanx.reliability import wallets as plan
 from phalanx.reliability.checks import (
@@ -176,3 +178,13 @@ def test_store_reader_finds_the_top_block_without_a_hint() -> None:
     del store[block_key(1)]
     assert StoreReader(store).top() == 3
     assert StoreReader(FakeStore()).top() == 0
+
+
+def test_a_commit_pause_that_outlasts_its_cycle_counts_whole() -> None:
+    from phalanx.reliability.common import ack_rate_gaps
+
+    acks = [1.0, 1.1, 5.0, 5.1]
+    # Killed at 0.9, next kill at 2.0, commits back at 5.0: the pause is 3.9 s, not 0.2.
+    pauses = list(ack_rate_gaps(acks, [(0.9, 2.0), (5.05, 9.0), (6.0, 9.0)]))
+    assert pauses[0] == pytest.approx(3.9) and pauses[1] == pytest.approx(0.05)
+    assert pauses[2] is None  # nothing committed after it

@@ -151,16 +151,15 @@ class LoadProcess:
 
 def ack_rate_gaps(ack_times: Iterable[float], windows: list[tuple[float, float]]
                   ) -> Iterator[float | None]:
-    """For each (start, end) window: the longest time without an acknowledgement inside
-    it (counted from ``start``; None if no acknowledgement came at all)."""
+    """For each (start, end) window: the longest time without an acknowledgement that
+    begins in it — from ``start`` or an acknowledgement inside, to the next one, which may
+    come after ``end`` (a stall that outlasts its window counts whole). None if no
+    acknowledgement came after ``start`` at all."""
     import numpy as np
 
     times = np.sort(np.fromiter(ack_times, dtype=float))
     for start, end in windows:
         lo, hi = np.searchsorted(times, [start, end])
-        inside = times[lo:hi]
-        if not len(inside):
-            yield None
-            continue
-        edges = np.concatenate(([start], inside))
-        yield float(np.max(np.diff(edges)))
+        closing = times[hi:hi + 1]  # the first acknowledgement at or after the end
+        edges = np.concatenate(([start], times[lo:hi], closing))
+        yield float(np.max(np.diff(edges))) if len(edges) > 1 else None

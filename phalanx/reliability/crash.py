@@ -148,6 +148,7 @@ class Cycle:
     recovered_seq: list[int] = field(default_factory=list)  # executed seq once serving
     target_seq: int = 0
     catch_up_s: float | None = None  # restart -> every victim executed target_seq
+    live_s: float | None = None  # restart -> the whole cluster in one view, committing
     commit_pause_s: float | None = None  # longest time without an ack after the kill
 
     @property
@@ -304,7 +305,29 @@ class CrashTorture:
         else:
             self.findings.add("no_catch_up", f"cycle {index}: replicas {victims} did not "
                               f"reach seq {cycle.target_seq} within {spec.catch_up_timeout:g} s")
+        # The next kill comes only once the cluster is whole again (every replica in one
+        # view, the load committing): a restarted primary counts as faulty until the next
+        # view (docs/pbft.md), and a second fault before then would exceed f.
+        if self._wait_live(cluster, restarted_at + spec.catch_up_timeout):
+            cycle.live_s = round(time.monotonic() - restarted_at, 3)
+        else:
+            self.findings.add("not_live", f"cycle {index}: the cluster was not whole and "
+                              f"committing {spec.catch_up_timeout:g} s after the restart")
         return cycle
+
+    def _wait_live(self, cluster: TortureCluster, deadline: float) -> bool:
+        """Until every replica answers in one view and the executed seq moves on."""
+        previous = None
+        while time.monotonic() < deadline:
+            answers = statuses(cluster)
+            top = max(executed(s) for s in answers.values())
+            views = {s.get("view") for s in answers.values() if s is not None}
+            whole = len(views) == 1 and None not in answers.values()
+            if whole and previous is not None and top > previous:
+                return True
+            previous = top if whole else None
+            time.sleep(0.2)
+        return False
 
     def _power_cut(self, cluster: TortureCluster, cycle: Cycle) -> None:
         """Arm every victim at once; wait for each to kill itself (or kill it)."""
@@ -336,9 +359,10 @@ class CrashTorture:
         if c.points:
             cuts = " [" + ", ".join(f"{p['point']}/{p['cut']}" for p in c.points) + "]"
         caught = f"{c.catch_up_s:.2f} s" if c.catch_up_s is not None else "NO"
+        live = f"{c.live_s:.2f} s" if c.live_s is not None else "NO"
         return (f"cycle {c.index + 1:4d}/{self.spec.cycles}: {how[c.kind]} {who}{cuts}; down "
                 f"{c.down_s:.2f} s, serving after {max(c.serve_s):.2f} s, caught up with seq "
-                f"{c.target_seq} after {caught}")
+                f"{c.target_seq} after {caught}, cluster whole and committing after {live}")
 
     # -- the end ------------------------------------------------------------------------
 
@@ -412,6 +436,7 @@ class CrashTorture:
                 "serve_s": percentiles(s for c in cycles for s in c.serve_s),
                 "catch_up_s": percentiles(c.catch_up_s for c in cycles
                                           if c.catch_up_s is not None),
+                "live_s": percentiles(c.live_s for c in cycles if c.live_s is not None),
                 "commit_pause_s": percentiles(c.commit_pause_s for c in cycles
                                               if c.commit_pause_s is not None),
             }
@@ -503,9 +528,12 @@ def summarize(report: dict[str, Any], console: Any) -> None:
     for name, part in report["recovery"].items():
         if part["cycles"]:
             serve, catch, pause = part["serve_s"], part["catch_up_s"], part["commit_pause_s"]
+            live = part["live_s"]
             rows.append((f"{name}: serving p50/max (s)", f"{serve['p50']} / {serve['max']}"))
             rows.append((f"{name}: caught up p50/p90/max (s)",
                          f"{catch['p50']} / {catch['p90']} / {catch['max']}"))
+            rows.append((f"{name}: whole and committing p50/p90/max (s)",
+                         f"{live['p50']} / {live['p90']} / {live['max']}"))
             rows.append((f"{name}: longest commit pause p50/max (s)",
                          f"{pause['p50']} / {pause['max']}"))
     for row in rows:
