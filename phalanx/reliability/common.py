@@ -149,15 +149,16 @@ class LoadProcess:
             self.proc.wait()
 
 
-def ack_rate_gaps(ack_times: Iterable[float], windows: list[tuple[float, float]]
-                  ) -> Iterator[float | None]:
+def ack_rate_gaps(ack_times: Iterable[float], windows: list[tuple[float, float]],
+                  horizon: float = float("inf")) -> Iterator[float | None]:
     """For each (start, end) window: the longest time without an acknowledgement that
     begins in it — from ``start`` or an acknowledgement inside, to the next one, which may
-    come after ``end`` (a stall that outlasts its window counts whole). None if no
-    acknowledgement came after ``start`` at all."""
+    come after ``end`` (a stall that outlasts its window counts whole) but not after
+    ``horizon`` (when the load stopped). None if no acknowledgement came after ``start``."""
     import numpy as np
 
     times = np.sort(np.fromiter(ack_times, dtype=float))
+    times = times[times < horizon]
     for start, end in windows:
         lo, hi = np.searchsorted(times, [start, end])
         closing = times[hi:hi + 1]  # the first acknowledgement at or after the end

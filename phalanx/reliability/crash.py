@@ -169,6 +169,7 @@ class CrashTorture:
         self.findings = Findings()
         self.cycles: list[Cycle] = []
         self.unexpected_exits: list[dict[str, Any]] = []
+        self.load_stopped_at = float("inf")
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -226,6 +227,7 @@ class CrashTorture:
                 self.cycles.append(cycle)
                 self.say(self._describe(cycle))
             time.sleep(self.rng.uniform(*spec.up_s))
+            self.load_stopped_at = time.time()
             code = load.stop()
             if code != 0:
                 self.findings.add("load_died", f"the load ended with {code}")
@@ -422,12 +424,11 @@ class CrashTorture:
 
     def _report(self, started: float, record: LoadRecord, final: dict[str, Any],
                 audit: BlockAudit) -> dict[str, Any]:
-        windows = []
-        for i, cycle in enumerate(self.cycles):
-            end = self.cycles[i + 1].at if i + 1 < len(self.cycles) else cycle.at + 60.0
-            windows.append((cycle.at, end))
-        for cycle, gap in zip(self.cycles, ack_rate_gaps(record.ack_times, windows),
-                              strict=True):
+        stopped = self.load_stopped_at
+        windows = [(c.at, self.cycles[i + 1].at if i + 1 < len(self.cycles) else stopped)
+                   for i, c in enumerate(self.cycles)]
+        gaps = ack_rate_gaps(record.ack_times, windows, horizon=stopped)
+        for cycle, gap in zip(self.cycles, gaps, strict=True):
             cycle.commit_pause_s = None if gap is None else round(gap, 3)
 
         def recovery(cycles: list[Cycle]) -> dict[str, Any]:
