@@ -9,8 +9,38 @@ from pathlib import Path
 from phalanx.protocols.registry import available
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help says it in words
+    already (a computed default such as "(n-1)//3") or the option is a flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            not action.option_strings or action.nargs == 0 or action.required
+            or action.default in (None, argparse.SUPPRESS) or "default" in text
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """The ``phalanx`` parser: its subcommands' parsers are of this class too, so all
+    of them show the defaults (see :class:`DefaultsHelpFormatter`)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def _pbft_default(option: str) -> str:
+    """"(default: N, the [pbft] default)" for a PBFT tunable left unset here."""
+    from phalanx.config import default_options
+
+    return f"(default: {default_options('pbft')[option]}, the [pbft] default)"
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from phalanx.config import generate_cluster
+    from phalanx.config import generate_cluster, no_fault_warning
 
     config = generate_cluster(
         args.out, args.n, f=args.f, protocol=args.protocol, host=args.host,
@@ -18,6 +48,9 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     )
     print(f"wrote {Path(args.out) / 'cluster.toml'} and {config.n} key files (mode 0600): "
           f"protocol={config.protocol} n={config.n} f={config.f}")
+    warning = no_fault_warning(config.protocol, config.n, config.f)
+    if warning:
+        print(f"phalanx keygen: {warning}", file=sys.stderr)
     return 0
 
 
@@ -119,7 +152,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         restart = float(parts[2]) if len(parts) > 2 else None
         crashes.append((int(parts[0]), float(parts[1]), restart))
     spec = SimSpec(
-        protocol=args.protocol, n=args.n, seed=args.seed, clients=args.clients,
+        protocol=args.protocol, n=args.n, f=args.f, seed=args.seed, clients=args.clients,
         requests=args.requests, payload=args.payload, duration=args.duration,
         latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, drop=args.drop,
         duplicate=args.duplicate, reorder_ms=args.reorder_ms, crash=tuple(crashes),
@@ -156,7 +189,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="phalanx", description="Scalable Byzantine-fault-tolerant state-machine replication."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,20 +197,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("keygen", help="write a cluster config and one private key per replica")
     p.add_argument("--n", type=int, default=4, help="number of replicas")
-    p.add_argument("--f", type=int, default=None, help="faults tolerated (default (n-1)//3)")
-    p.add_argument("--protocol", default="pbft", choices=protocols)
+    p.add_argument("--f", type=int, default=None,
+                   help="faults tolerated (default: the most n tolerates, (n-1)//3 for pbft)")
+    p.add_argument("--protocol", default="pbft", choices=protocols, help="ordering protocol")
     p.add_argument("--out", default="cluster", help="output directory")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--base-port", type=int, default=7000)
-    p.add_argument("--base-http-port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="every replica's host")
+    p.add_argument("--base-port", type=int, default=7000,
+                   help="replica I listens on BASE_PORT+I")
+    p.add_argument("--base-http-port", type=int, default=8000,
+                   help="replica I serves its HTTP API on BASE_HTTP_PORT+I")
     p.add_argument("--force", action="store_true", help="overwrite existing key files")
     p.set_defaults(func=_cmd_keygen)
 
     p = sub.add_parser("node", help="run one replica of a cluster")
-    p.add_argument("--config", required=True, help="cluster.toml")
-    p.add_argument("--id", type=int, required=True)
+    p.add_argument("--config", required=True, help="the cluster's cluster.toml")
+    p.add_argument("--id", type=int, required=True,
+                   help="this replica's id in the config (0..n-1)")
     p.add_argument("--key", help="private key file (default: beside the config)")
-    p.add_argument("--data-dir", help="LMDB data directory (default: data/replica-<id>)")
+    p.add_argument("--data-dir", help="LMDB data directory, locked while the replica runs "
+                                      "(default: data/replica-<id> beside the config)")
     p.add_argument("--durability", choices=("fsync", "process"), default="fsync",
                    help="fsync: writes reach the disk before the replica answers (survives "
                         "power loss); process: they reach the OS page cache (survives the "
@@ -185,34 +223,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-accounting", action="store_true",
                    help="do not measure per-type and per-phase costs (for overhead checks)")
     p.add_argument("--wan", help="WAN plan JSON written by 'phalanx bench --wan' (link "
-                                 "delays and bandwidth cap of this replica)")
+                                 "delays and bandwidth cap of this replica; default: none)")
     p.add_argument("--burn-us-per-op", type=float, default=0.0,
                    help="make execution cost this many CPU microseconds per op (benchmarks)")
     p.set_defaults(func=_cmd_node)
 
     p = sub.add_parser("up", help="run a local cluster of N replica processes (Ctrl-C stops)")
-    p.add_argument("--n", type=int, default=4)
-    p.add_argument("--protocol", default="pbft", choices=protocols)
-    p.add_argument("--dir", default="cluster", help="config, keys and data directory")
-    p.add_argument("--base-port", type=int, default=7000)
-    p.add_argument("--base-http-port", type=int, default=8000)
-    p.add_argument("--fresh", action="store_true", help="new keys and empty data dirs")
+    p.add_argument("--n", type=int, default=4,
+                   help="replicas of a new cluster (an existing DIR/cluster.toml keeps its own)")
+    p.add_argument("--protocol", default="pbft", choices=protocols,
+                   help="ordering protocol of a new cluster")
+    p.add_argument("--dir", default="cluster", help="config, keys, data and logs directory")
+    p.add_argument("--base-port", type=int, default=7000,
+                   help="a new cluster's replica I listens on BASE_PORT+I")
+    p.add_argument("--base-http-port", type=int, default=8000,
+                   help="a new cluster's replica I serves HTTP on BASE_HTTP_PORT+I")
+    p.add_argument("--fresh", action="store_true",
+                   help="new keys and empty data directories, even if DIR has a cluster")
     p.add_argument("--app", choices=("ledger", "kv"), default="ledger",
                    help="the replicated application of a new cluster (ledger: with a "
                         "funded DIR/faucet.key wallet)")
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("client", help="talk to a running cluster")
-    p.add_argument("--config", default="cluster/cluster.toml")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--config", default="cluster/cluster.toml", help="the cluster's config")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for f+1 matching answers")
     csub = p.add_subparsers(dest="client_command", required=True)
-    c = csub.add_parser("put", help="set a key")
-    c.add_argument("key")
-    c.add_argument("value")
-    c = csub.add_parser("get", help="read a key (ordered like every request)")
-    c.add_argument("key")
-    c = csub.add_parser("delete", help="remove a key")
-    c.add_argument("key")
+    c = csub.add_parser("put", help="key-value: set a key")
+    c.add_argument("key", help="the key (text)")
+    c.add_argument("value", help="its new value (text)")
+    c = csub.add_parser("get", help="key-value: read a key (ordered like every request)")
+    c.add_argument("key", help="the key (text)")
+    c = csub.add_parser("delete", help="key-value: remove a key")
+    c.add_argument("key", help="the key (text)")
     from phalanx.client.cli import add_client_commands, add_wallet_parser
 
     add_client_commands(csub)
@@ -220,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_wallet_parser(sub)
 
     p = sub.add_parser("bench", help="closed-loop benchmark of a local cluster")
-    p.add_argument("--protocol", default="pbft", choices=protocols)
-    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--protocol", default="pbft", choices=protocols, help="ordering protocol")
+    p.add_argument("--n", type=int, default=4, help="replicas")
     p.add_argument("--clients", type=int, default=None,
                    help="closed-loop clients (default 64; with --trace 32, each with a "
                         "bundle of transfers in flight)")
@@ -230,14 +274,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     p.add_argument("--client-procs", type=int, default=2,
                    help="load-generator processes (one event loop alone adds latency)")
-    p.add_argument("--max-batch", type=int, default=None)
-    p.add_argument("--max-inflight", type=int, default=None)
-    p.add_argument("--checkpoint-interval", type=int, default=None)
+    p.add_argument("--max-batch", "--batch-size", dest="max_batch", type=int, default=None,
+                   help=f"most requests per batch {_pbft_default('max_batch')}")
+    p.add_argument("--max-inflight", type=int, default=None,
+                   help=f"batches the primary has in flight at once "
+                        f"{_pbft_default('max_inflight')}")
+    p.add_argument("--checkpoint-interval", type=int, default=None,
+                   help=f"seqs between checkpoints {_pbft_default('checkpoint_interval')}")
     p.add_argument("--dir", default=None, help="working directory (default: a temp dir)")
-    p.add_argument("--base-port", type=int, default=17000)
-    p.add_argument("--json", help="write the results JSON here")
+    p.add_argument("--base-port", type=int, default=17000,
+                   help="replica ports from here, then their HTTP ports")
+    p.add_argument("--json", help="write the results JSON here (default: not written)")
     p.add_argument("--trace", help="ledger mode: replay this transfer CSV (from_address, "
-                                   "to_address, value|value_wei|value_raw [, block_timestamp])")
+                                   "to_address, value|value_wei|value_raw [, block_timestamp]; "
+                                   "default: the key-value workload)")
     p.add_argument("--speedup", type=float, default=None,
                    help="with --trace: pace by the trace's timestamps, X times faster "
                         "(default: as fast as the cluster goes)")
@@ -250,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --trace: send requests to the primary only (default: to "
                         "every replica, which then verify them while the primary batches)")
     p.add_argument("--trace-limit", type=int, default=None,
-                   help="with --trace: replay only the first N rows")
+                   help="with --trace: replay only the first N rows (default: all)")
     p.add_argument("--durability", choices=("fsync", "process"), default="fsync",
                    help="the replicas' write durability (see 'phalanx node --help')")
     p.add_argument("--connection-per-client", action="store_true",
@@ -258,26 +308,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "load-generator process share one connection per replica)")
     p.add_argument("--nemesis", default=None, metavar="FILE",
                    help="fault schedule (TOML/JSON): SIGKILL/restart, SIGSTOP/SIGCONT, "
-                        "partitions, slowed links during the window (docs/testing.md)")
+                        "partitions, slowed links during the window (docs/testing.md; "
+                        "default: no faults)")
     p.add_argument("--kill-primary-at", type=float, default=None,
-                   help="SIGKILL replica 0 this many seconds into the measured window")
+                   help="SIGKILL replica 0 this many seconds into the measured window "
+                        "(default: never)")
     p.add_argument("--keys-per-client", type=int, default=64,
                    help="distinct keys each client writes in turn (bounds the state)")
-    p.add_argument("--f", type=int, default=None, help="faults tolerated (default (n-1)//3)")
+    p.add_argument("--f", type=int, default=None,
+                   help="faults tolerated (default: the most n tolerates, (n-1)//3 for pbft)")
     p.add_argument("--rate", type=float, default=None,
                    help="open loop: offered tx/s in all (--clients is then the pool of "
                         "requests in flight); default: closed loop")
-    p.add_argument("--batch-size", dest="max_batch", type=int, default=None,
-                   help="most requests per batch (same as --max-batch)")
     p.add_argument("--batch-delay-ms", type=int, default=None,
-                   help="ms the primary may wait for a batch to fill")
+                   help=f"ms the primary may wait for a batch to fill "
+                        f"{_pbft_default('batch_delay_ms')}")
     p.add_argument("--fill-wait-ms", type=int, default=None,
                    help="with nothing in flight, ms gaps the primary waits for the last "
                         "batches' clients to be back (default 2; 0: propose at once)")
-    p.add_argument("--wan", help="RTT matrix CSV: delay every link by RTT/2 of its regions")
+    p.add_argument("--wan", help="RTT matrix CSV: delay every link by RTT/2 of its regions "
+                                 "(default: loopback as it is)")
     p.add_argument("--regions", help="with --wan: comma-separated regions of the replicas "
-                                     "(then of the load generators, round-robin)")
-    p.add_argument("--bandwidth", help="egress cap per replica, e.g. 1Gbit, 100Mbit")
+                                     "(then of the load generators, round-robin; default: "
+                                     "none)")
+    p.add_argument("--bandwidth", help="egress cap per replica, e.g. 1Gbit, 100Mbit "
+                                       "(default: no cap)")
     p.add_argument("--netns", action="store_true",
                    help="root: one network namespace per process, veth pairs and a bridge; "
                         "the kernel (tc netem, htb) applies --wan delays and --bandwidth")
@@ -296,27 +351,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_bench_sweep)
 
     p = sub.add_parser("sim", help="a deterministic simulated run; prints committed-log hashes")
-    p.add_argument("--protocol", default="pbft", choices=protocols)
-    p.add_argument("--n", type=int, default=4)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--protocol", default="pbft", choices=protocols, help="ordering protocol")
+    p.add_argument("--n", type=int, default=4, help="replicas")
+    p.add_argument("--f", type=int, default=None,
+                   help="faults tolerated, which sets the quorum sizes (default (n-1)//3)")
+    p.add_argument("--seed", type=int, default=1, help="the run's seed (same seed, same run)")
+    p.add_argument("--clients", type=int, default=4, help="closed-loop clients")
     p.add_argument("--requests", type=int, default=50, help="requests per client")
-    p.add_argument("--payload", type=int, default=64)
+    p.add_argument("--payload", type=int, default=64, help="request payload bytes")
     p.add_argument("--duration", type=float, default=60.0, help="simulated seconds at most")
-    p.add_argument("--latency-ms", type=float, default=1.0)
-    p.add_argument("--jitter-ms", type=float, default=0.0)
-    p.add_argument("--drop", type=float, default=0.0)
-    p.add_argument("--duplicate", type=float, default=0.0)
-    p.add_argument("--reorder-ms", type=float, default=0.0)
-    p.add_argument("--crash", action="append", default=[], metavar="ID:AT[:RESTART_AT]")
-    p.add_argument("--wan", help="RTT matrix CSV (e.g. ../shared/data/latency_*/rtt_matrix_ms.csv)")
-    p.add_argument("--regions", help="comma-separated region per replica (with --wan)")
-    p.add_argument("--json", help="also write the summary as JSON")
+    p.add_argument("--latency-ms", type=float, default=1.0, help="one-way link latency")
+    p.add_argument("--jitter-ms", type=float, default=0.0,
+                   help="latency drawn uniformly from LATENCY..LATENCY+JITTER")
+    p.add_argument("--drop", type=float, default=0.0, help="probability a message is lost")
+    p.add_argument("--duplicate", type=float, default=0.0,
+                   help="probability a message is delivered twice")
+    p.add_argument("--reorder-ms", type=float, default=0.0,
+                   help="extra random delay that reorders messages")
+    p.add_argument("--crash", action="append", default=[], metavar="ID:AT[:RESTART_AT]",
+                   help="crash replica ID at simulated second AT (and restart it at "
+                        "RESTART_AT); repeatable (default: no crash)")
+    p.add_argument("--wan", help="RTT matrix CSV (e.g. ../shared/data/latency_*/rtt_matrix_ms.csv;"
+                                 " default: --latency-ms on every link)")
+    p.add_argument("--regions", help="comma-separated region per replica (with --wan; "
+                                     "default: none)")
+    p.add_argument("--json", help="also write the summary as JSON (default: not written)")
     p.add_argument("--cost-model", help="calibrated costs (phalanx calibrate): CPU and "
                    "bandwidth become queued resources; reports a bench results object over "
-                   "--duration seconds after --warmup, with closed-loop clients")
-    p.add_argument("--bandwidth", help="with --cost-model: egress cap per replica, e.g. 1Gbit")
-    p.add_argument("--warmup", type=float, default=1.0, help="with --cost-model")
+                   "--duration seconds after --warmup, with closed-loop clients (default: "
+                   "no cost model, a protocol-level run)")
+    p.add_argument("--bandwidth", help="with --cost-model: egress cap per replica, e.g. 1Gbit "
+                                       "(default: no cap)")
+    p.add_argument("--warmup", type=float, default=1.0,
+                   help="with --cost-model: simulated seconds before measuring")
     p.add_argument("--host-cores", type=int, default=None,
                    help="with --cost-model: all nodes share this many cores (default: one "
                         "core per node)")
@@ -330,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sim)
 
     p = sub.add_parser("calibrate", help="measure this machine's CPU costs -> cost model JSON")
-    p.add_argument("--protocol", default="pbft", choices=protocols)
-    p.add_argument("--out", default="cost-model.json")
+    p.add_argument("--protocol", default="pbft", choices=protocols, help="ordering protocol")
+    p.add_argument("--out", default="cost-model.json", help="where to write the cost model")
     p.add_argument("--requests", type=int, default=20_000,
                    help="requests through the in-process handler measurement")
     p.add_argument("--no-real-run", action="store_true",
@@ -343,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab_sub = p.add_subparsers(dest="lab_command", required=True)
     r = lab_sub.add_parser("report", help="calibrate, sweep, validate, simulate; write "
                                           "OUT/results.md and OUT/results/")
-    r.add_argument("--out", default="docs")
+    r.add_argument("--out", default="docs", help="where results.md and results/ go")
     r.add_argument("--quick", action="store_true", help="fewer points, shorter runs")
     r.add_argument("--skip-measure", action="store_true",
                    help="only rewrite results.md from the JSON already in OUT/results")
@@ -368,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the ledger (wallets, signed transfers, verified balances) or the "
                         "key-value store")
     p.add_argument("--wallets", type=int, default=32, help="ledger: load wallets")
-    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of load")
     p.add_argument("--clients", type=int, default=16, help="kv: closed-loop clients")
     p.add_argument("--payload", type=int, default=512, help="bytes per PUT value")
     p.add_argument("--keys", type=int, default=1000, help="size of the key space")

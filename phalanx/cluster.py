@@ -8,7 +8,8 @@ directory::
 
     DIR/cluster.toml            protocol, f, replicas (see phalanx.config)
     DIR/replica-<i>.key         private keys, mode 0600
-    DIR/data/replica-<i>/       each replica's LMDB store (survives restarts)
+    DIR/data/replica-<i>/       each replica's LMDB store (survives restarts), locked by
+                                its running process (replica.lock)
     DIR/logs/replica-<i>.log    each replica's stdout and stderr (appended across restarts)
 """
 
@@ -37,7 +38,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from phalanx.config import CLUSTER_FILE, ClusterConfig, generate_cluster, load
+from phalanx.config import CLUSTER_FILE, ClusterConfig, generate_cluster, load, no_fault_warning
+from phalanx.storage.lock import lock_holder
 
 PORT_RANGE = (20_000, 32_000)
 """Where :func:`free_port_block` looks: below Linux's ephemeral range (32768+), so that the
@@ -55,7 +57,8 @@ _http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class ClusterError(RuntimeError):
-    """A replica failed to start, or exited while it was expected to run."""
+    """A replica failed to start, or exited while it was expected to run, or the
+    cluster's directory is in use by replicas this launcher did not start."""
 
 
 def free_port_block(count: int, host: str = "127.0.0.1", attempts: int = 200) -> int:
@@ -112,12 +115,28 @@ def replica_json(config: ClusterConfig, i: int, path: str, timeout: float = 5.0)
         return json.loads(response.read())
 
 
+def identity_mismatch(
+    status: dict[str, Any], config: ClusterConfig, i: int, pid: int | None = None
+) -> str | None:
+    """Why a ``GET /status`` body is not replica ``i`` of ``config`` (run by process
+    ``pid``, if given), or None if it is. Another cluster's replica ``i`` on the same
+    port answers with the same id, so the public key and the pid are what tell."""
+    answered = f"replica {status.get('replica')} (pid {status.get('pid')})"
+    if status.get("public_key") != config.replica(i).public_key.hex():
+        return f"{answered} of another cluster answers on its HTTP port"
+    if status.get("replica") != i:
+        return f"{answered} answers on replica {i}'s HTTP port"
+    if pid is not None and status.get("pid") != pid:
+        return f"another process, {answered}, answers on its HTTP port"
+    return None
+
+
 def wait_converged(
     config: ClusterConfig, ids: list[int] | None = None, timeout: float = 30.0
 ) -> tuple[int, str]:
-    """Wait until replicas ``ids`` (default: all) report the same ``executed_seq`` and
-    ``current_state_root`` on ``/status``; returns that pair. Raises TimeoutError with
-    what each replica last reported."""
+    """Wait until replicas ``ids`` (default: all) report the same ``executed_seq``,
+    ``state_root`` and (the ledger) ``block_hash`` on ``/status``; returns the seq and
+    the state root. Raises TimeoutError with what each replica last reported."""
     members = list(range(config.n)) if ids is None else ids
     deadline = time.monotonic() + timeout
     seen: dict[int, Any] = {}
@@ -125,14 +144,15 @@ def wait_converged(
         for i in members:
             try:
                 body = replica_json(config, i, "/status", timeout=2.0)
-                seen[i] = (body.get("executed_seq"), body.get("current_state_root"))
+                seen[i] = (body.get("executed_seq"), body.get("state_root"),
+                           body.get("block_hash"))
             except (OSError, ValueError) as exc:
                 seen[i] = f"no answer ({exc})"
         values = {seen[i] for i in members}
         if len(values) == 1:
             value = values.pop()
             if isinstance(value, tuple) and value[0] is not None:
-                return value
+                return value[0], value[1]
         if time.monotonic() > deadline:
             report = ", ".join(f"{i}: {seen[i]}" for i in members)
             raise TimeoutError(f"replicas did not converge within {timeout} s: {report}")
@@ -188,6 +208,7 @@ class LocalCluster:
         self.config_path = self.dir / CLUSTER_FILE
         self._config: ClusterConfig | None = None
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._log_start: dict[int, int] = {}  # where each replica's latest run begins
         self._closed = False
         atexit.register(self.close)
 
@@ -232,17 +253,36 @@ class LocalCluster:
 
     def start(self, timeout: float = 60.0, cancel: threading.Event | None = None) -> None:
         """Write keys and config if needed, spawn every replica, and wait until each one
-        answers ``GET /status``. Raises :class:`ClusterError` if a replica exits during
-        start-up and :class:`TimeoutError` after ``timeout`` seconds; returns early (with
-        the replicas running) once ``cancel`` is set."""
+        answers ``GET /status`` as itself (its id, public key and pid). Raises
+        :class:`ClusterError` if replicas of this directory already run (before touching
+        anything) or if a replica exits during start-up (naming each one that did, with
+        its log), and :class:`TimeoutError` after ``timeout`` seconds; returns early
+        (with the replicas running) once ``cancel`` is set."""
         if self._closed:
             raise RuntimeError("the cluster is closed")
         if self._config is not None:
             raise RuntimeError("start() runs once; use restart(i) for a single replica")
+        self._refuse_if_running()
         self._config = self._prepare()
         for i in range(self.n):
             self._spawn(i)
         self._wait_ready(list(range(self.n)), timeout, cancel)
+
+    def _refuse_if_running(self) -> None:
+        """ClusterError if a replica process holds one of this directory's data
+        directories (another ``phalanx up``, or ``phalanx node`` by hand): starting
+        anyway would rewrite its config and keys (``fresh``) or interleave its logs."""
+        running = []
+        for data in sorted((self.dir / "data").glob("replica-*")):
+            pid = lock_holder(data)
+            if pid is not None:
+                replica = data.name.removeprefix("replica-")
+                running.append(f"replica {replica} is already running (pid {pid or '?'})")
+        if running:
+            raise ClusterError(
+                f"{self.dir} is in use: {'; '.join(running)}. Stop that cluster first "
+                f"(Ctrl-C in its 'phalanx up'), or use another --dir."
+            )
 
     def _spawn(self, i: int) -> None:
         log_path = self.log_path(i)
@@ -250,6 +290,7 @@ class LocalCluster:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log.write(f"--- {stamp} starting replica {i} ---\n".encode())
             log.flush()
+            self._log_start[i] = log.tell()
             command = self.node_command(i)
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             # A session of its own: a Ctrl-C at the terminal reaches only us, and we stop
@@ -264,24 +305,37 @@ class LocalCluster:
     ) -> None:
         deadline = time.monotonic() + timeout
         waiting = set(ids)
+        why: dict[int, str] = {}
         while waiting:
+            if any(self._procs[i].poll() is not None for i in waiting):
+                time.sleep(0.5)  # replicas failing for one cause fail together: name all
+                failed = [i for i in sorted(waiting) if self._procs[i].poll() is not None]
+                raise ClusterError("\n".join(self._start_failure(i) for i in failed))
             for i in sorted(waiting):
-                code = self._procs[i].poll()
-                if code is not None:
-                    raise ClusterError(
-                        f"replica {i} exited with code {code} during start-up; "
-                        f"last lines of {self.log_path(i)}:\n{self.log_tail(i)}"
-                    )
-                with contextlib.suppress(OSError, ValueError):
-                    if self.status(i, timeout=2.0).get("replica") == i:
-                        waiting.discard(i)
+                try:
+                    status = self.status(i, timeout=2.0)
+                except (OSError, ValueError) as exc:
+                    why[i] = f"no answer on /status ({exc})"
+                    continue
+                mismatch = identity_mismatch(status, self.config, i, self._procs[i].pid)
+                if mismatch is None:
+                    waiting.discard(i)
+                else:
+                    why[i] = mismatch
             if not waiting or (cancel is not None and cancel.is_set()):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"replicas {sorted(waiting)} did not answer /status within {timeout} s"
+                    f"replicas {sorted(waiting)} were not ready within {timeout} s: "
+                    + "; ".join(f"replica {i}: {why.get(i, 'not asked')}" for i in sorted(waiting))
                 )
             time.sleep(0.1)
+
+    def _start_failure(self, i: int) -> str:
+        code = self._procs[i].poll()
+        reason = _exit_reason(code) if code is not None else "is running"
+        return (f"replica {i} {reason} during start-up; its output "
+                f"({self.log_path(i)}):\n{_indent(self.log_tail(i, this_run=True))}")
 
     def node_command(self, i: int) -> list[str]:
         """The command that runs replica ``i`` (a harness may wrap it, e.g. to run a
@@ -369,8 +423,8 @@ class LocalCluster:
         return replica_json(self.config, i, path, timeout)
 
     def status(self, i: int, timeout: float = 5.0) -> dict[str, Any]:
-        """Replica ``i``'s ``GET /status`` (view, executed_seq, current_state_root,
-        dropped counters, cpu_s, ...). Raises OSError if it does not answer."""
+        """Replica ``i``'s ``GET /status`` (view, executed_seq, state_root, dropped
+        counters, cpu_s, ...). Raises OSError if it does not answer."""
         body: dict[str, Any] = replica_json(self.config, i, "/status", timeout)
         return body
 
@@ -378,7 +432,8 @@ class LocalCluster:
         self, timeout: float = 30.0, ids: list[int] | None = None
     ) -> tuple[int, str]:
         """Wait until the running replicas (or ``ids``) all report the same
-        ``executed_seq`` and ``current_state_root``; returns that pair. Stop the load
+        ``executed_seq`` and ``state_root`` (and ``block_hash``); returns the seq and the
+        state root. Stop the load
         first: under load replicas agree only by chance. Raises TimeoutError with what
         each replica last reported."""
         return wait_converged(self.config, list(self.pids) if ids is None else ids, timeout)
@@ -387,13 +442,17 @@ class LocalCluster:
         """Where replica ``i``'s output goes."""
         return self.dir / "logs" / f"replica-{i}.log"
 
-    def log_tail(self, i: int, lines: int = 20) -> str:
-        """The last ``lines`` lines of replica ``i``'s log."""
+    def log_tail(self, i: int, lines: int = 20, this_run: bool = False) -> str:
+        """The last ``lines`` lines of replica ``i``'s log (``this_run``: only of the
+        latest process this cluster started, not of earlier runs)."""
+        start = self._log_start.get(i, 0) if this_run else 0
         try:
-            text = self.log_path(i).read_bytes()[-64 * 1024 :].decode(errors="replace")
+            with open(self.log_path(i), "rb") as log:
+                log.seek(max(start, log.seek(0, os.SEEK_END) - 64 * 1024))
+                text = log.read().decode(errors="replace")
         except OSError:
             return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(text.splitlines()[-lines:]) or "(no output)"
 
 
 # -- phalanx up --------------------------------------------------------------------------
@@ -416,8 +475,13 @@ def faucet_genesis(directory: Path) -> dict[bytes, int]:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    """``phalanx up``: run a local cluster until SIGINT or SIGTERM (then exit 0)."""
+    """``phalanx up``: run a local cluster until SIGINT or SIGTERM.
+
+    Exits 0 after a Ctrl-C if every replica ran until then; 1 if a replica failed to
+    start (each failed one is named, with its output), if the directory's replicas were
+    already running, or if a replica exited while the cluster ran."""
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console()
     directory = Path(args.dir)
@@ -438,8 +502,10 @@ def run_up(args: argparse.Namespace) -> int:
         try:
             cluster.start(cancel=stop)
         except (ClusterError, TimeoutError, OSError, ValueError) as exc:
-            console.print(f"[red]phalanx up: {exc}[/red]", highlight=False, soft_wrap=True)
+            console.print(f"[red]phalanx up: {escape(str(exc))}[/red]", highlight=False,
+                          soft_wrap=True)
             return 1
+        died = False
         if not stop.is_set():
             if reuse:
                 config = cluster.config
@@ -449,12 +515,12 @@ def run_up(args: argparse.Namespace) -> int:
                     soft_wrap=True,
                 )
             _print_up(console, cluster)
-            _watch(console, cluster, stop)
+            died = _watch(console, cluster, stop)
         console.print("stopping the replicas ...")
         sys.stdout.flush()
         cluster.close()
         console.print("stopped")
-        return 0
+        return 1 if died else 0
     finally:
         cluster.close()
         for sig, handler in previous.items():
@@ -475,6 +541,9 @@ def _print_up(console: Any, cluster: LocalCluster) -> None:
             str(cluster.log_path(r.id)),
         )
     console.print(table)
+    warning = no_fault_warning(config.protocol, config.n, config.f)
+    if warning:
+        console.print(f"[yellow]{warning}[/yellow]", highlight=False, soft_wrap=True)
     path = cluster.config_path
     http = config.replicas[0].http_port
     # Plain prints: commands must stay copy-pasteable, never wrapped at the console width.
@@ -492,8 +561,9 @@ def _print_up(console: Any, cluster: LocalCluster) -> None:
     sys.stdout.flush()
 
 
-def _watch(console: Any, cluster: LocalCluster, stop: threading.Event) -> None:
-    """Until ``stop``: report replicas that die (with their log's tail), keep the rest."""
+def _watch(console: Any, cluster: LocalCluster, stop: threading.Event) -> bool:
+    """Until ``stop``: report replicas that die (with their log's tail), keep the rest.
+    Returns whether any replica exited."""
     reported: set[int] = set()
     while not stop.is_set():
         time.sleep(0.2)  # a signal interrupts the sleep; the handler sets ``stop``
@@ -507,11 +577,16 @@ def _watch(console: Any, cluster: LocalCluster, stop: threading.Event) -> None:
                 f"running. Last lines of {cluster.log_path(i)}:[/red]", highlight=False,
                 soft_wrap=True,
             )
-            print(cluster.log_tail(i))
+            print(cluster.log_tail(i, this_run=True))
             sys.stdout.flush()
         if len(reported) == cluster.n:
             console.print("[red]every replica has exited[/red]")
-            return
+            return True
+    return bool(reported)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
 
 
 def _exit_reason(code: int) -> str:
@@ -712,11 +787,11 @@ def _report(
         table.add_column(column)
     roots_equal = True
     for i, s in sorted(final.items()):
-        same = s.get("executed_seq") == seq and s.get("current_state_root") == root
+        same = s.get("executed_seq") == seq and s.get("state_root") == root
         roots_equal &= same
         table.add_row(
             str(i), str(s.get("view")), str(s.get("executed_seq")),
-            str(s.get("current_state_root"))[:16] + "...",
+            str(s.get("state_root"))[:16] + "...",
             "[green]yes[/green]" if same else "[red]NO[/red]",
         )
     console.print(table)

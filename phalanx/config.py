@@ -79,6 +79,15 @@ def max_faults(protocol: str, n: int) -> int:
     return (n - 1) // 2 if protocol in _TRUSTED_COUNTER_PROTOCOLS else (n - 1) // 3
 
 
+def no_fault_warning(protocol: str, n: int, f: int) -> str | None:
+    """The warning an operator gets for a cluster that tolerates no fault (f=0), else
+    None: with f=0 one crashed or lying replica can stop or mislead the whole cluster."""
+    if f > 0:
+        return None
+    return (f"warning: f=0: this {n}-replica {protocol} cluster tolerates no faulty "
+            f"replica; {min_replicas(protocol, 1)} replicas tolerate one (f=1)")
+
+
 def default_options(protocol: str) -> dict[str, int]:
     """The tunables of ``protocol`` with their default values."""
     return {name: default for name, (default, _) in _option_spec(protocol).items()}

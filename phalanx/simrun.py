@@ -24,6 +24,8 @@ from phalanx.statemachine.kv import KVStore, encode_put
 class SimSpec:
     protocol: str = "pbft"
     n: int = 4
+    f: int | None = None
+    """Faults tolerated (quorum sizes); None: the most ``n`` replicas tolerate."""
     seed: int = 1
     clients: int = 4
     requests: int = 50
@@ -48,13 +50,15 @@ def kv_simulation(
     options: dict[str, Any],
     client_retransmit_s: float,
     multicast: bool = False,
+    f: int | None = None,
     **kwargs: Any,
 ) -> Simulation:
     """A simulated cluster of ``protocol_name`` replicas over the key-value store, with
-    its clients' cores (sending each request to every replica if ``multicast``);
-    ``kwargs`` go to :class:`Simulation` (checkers, trace, ...)."""
+    its clients' cores (sending each request to every replica if ``multicast``); ``f``
+    defaults to the most faults ``n`` replicas tolerate; ``kwargs`` go to
+    :class:`Simulation` (checkers, trace, ...)."""
     proto = protocol(protocol_name)
-    quorums = Quorums.for_n(n)
+    quorums = Quorums.for_n(n) if f is None else Quorums(n, f)
 
     def make_client(crypto: Any) -> Any:
         core = proto.make_client(crypto, quorums, client_retransmit_s)
@@ -88,7 +92,8 @@ def build(spec: SimSpec) -> Simulation:
     network = NetworkModel(
         latency=latency, drop=spec.drop, duplicate=spec.duplicate, reorder=spec.reorder_ms / 1000
     )
-    sim = kv_simulation(spec.protocol, spec.n, spec.seed, network, dict(spec.options or {}), 0.5)
+    sim = kv_simulation(spec.protocol, spec.n, spec.seed, network, dict(spec.options or {}), 0.5,
+                        f=spec.f)
     value = b"v" * spec.payload
 
     def ops(client: int, i: int) -> bytes:
@@ -111,6 +116,7 @@ def run(spec: SimSpec) -> dict[str, Any]:
     sim.run(until=sim.now + 2.0)  # let every replica finish executing what committed
     summary = sim.summary()
     summary["protocol"] = spec.protocol
+    summary["f"] = Quorums.for_n(spec.n).f if spec.f is None else spec.f
     summary["completed_at_s"] = done_at
     summary["state_roots"] = {
         r: (core.state_root().hex() if (core := sim.replica(r)) is not None else None)
@@ -121,7 +127,7 @@ def run(spec: SimSpec) -> dict[str, Any]:
 
 def render(summary: dict[str, Any]) -> str:
     lines = [
-        f"protocol={summary['protocol']} n={summary['n']} seed={summary['seed']} "
+        f"protocol={summary['protocol']} n={summary['n']} f={summary['f']} seed={summary['seed']} "
         f"completed={summary['completed']} stuck_clients={summary['stuck_clients']} "
         f"sim_time={summary['completed_at_s']:.3f}s events={summary['events']}",
     ]

@@ -31,10 +31,12 @@ def cluster(
     config: PbftConfig = FAST,
     network: NetworkModel | None = None,
     multicast: bool = False,
+    f: int | None = None,
     **kwargs,
 ) -> Simulation:
-    """``multicast``: clients send every request to all replicas (backups do not forward)."""
-    quorums = Quorums.for_n(n)
+    """``multicast``: clients send every request to all replicas (backups do not forward);
+    ``f`` defaults to the most faults ``n`` replicas tolerate."""
+    quorums = Quorums.for_n(n) if f is None else Quorums(n, f)
     return Simulation(
         seed,
         n,

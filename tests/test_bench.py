@@ -101,7 +101,7 @@ def _status(cpu: float, sent: int, recv: int, msgs: int, seq: int, peak: int = 5
     return {
         "cpu_s": cpu, "bytes_sent": sent, "bytes_recv": recv, "msgs_sent": msgs,
         "executed_seq": seq, "peak_rss_bytes": peak, "rss_bytes": peak - 1,
-        "current_state_root": "ab" * 32,
+        "state_root": "ab" * 32,
     }
 
 
@@ -142,10 +142,19 @@ def test_cpu_per_tx_sums_replicas_and_bytes_per_tx_takes_the_busiest():
 def test_state_roots_agree_only_at_one_executed_seq():
     same = {i: _status(0, 0, 0, 0, 50) for i in range(3)}
     assert state_roots_agree(same) == (True, True)
-    forked = {**same, 2: {**same[2], "current_state_root": "cd" * 32}}
+    forked = {**same, 2: {**same[2], "state_root": "cd" * 32}}
     assert state_roots_agree(forked) == (True, False)
     lagging = {**same, 2: _status(0, 0, 0, 0, 49)}
     assert state_roots_agree(lagging) == (False, False)
+
+
+def test_ledger_replicas_with_one_state_root_but_different_block_hashes_disagree():
+    # Equal accounts reached through different histories: the head block tells.
+    ledger = {i: {**_status(0, 0, 0, 0, 50), "height": 9, "block_hash": "01" * 32}
+              for i in range(3)}
+    assert state_roots_agree(ledger) == (True, True)
+    forked = {**ledger, 1: {**ledger[1], "block_hash": "02" * 32}}
+    assert state_roots_agree(forked) == (True, False)
 
 
 def test_logs_agree_compares_every_seq_held_by_two_replicas():

@@ -39,6 +39,7 @@ PLANTED = {"preprepare_digest": 60, "checkpoint_signature": 40, "request_authent
 PLANTED_TARGETED = {
     "view_change_proof": ("forge_view", 5),
     "commit_quorum": ("hide_commit", 40),
+    "unsigned_new_view": ("splice_new_view", 20),  # found at seed 1 when written
 }
 
 
@@ -210,6 +211,28 @@ def test_fuzzer_finds_planted_bug(bug, within):
     assert summary.violations == 1, f"{bug} not found in {within} seeds"
 
 
+@pytest.mark.parametrize(
+    ("n", "f", "byzantine", "within"),
+    [(6, None, 1, 30), (4, 0, 0, 20), ((5, 6, 8), None, 1, 40)],
+)
+def test_fuzzer_drawing_n_other_than_3f_plus_1_finds_fixed_2f_plus_1_quorums(
+    n, f, byzantine, within
+):
+    """The old quorum rule (2f+1 whatever n) is right only for n = 3f+1: with n=6 (f=1) or
+    n=4 (f=0) two halves of a partitioned cluster each decide (found at seeds 13, 12, 18
+    when written)."""
+    config = FuzzConfig(n=n, f=f, byzantine=byzantine, planted_bug="quorum_2f_plus_1")
+    summary = sweep(config, range(within), stop_at_first=True)
+    assert summary.violations == 1, f"fixed 2f+1 quorums not found in {within} seeds"
+
+
+def test_bounded_fuzz_over_n_other_than_3f_plus_1():
+    for config in (FuzzConfig(n=(5, 6, 8), byzantine=1), FuzzConfig(n=(4, 5, 6), f=0,
+                                                                     byzantine=0)):
+        summary = sweep(config, range(15))
+        assert summary.violations == 0, summary.failing
+
+
 @pytest.mark.parametrize(("bug", "strategy", "within"),
                          [(b, s, w) for b, (s, w) in sorted(PLANTED_TARGETED.items())])
 def test_targeted_strategy_finds_planted_bug(bug, strategy, within):
@@ -219,12 +242,12 @@ def test_targeted_strategy_finds_planted_bug(bug, strategy, within):
 
 
 def test_targeted_strategies_are_harmless_to_correct_pbft():
-    """The same attacks against PBFT without a planted bug: every forged NEW-VIEW is
-    rejected and every hidden commit is impossible, so nothing is violated."""
-    config = FuzzConfig(strategies=("forge_view", "hide_commit"))
+    """The same attacks against PBFT without a planted bug: every forged or spliced
+    NEW-VIEW is rejected and every hidden commit is impossible, so nothing is violated."""
+    config = FuzzConfig(strategies=("forge_view", "hide_commit", "splice_new_view"))
     summary = sweep(config, range(40))
     assert summary.violations == 0, summary.failing
-    assert summary.by_strategy["forge_view"] and summary.by_strategy["hide_commit"]
+    assert all(summary.by_strategy[s] for s in config.strategies or ())
 
 
 @pytest.mark.parametrize(("strategy", "seed"), [("forge_view", 0), ("hide_commit", 16)])

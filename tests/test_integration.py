@@ -267,7 +267,7 @@ def test_primary_crash_under_load_view_change_then_restarted_primary_catches_up(
     run(write(b"during-catch-up", 20))
     seq, root = cluster.wait_converged(timeout=60.0)
     statuses = all_status(config, range(4))
-    assert all(s["executed_seq"] == seq and s["current_state_root"] == root
+    assert all(s["executed_seq"] == seq and s["state_root"] == root
                for s in statuses.values()), statuses
 
     # The executed logs agree: every seq is remembered by at least two replicas (a replica

@@ -71,6 +71,11 @@ def test_post_tx_errors_have_the_right_status_and_change_nothing(world) -> None:
         (json.dumps({**good, "amount": 2**64}), 400, "malformed"),
         (json.dumps({**good, "to": "00" * 31}), 400, "malformed"),
         (json.dumps(body(ALICE, chain, BOB.address, 0, 0)), 400, "amount_not_positive"),
+        (json.dumps({**good, "amount": -1}), 400, "amount_not_positive"),
+        # Below -2^63 msgpack cannot even encode it: this used to be a 500.
+        (json.dumps({**good, "amount": -(2**63) - 1}), 400, "amount_not_positive"),
+        (json.dumps({**good, "nonce": 2**64}), 400, "malformed"),
+        (json.dumps({**good, "signature": "ab"}), 400, "malformed"),
         (json.dumps(forged), 403, "bad_signature"),
         (json.dumps(body(ALICE, bytes(32), BOB.address, 10, 0)), 403, "bad_signature"),
         (json.dumps(body(ALICE, chain, BOB.address, 5000, 0)), 422, "insufficient_funds"),
@@ -86,7 +91,7 @@ def test_post_tx_errors_have_the_right_status_and_change_nothing(world) -> None:
             resp = await client.post("/tx", data=text)
             answer = await resp.json()
             assert (resp.status, answer["error"]) == (status, reason), text[:80]
-            assert answer["detail"]
+            assert answer["detail"] and answer["detail"] != reason, answer  # says what to fix
         assert gateway.queue.qsize() == 0 and not gateway.outcomes  # nothing ordered
         assert core.app.state_root() == root  # nothing changed
         assert metrics.get("api_rejected:bad_signature") == 2
@@ -194,19 +199,19 @@ def test_certificate_checks_reject_forged_or_short_certificates(world) -> None:
 
 
 class FakeRunner:
-    """Answers requests like f+1 replicas would, from a ledger of its own; refuses any
-    bundle that holds ``refuse`` (as a primary would once that transfer is stale)."""
+    """Answers requests like f+1 replicas would, from a ledger of its own; does not accept
+    any bundle that holds ``refuse`` (as a primary would once that transfer is stale)."""
 
     def __init__(self, ledger, refuse: bytes | None = None) -> None:
         self.ledger, self.refuse, self.ops = ledger, refuse, []
 
-    async def request(self, op: bytes) -> bytes:
+    async def request(self, op: bytes, *, grace: float | None = None) -> bytes:
         from phalanx.ledger import tx as txm
-        from phalanx.runtime.client import RequestFailed
+        from phalanx.runtime.client import RequestNotAccepted
 
         self.ops.append(op)
         if self.refuse is not None and txm.is_bundle(op) and self.refuse in txm.op_txs(op):
-            raise RequestFailed(1, "stale_nonce")
+            raise RequestNotAccepted(1, "stale_nonce")
         [result] = self.ledger.apply([op])
         self.ledger.seal_block(len(self.ops))
         return result
@@ -237,3 +242,37 @@ def test_the_gateway_sends_queued_transfers_as_bundles_and_splits_a_refused_one(
     sizes = [len(txm.op_txs(op)) for op in runner.ops]
     assert sizes == ([16] + [1] * 16 + [4] if refuse_one else [16, 4])
     assert gateway.metrics.get("gateway_bundles_split") == (1 if refuse_one else 0)
+
+
+def test_unknown_endpoints_and_methods_answer_json_refusals_with_a_reason(world) -> None:
+    from types import SimpleNamespace
+
+    from phalanx.api.http import make_app
+    from phalanx.runtime.node import ReplicaDriver
+
+    _config, core, store, gateway = world
+    metrics = Metrics("0")
+    driver = ReplicaDriver(core, SimpleNamespace(), store, metrics)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        app = make_app(driver, metrics, lambda: {})
+        LedgerApi(core, store, gateway, metrics).install(app)
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.get("/no/such/endpoint")
+            assert resp.status == 404 and resp.content_type == "application/json"
+            assert await resp.json() == {"error": "unknown_endpoint",
+                                         "detail": "no endpoint /no/such/endpoint"}
+            resp = await client.delete("/tx")
+            assert resp.status == 405 and resp.headers["Allow"] == "POST"
+            answer = await resp.json()
+            assert answer["error"] == "method_not_allowed"
+            assert answer["detail"] == "DELETE is not allowed on /tx; use POST"
+            resp = await client.get("/log", params={"first": "x"})
+            assert resp.status == 400
+            assert (await resp.json())["error"] == "bad_range"
+            resp = await client.post("/tx", data=b"x" * (1 << 17))  # beyond any body limit
+            assert resp.status == 413 and (await resp.json())["error"] == "body_too_large"
+        assert metrics.get("api_rejected:unknown_endpoint") == 1
+        assert metrics.get("api_rejected:method_not_allowed") == 1
+
+    asyncio.run(main())

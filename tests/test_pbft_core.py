@@ -8,7 +8,7 @@ import random
 import msgspec
 import pytest
 
-from phalanx.core.effects import Broadcast, Dropped, Persist
+from phalanx.core.effects import Broadcast, Dropped, Persist, Send
 from phalanx.core.hashing import digest
 from phalanx.core.quorum import Quorums
 from phalanx.protocols.pbft.config import PbftConfig
@@ -167,12 +167,63 @@ def test_backup_rejects_new_view_that_drops_a_prepared_request():
     inst.on_message(0, pp(1))  # so that it knows the payload
     # A forged VIEW-CHANGE (bad signature) inside NEW-VIEW makes the whole message invalid.
     forged = msgspec.structs.replace(vcs[0], prepared=[])
-    out = inst.on_message(1, NewView(0, 1, [forged, vcs[1], vcs[2]]))
+    out = inst.on_message(1, _nv(o, 1, [forged, vcs[1], vcs[2]]))
     assert dropped(out) == ["bad_new_view"]
     assert inst.view == 0
-    out = inst.on_message(1, NewView(0, 1, vcs))
+    out = inst.on_message(1, _nv(o, 1, vcs))
     assert inst.view == 1 and not inst.in_view_change
     assert sent(out, Prepare) == [Prepare(0, 1, 1, d)]
+
+
+def _nv(o, view, vcs, signer=None):
+    """A NEW-VIEW signed by ``signer`` (default: the primary of ``view``)."""
+    nv = NewView(0, view, list(vcs))
+    signer = Q.primary(view) if signer is None else signer
+    return msgspec.structs.replace(nv, sig=o.node_crypto(signer).sign(nv.signed_bytes()))
+
+
+def _two_quorums_that_decide_differently(o):
+    """VIEW-CHANGEs for view 1 where replica 1 alone prepared ``d`` at seq 1 (replicas 1
+    and 2 pre-prepared it): the primary's quorum {1, 2, 3} keeps ``d``; Byzantine replica
+    3's quorum {0, 2, 3'} (with a VIEW-CHANGE of its own claiming nothing) does not."""
+    d = digest(b"x")
+    honest = [
+        _vc(o, 1, 1, [SlotSummary(1, d, 0)], [SlotSummary(1, d, 0)]),
+        _vc(o, 2, 1, [], [SlotSummary(1, d, 0)]),
+        _vc(o, 3, 1, [], [SlotSummary(1, d, 0)]),
+    ]
+    spliced = [_vc(o, 0, 1), honest[1], _vc(o, 3, 1)]
+    assert decide_new_view(honest, Q).slots == {1: d}
+    assert decide_new_view(spliced, Q).slots == {}
+    return honest, spliced
+
+
+def test_a_lagging_replica_takes_only_the_new_view_its_primary_signed():
+    """Any quorum of signed VIEW-CHANGEs is a valid proof, and two quorums can decide
+    differently: a lagging replica must not install a NEW-VIEW another replica assembled
+    (it would prepare another digest than the others in the same view and slot, and no
+    later view change could decide that slot). The primary's NEW-VIEW, forwarded by
+    anyone, is taken."""
+    o = oracle()
+    honest, spliced = _two_quorums_that_decide_differently(o)
+    lagging = instance(me=0)
+    for nv in (NewView(0, 1, spliced), _nv(o, 1, spliced, signer=3), _nv(o, 1, honest, signer=3)):
+        assert dropped(lagging.on_message(3, nv)) == ["bad_new_view_signature"]
+        assert lagging.view == 0
+    lagging.on_message(3, _nv(o, 1, honest))  # the primary's, forwarded by replica 3
+    assert lagging.view == 1 and lagging.slots[1].digest == digest(b"x")
+
+
+def test_with_link_based_new_view_acceptance_a_lagging_replica_installs_a_splice():
+    """The planted bug keeps the old rule (a NEW-VIEW for a later view from any sender,
+    unsigned): the lagging replica installs the spliced O set, without slot 1."""
+    o = oracle()
+    _, spliced = _two_quorums_that_decide_differently(o)
+    lagging = instance(me=0, config=PbftConfig(
+        checkpoint_interval=4, window=8, view_change_timeout=1.0,
+        planted_bug="unsigned_new_view"))
+    lagging.on_message(3, NewView(0, 1, spliced))
+    assert lagging.view == 1 and 1 not in lagging.slots
 
 
 def test_view_change_from_unknown_or_forged_signer_is_rejected():
@@ -469,3 +520,90 @@ def test_restarted_primary_proposes_nothing_more_in_its_view_but_does_after_it()
     assert restarted.fenced_view == 0 and not restarted.can_propose()
     restarted.view = 4  # primary again after view changes (4 mod 4)
     assert restarted.can_propose()
+
+
+def _in_view_change(me: int, view: int) -> PbftInstance:
+    """An instance recovered in the middle of a view change to ``view`` (it lost the
+    VIEW-CHANGEs it had collected: they are not persisted)."""
+    inst = instance(me=me)
+    inst.recover([(inst._key(b"v"), msgspec.msgpack.encode((view, True)))])
+    inst.start()
+    return inst
+
+
+def test_a_replica_that_moved_past_a_view_change_gives_its_view_change_to_one_stuck_there():
+    """Seed 263 of the splice_new_view fuzz: replicas 0 and 1 (one back from a crash)
+    waited in the change to view 2 with two VIEW-CHANGEs, replica 3 in the change to view
+    3 alone, Byzantine replica 2 silent: nobody's timer ran, forever. Replica 3 left view
+    2 without installing it, so its VIEW-CHANGE for view 2 is true: it sends it to a
+    replica it sees stuck there (once per sync tick)."""
+    o = oracle()
+    ahead = _in_view_change(3, 3)
+    out = ahead.on_message(0, _vc(o, 0, 2))
+    help_ = [e.msg for e in out if isinstance(e, Send)]
+    assert [(vc.new_view, vc.replica) for vc in help_] == [(2, 3)]
+    assert o.node_crypto(0).verify(3, help_[0].signed_bytes(), help_[0].sig)
+    assert not [e for e in ahead.on_message(0, _vc(o, 0, 2)) if isinstance(e, Send)]
+    stuck = _in_view_change(0, 2)
+    stuck.on_message(1, _vc(o, 1, 2))
+    assert not stuck.timer_armed  # two VIEW-CHANGEs: no quorum, no timer
+    stuck.on_message(3, help_[0])
+    assert stuck.timer_armed  # a quorum for view 2: its timer runs, it moves on
+
+
+def test_a_replica_in_a_later_view_gives_its_new_view_to_one_stuck_changing_to_it():
+    o = oracle()
+    d = digest(b"x")
+    vcs = [_vc(o, r, 1, [SlotSummary(1, d, 0)], [SlotSummary(1, d, 0)]) for r in (1, 2, 3)]
+    installed = instance(me=2)
+    installed.on_message(0, pp(1))
+    installed.on_message(1, _nv(o, 1, vcs))
+    assert installed.view == 1 and not installed.in_view_change
+    out = installed.on_message(0, _vc(o, 0, 1))
+    assert [type(e.msg) for e in out if isinstance(e, Send)] == [NewView]
+
+
+def test_a_restarted_backup_still_counts_its_own_prepare_vote():
+    """A backup's PREPARE for a pre-prepare of its view may be out when it crashes (the
+    record is durable before it leaves): after the restart it takes its pre-prepare
+    back, and its vote with it, so one more backup's PREPARE makes the slot prepared
+    (n=4: the two of 2f), as before the crash — not two more."""
+    first = instance(me=1)
+    out = first.on_message(0, pp(1, b"batch A"))
+    restarted = instance(me=1)
+    restarted.recover(_durable(out))
+    restarted.start()
+    out = restarted.on_message(2, Prepare(0, 0, 1, digest(b"batch A")))
+    assert sent(out, Commit) == [Commit(0, 0, 1, digest(b"batch A"))]
+
+
+def test_a_view_change_claiming_a_prepared_entry_at_view_minus_one_is_refused():
+    """Inside a replica "not pre-prepared" is view -1, so a claim at view -1 counted every
+    VIEW-CHANGE as vouching for it: one Byzantine replica's made-up digest was chosen for
+    an otherwise empty slot (the same claim at view 0 yields the null request)."""
+    o = oracle()
+    fake = digest(b"made up")
+    claim = [SlotSummary(1, fake, -1)]
+    lying = _vc(o, 3, 1, claim, claim)
+    assert decide_new_view([lying, _vc(o, 0, 1), _vc(o, 2, 1)], Q).slots == {1: fake}  # why
+    assert dropped(instance(me=2).on_message(3, lying)) == ["bad_view_change"]
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.msgpack.decode(msgspec.msgpack.encode(lying), type=ViewChange)
+    at_zero = [SlotSummary(1, fake, 0)]
+    vcs = [_vc(o, 3, 1, at_zero, at_zero), _vc(o, 0, 1), _vc(o, 2, 1)]
+    assert decide_new_view(vcs, Q) is None  # nobody vouches for it: wait for more
+    vcs.append(_vc(o, 1, 1))
+    assert decide_new_view(vcs, Q).slots == {}  # the null request, dropped as trailing
+
+
+@pytest.mark.parametrize("bad", [
+    Prepare(0, -1, 1, digest(b"x")), Prepare(0, 0, -5, digest(b"x")),
+    Prepare(-1, 0, 1, digest(b"x")), Prepare(0, 0, 1, b"short"),
+    Commit(0, 1 << 63, 1, digest(b"x")),
+])
+def test_the_wire_refuses_negative_or_oversized_views_seqs_instances_and_short_digests(bad):
+    from phalanx.core.messages import encode
+    from phalanx.runtime.launcher import message_decoder
+
+    with pytest.raises(msgspec.ValidationError):
+        message_decoder("pbft").decode(encode(bad))

@@ -5,7 +5,7 @@ the tests add liveness and end-state assertions."""
 from __future__ import annotations
 
 import pytest
-from pbft_harness import assert_consistent, cluster, executed_requests, put_op
+from pbft_harness import FAST, assert_consistent, cluster, executed_requests, put_op
 
 from phalanx.protocols.pbft.config import PbftConfig
 from phalanx.protocols.pbft.instance import PbftInstance
@@ -210,7 +210,6 @@ def test_many_seeds_with_faults():
 def test_batch_delay_forms_larger_batches_and_still_completes():
     from dataclasses import replace
 
-    from pbft_harness import FAST
 
     sizes = {}
     for delay in (0.0, 0.02):
@@ -367,3 +366,105 @@ def test_multicast_requests_withheld_from_the_primary_cost_a_timeout_not_a_view_
     assert all(sim.replica(r).view == 0 for r in range(4))
     assert sim.now < 4 * FAST.view_change_timeout * 4  # a few timeouts, no retransmission
     assert_consistent(sim)
+
+
+@pytest.mark.parametrize(("n", "f"), [(6, 1), (4, 0), (5, 1), (8, 2)])
+def test_a_partition_into_halves_never_decides_two_batches_for_one_slot(n, f):
+    """Quorums intersect in f+1 replicas for every n >= 3f+1, not only n = 3f+1: with
+    2f+1 quorums, each half of n=6 (f=1) or n=4 (f=0) commits a batch of its own
+    client at seq 1 (seen before quorums were ceil((n+f+1)/2))."""
+    sim = cluster(seed=11, n=n, f=f)
+    left, right = list(range(n // 2)), list(range(n // 2, n))
+    ids = sim.add_clients(2, put_op, requests_per_client=3)
+    sim.partition([[*left, ids[0]], [*right, ids[1]]], at=0.0, heal_at=20.0)
+    sim.run(until=40.0, stop_when=sim.all_clients_done)  # the checkers run at every event
+    assert sim.all_clients_done(), sim.liveness_report()
+    assert_consistent(sim)
+
+
+def _splice_attack(seed: int, planted_bug: str | None = None):
+    """n=4: Byzantine replica 3 splices NEW-VIEWs (phalanx.byzantine.pbft_attacks) while
+    replica 2 is down from t=0.3s until 2.0s + seed/10; the liveness checker runs from
+    t=6s (every fault over) with a bound of 30s."""
+    from phalanx.byzantine.checkers import LivenessChecker
+    from phalanx.byzantine.pbft_attacks import SpliceNewView
+    from phalanx.runtime.sim.network import NetworkModel, UniformLatency
+
+    config = PbftConfig(checkpoint_interval=8, window=16, max_batch=4, max_inflight=4,
+                        view_change_timeout=0.5, state_root_every_batch=True,
+                        planted_bug=planted_bug)
+    sim = cluster(seed=seed, config=config,
+                  network=NetworkModel(latency=UniformLatency(0.001, 0.01)))
+    attacker = SpliceNewView(3, seed)
+    sim.set_byzantine(3, attacker)
+    sim.add_clients(3, put_op, requests_per_client=200)
+    attacker.attach(sim)
+    sim.crash(2, at=0.3)
+    sim.restart(2, at=2.0 + seed / 10)
+    LivenessChecker(6.0, 30.0).install(sim, 60.0)
+    return sim
+
+
+SPLICED = (4, 9, 10, 11)
+"""Seeds whose replica 2 took the spliced NEW-VIEW under the old acceptance rule."""
+
+
+@pytest.mark.parametrize("seed", SPLICED)
+def test_a_spliced_new_view_does_not_stall_the_cluster(seed):
+    """A Byzantine backup hands a replica back from a crash a NEW-VIEW assembled from
+    another quorum of the same VIEW-CHANGEs, with its PREPARE for the other digest; it
+    withholds its COMMITs on the split slots and backs the spliced digests in its own
+    VIEW-CHANGEs. Taken, it split one slot between correct replicas in one view and no
+    later view change could decide it: clients stuck from t~1.3s, view 10 at t=36s.
+    The new primary's signature on NEW-VIEW makes the lagging replica refuse it."""
+    sim = _splice_attack(seed)
+    sim.run(until=60.0, stop_when=sim.all_clients_done)
+    assert sim.all_clients_done(), sim.liveness_report()
+    assert_consistent(sim, replicas=[0, 1, 2])
+
+
+def test_with_link_based_new_view_acceptance_a_splice_stalls_the_cluster_forever():
+    from phalanx.byzantine.checkers import LivenessViolation
+
+    with pytest.raises(LivenessViolation):
+        _splice_attack(SPLICED[0], planted_bug="unsigned_new_view").run(until=60.0)
+
+
+def test_a_replica_whose_state_diverged_takes_the_certified_state_and_reexecutes():
+    """Replica 2's state goes wrong once (a corrupted store, a bug in the application:
+    never a correct replica's fault while f hold, so it runs as a Byzantine replica that
+    behaves honestly and the checkers leave it alone). At the next stable checkpoint its
+    own digest contradicts the 2f+1 signed ones: it fetches the certified snapshot,
+    executes the decided batches after it again, and ends with the others' state."""
+    from phalanx.core.quorum import Quorums
+    from phalanx.protocols.pbft.client import PbftClient
+    from phalanx.protocols.pbft.messages import ALL_MESSAGES
+    from phalanx.protocols.pbft.replica import PbftReplica
+    from phalanx.runtime.sim.network import ConstantLatency, NetworkModel
+    from phalanx.runtime.sim.simulator import Behaviour
+    from phalanx.statemachine.kv import KVStore, encode_put
+
+    corrupted = []
+
+    class CorruptOnce(KVStore):
+        def apply(self, ops):
+            results = super().apply(ops)
+            if not corrupted and len(self._data) >= 3:
+                corrupted.append(True)
+                super().apply([encode_put(b"never-ordered", b"garbage")])
+            return results
+
+    quorums = Quorums(4, 1)
+    sim = Simulation(
+        5, 4,
+        lambda rid, crypto: PbftReplica(rid, quorums, crypto,
+                                        CorruptOnce if rid == 2 else KVStore, FAST),
+        lambda crypto: PbftClient(crypto, quorums, retransmit_timeout=0.3),
+        NetworkModel(latency=ConstantLatency(0.001)), messages=ALL_MESSAGES,
+    )
+    sim.set_byzantine(2, Behaviour())
+    sim.add_clients(3, put_op, requests_per_client=40)
+    sim.run(until=30.0, stop_when=sim.all_clients_done)
+    assert corrupted and sim.all_clients_done(), sim.liveness_report()
+    assert sim.counters["dropped.state_divergence"] >= 1
+    assert_consistent(sim, replicas=[0, 1, 2, 3])

@@ -79,9 +79,12 @@ def test_a_balance_off_by_one_and_a_transfer_never_sent_are_reported(tmp_path: P
 
 
 def test_agreement_tells_divergence_from_lagging() -> None:
-    same = {"executed_seq": 9, "current_state_root": "aa"}
+    same = {"executed_seq": 9, "state_root": "aa", "block_hash": "cc"}
     findings = Findings()
-    check_agreement(findings, {0: same, 1: same, 2: {**same, "current_state_root": "bb"}})
+    check_agreement(findings, {0: same, 1: same, 2: {**same, "state_root": "bb"}})
+    assert list(findings.counts) == ["divergent_roots"]
+    findings = Findings()  # equal accounts reached through different histories
+    check_agreement(findings, {0: same, 1: {**same, "block_hash": "dd"}})
     assert list(findings.counts) == ["divergent_roots"]
     findings = Findings()
     check_agreement(findings, {0: same, 1: {**same, "executed_seq": 8}, 2: None})

@@ -3,14 +3,19 @@
 ``/status`` is the operator's view (and what ``phalanx bench`` reads for per-node CPU,
 bytes and safety checks); ``/metrics`` is Prometheus text; ``/log`` returns the digests
 of recently executed sequence numbers so that tools can compare replicas' logs.
+
+Every error answer, of these routes and of any other (an unknown endpoint, a wrong
+method, a body too large), is JSON ``{"error": reason, "detail": text}`` with a 4xx (or
+500) status, counted in ``phalanx_api_rejected{type=<reason>}``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +24,58 @@ from phalanx.runtime.metrics import Metrics
 from phalanx.runtime.node import ReplicaDriver
 
 MAX_LOG_RANGE = 10_000
+
+log = logging.getLogger("phalanx.api")
+
+# aiohttp's own refusals (no route, wrong method, ...) -> our reason strings.
+_REASONS = {
+    400: "bad_request",
+    404: "unknown_endpoint",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+
+
+def json_error(metrics: Metrics, status: int, reason: str, detail: str,
+               headers: dict[str, str] | None = None) -> web.Response:
+    """The JSON refusal every endpoint gives, counted by reason."""
+    metrics.inc("api_rejected:" + reason)
+    return web.json_response({"error": reason, "detail": detail}, status=status,
+                             headers=headers)
+
+
+def json_errors(metrics: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Middleware: aiohttp's plain-text errors become JSON refusals, and an exception
+    in a handler a 500 JSON answer (logged) instead of a bare traceback page."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise  # redirects and the like are answers, not errors
+            reason = _REASONS.get(exc.status, f"http_{exc.status}")
+            detail = exc.reason
+            headers = None
+            if isinstance(exc, web.HTTPNotFound):
+                detail = f"no endpoint {request.path}"
+            elif isinstance(exc, web.HTTPMethodNotAllowed):
+                allowed = ", ".join(sorted(exc.allowed_methods))
+                detail = f"{request.method} is not allowed on {request.path}; use {allowed}"
+                headers = {"Allow": allowed}
+            elif exc.text and not exc.text.startswith(f"{exc.status}:"):
+                detail = exc.text  # a handler's own message
+            return json_error(metrics, exc.status, reason, detail, headers)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return json_error(metrics, 500, "internal_error",
+                              "the replica failed to answer; see its log")
+
+    return middleware
 
 
 def process_stats() -> dict[str, float]:
@@ -69,25 +126,14 @@ def make_app(
             first = int(request.query.get("first", "1"))
             last = int(request.query.get("last", str(first + 999)))
         except ValueError:
-            raise web.HTTPBadRequest(text="first and last must be integers") from None
+            return json_error(metrics, 400, "bad_range", "first and last must be integers")
         if last < first or last - first >= MAX_LOG_RANGE:
-            raise web.HTTPBadRequest(text=f"need first <= last and at most {MAX_LOG_RANGE} seqs")
+            return json_error(metrics, 400, "bad_range",
+                              f"need first <= last and at most {MAX_LOG_RANGE} seqs")
         digests = driver.executed_digests(first, last)
         return web.json_response({str(seq): d.hex() for seq, d in digests.items()})
 
-    @web.middleware
-    async def count_refusals(request: web.Request, handler: Any) -> web.StreamResponse:
-        # Refusals raised rather than returned — an unknown path (404), a wrong method
-        # (405), bad /log arguments (400) — are counted like the API's own refusals, so
-        # that no refused request goes uncounted (the hostile-input harness checks it).
-        try:
-            return await handler(request)  # type: ignore[no-any-return]
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                metrics.inc(f"api_rejected:http_{exc.status}")
-            raise
-
-    app = web.Application(client_max_size=1 << 16, middlewares=[count_refusals])
+    app = web.Application(client_max_size=1 << 16, middlewares=[json_errors(metrics)])
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/log", executed_log)

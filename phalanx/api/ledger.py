@@ -10,7 +10,9 @@
   this process that submit it to the whole cluster with the native client protocol, as
   any client would (so it is ordered, executed and answered exactly like the others).
 - ``GET /tx/{id}``: ``committed`` (height, index) or ``rejected`` (reason) from the
-  replica's durable tx index, ``pending`` while its gateway still has it, else 404.
+  replica's durable tx index, ``pending`` while its gateway still has it, ``refused`` or
+  ``not_accepted`` (reason) if the cluster refused its gateway's request for good or
+  for now (it may still execute: the index is read first), else 404.
 - ``GET /account/{address}``: balance and nonce at the latest *certified* height, with
   the sparse Merkle proof, the block header and its commit certificate (2f+1 replica
   signatures), so a client verifies the answer against the cluster's public keys alone
@@ -53,7 +55,13 @@ from phalanx.ledger.state import (
     parse_account_value,
 )
 from phalanx.protocols.registry import protocol
-from phalanx.runtime.client import ClientMux, ClientTransport, RequestFailed
+from phalanx.runtime.client import (
+    ClientMux,
+    ClientTransport,
+    RequestFailed,
+    RequestNotAccepted,
+    RequestRefused,
+)
 from phalanx.runtime.metrics import Metrics
 
 MAX_TX_BODY = 2048
@@ -90,6 +98,8 @@ def admission_detail(reason: str, tx: txm.Transfer, balance: int, next_nonce: in
         return "the signature is not the sender's over this transfer on this ledger's chain"
     if reason == txm.AMOUNT_NOT_POSITIVE:
         return "the amount must be at least 1"
+    if reason == txm.MALFORMED:
+        return "not a canonical transfer of this ledger"
     return reason
 
 
@@ -98,25 +108,54 @@ def tx_to_json(tx: txm.Transfer) -> dict[str, Any]:
             "nonce": tx.nonce, "signature": tx.signature.hex()}
 
 
+class BadTxJson(ValueError):
+    """A POST /tx body that is not a transfer: ``reason`` (a refusal reason) and the
+    message saying which field is wrong and what it must be."""
+
+    def __init__(self, detail: str, reason: str = txm.MALFORMED) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+_HEX_FIELDS = (("from", txm.ADDRESS_BYTES), ("to", txm.ADDRESS_BYTES),
+               ("signature", txm.SIGNATURE_BYTES))
+
+
 def tx_from_json(body: Any) -> txm.Transfer:
-    """The transfer in a POST /tx body; ValueError with what is wrong."""
+    """The transfer in a POST /tx body; :class:`BadTxJson` naming the wrong field.
+
+    Every field is checked here, before the transfer is encoded: an integer outside
+    64 bits cannot even be encoded, and a refusal must say what to fix."""
     if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
+        raise BadTxJson("the body must be a JSON object")
     missing = [k for k in ("from", "to", "amount", "nonce", "signature") if k not in body]
     if missing:
-        raise ValueError(f"missing field(s): {', '.join(missing)}")
+        raise BadTxJson(f"missing field(s): {', '.join(missing)}")
     unknown = sorted(set(body) - {"from", "to", "amount", "nonce", "signature"})
     if unknown:
-        raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+        raise BadTxJson(f"unknown field(s): {', '.join(unknown)}")
     amount, nonce = body["amount"], body["nonce"]
-    if not all(type(v) is int for v in (amount, nonce)):
-        raise ValueError("amount and nonce must be integers")
-    if not 0 <= nonce <= txm.MAX_AMOUNT or amount > txm.MAX_AMOUNT:
-        raise ValueError("amount and nonce must fit in 64 bits, nonce >= 0")
-    try:
-        sender, to, sig = (bytes.fromhex(body[k]) for k in ("from", "to", "signature"))
-    except (TypeError, ValueError):
-        raise ValueError("from, to and signature must be hex strings") from None
+    for name, value in (("amount", amount), ("nonce", nonce)):
+        if type(value) is not int:
+            raise BadTxJson(f"{name} must be an integer, got {json.dumps(value)}")
+    if amount < 1:
+        raise BadTxJson(f"the amount must be at least 1, got {amount}",
+                        txm.AMOUNT_NOT_POSITIVE)
+    if amount > txm.MAX_AMOUNT:
+        raise BadTxJson(f"the amount must be at most 2^64-1 = {txm.MAX_AMOUNT}")
+    if not 0 <= nonce <= txm.MAX_AMOUNT:
+        raise BadTxJson(f"the nonce must be in 0..2^64-1, got {nonce}")
+    fields = []
+    for name, size in _HEX_FIELDS:
+        value = body[name]
+        try:
+            raw = bytes.fromhex(value)
+        except (TypeError, ValueError):
+            raw = None
+        if raw is None or len(raw) != size:
+            raise BadTxJson(f"{name} must be {2 * size} hex digits ({size} bytes)")
+        fields.append(raw)
+    sender, to, sig = fields
     return txm.Transfer(sender, to, amount, nonce, sig)
 
 
@@ -232,8 +271,11 @@ class Gateway:
     async def _send_bundle(self, runner: Any, items: list[tuple[bytes, bytes]]) -> None:
         op = txm.encode_bundle([raw for _, raw in items])
         try:
+            # No grace after a refusal for now: if the bundle executes after all, the
+            # transfers sent again alone are refused or rejected as stale, and GET /tx
+            # reads the durable index, where the bundle's outcomes are, first.
             results = decode_bundle_result(
-                await asyncio.wait_for(runner.request(op), self.timeout))
+                await asyncio.wait_for(runner.request(op, grace=0.0), self.timeout))
         except RequestFailed:
             # Refused whole (one transfer no longer admissible at the primary, say): send
             # each on its own, so that the others do not share its fate.
@@ -252,8 +294,11 @@ class Gateway:
         self._record(tid, {"status": status, "height": result.height, "reason": result.reason})
 
     def _record_failure(self, tid: bytes, exc: Exception) -> None:
-        if isinstance(exc, RequestFailed):
-            self._record(tid, {"status": "rejected", "reason": exc.reason})
+        if isinstance(exc, RequestRefused):
+            self._record(tid, {"status": "refused", "reason": exc.reason})
+        elif isinstance(exc, RequestNotAccepted):
+            # Not a failure: the cluster may still execute it (docs/pbft.md, "Refusals").
+            self._record(tid, {"status": "not_accepted", "reason": exc.reason})
         elif isinstance(exc, TimeoutError):
             self._record(tid, {"status": "unknown", "reason": "gateway_timeout"})
         else:  # a broken link must not kill the worker
@@ -318,8 +363,10 @@ class LedgerApi:
             return self._refuse(413, "body_too_large", f"at most {MAX_TX_BODY} bytes")
         try:
             tx = tx_from_json(json.loads(body))
-        except (ValueError, UnicodeDecodeError) as exc:
-            return self._refuse(400, txm.MALFORMED, str(exc))
+        except BadTxJson as exc:
+            return self._refuse(_STATUS.get(exc.reason, 400), exc.reason, str(exc))
+        except ValueError as exc:  # json's errors, UnicodeDecodeError included
+            return self._refuse(400, txm.MALFORMED, f"the body is not JSON: {exc}")
         raw = txm.encode_tx(tx)
         reason = self.ledger.admit(raw)
         if reason is not None:

@@ -344,9 +344,7 @@ def _delta(start: dict[str, Any], end: dict[str, Any], key: str) -> Any:
 
 def executed_seq(status: dict[str, Any]) -> int | None:
     """The highest executed sequence number a ``GET /status`` body reports."""
-    seq = status.get("executed_seq")
-    if seq is None:
-        seq = status.get("last_executed_seq")
+    seq: int | None = status.get("executed_seq")
     return seq
 
 
@@ -411,11 +409,13 @@ class Safety:
 
 def state_roots_agree(statuses: dict[int, dict[str, Any]]) -> tuple[bool, bool]:
     """(converged, roots_equal): do all replicas report one executed_seq, and one state
-    root? Roots are only comparable at equal seqs, so unconverged replicas fail both."""
+    root (and, for the ledger, one head block hash)? Roots are only comparable at equal
+    seqs, so unconverged replicas fail both."""
     seqs = {executed_seq(s) for s in statuses.values()}
     converged = len(seqs) == 1 and None not in seqs
-    roots = {s.get("current_state_root") for s in statuses.values()}
-    return converged, converged and len(roots) == 1 and None not in roots
+    roots = {s.get("state_root") for s in statuses.values()}
+    heads = {s.get("block_hash") for s in statuses.values()}
+    return converged, converged and len(roots) == 1 and None not in roots and len(heads) == 1
 
 
 def logs_agree(logs: dict[int, dict[str, str]]) -> tuple[bool, int]:

@@ -58,6 +58,7 @@ from phalanx.bench.results import (
     state_roots_agree,
     to_json,
 )
+from phalanx.cluster import identity_mismatch
 from phalanx.config import CLUSTER_FILE, ClusterConfig, default_options, generate_cluster
 from phalanx.runtime import run
 from phalanx.runtime.linkfaults import LINK_FAULTS_ENV
@@ -225,6 +226,10 @@ class Cluster:
     async def restart(self, replica_id: int) -> None:
         """Start a killed replica again on its data directory (the nemesis)."""
         name = f"replica-{replica_id}"
+        old = self.children.procs.get(name)
+        if old is not None:
+            # The killed process holds its data directory's lock until it is gone.
+            await asyncio.wait_for(old.wait(), READY_TIMEOUT_S)
         await self.children.start(name, self._argv(replica_id),
                                   self.workdir / "logs" / f"{name}.log")
         self.killed.discard(replica_id)
@@ -235,16 +240,24 @@ class Cluster:
                                       self.workdir / "logs" / f"replica-{r.id}.log")
         deadline = time.monotonic() + READY_TIMEOUT_S
         for r in self.config.replicas:
+            why = "no answer"
             while True:
                 proc = self.children.procs[f"replica-{r.id}"]
                 if proc.returncode is not None:
                     raise BenchError(f"replica {r.id} exited with status {proc.returncode}:\n"
                                      + self.log_tail(f"replica-{r.id}"))
-                if await self.status(r.id, timeout=1.0) is not None:
-                    break
+                status = await self.status(r.id, timeout=1.0)
+                if status is not None:
+                    # The key tells this run's replica from another's on the same port
+                    # (the pid does not: --netns wraps the process).
+                    mismatch = identity_mismatch(status, self.config, r.id)
+                    if mismatch is None:
+                        break
+                    why = mismatch
                 if time.monotonic() > deadline:
-                    raise BenchError(f"replica {r.id} did not answer /status within "
-                                     f"{READY_TIMEOUT_S:g} s:\n" + self.log_tail(f"replica-{r.id}"))
+                    raise BenchError(f"replica {r.id} was not ready within "
+                                     f"{READY_TIMEOUT_S:g} s ({why}):\n"
+                                     + self.log_tail(f"replica-{r.id}"))
                 await asyncio.sleep(0.1)
 
     def log_tail(self, name: str, lines: int = 15) -> str:

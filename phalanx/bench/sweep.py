@@ -52,31 +52,40 @@ def add_arguments(p: argparse.ArgumentParser, protocols: list[str]) -> None:
     """The options of ``phalanx bench sweep`` (those of one run, with lists for the grid)."""
     p.add_argument("--protocols", default="pbft",
                    help=f"comma-separated protocols ({', '.join(protocols)})")
-    p.add_argument("--n", type=int_list, default=[4], help="committee sizes, e.g. 4,7")
+    p.add_argument("--n", type=int_list, default=[4],
+                   help="committee sizes, e.g. 4,7 (default: 4)")
     p.add_argument("--clients", type=int_list, default=[1, 8, 32, 128],
-                   help="closed-loop client counts (the pool size with --rates)")
+                   help="closed-loop client counts (the pool size with --rates; default: "
+                        "1,8,32,128)")
     p.add_argument("--rates", type=float_list, default=None,
                    help="open-loop rates in tx/s instead of closed-loop client counts "
-                        "(the pool is the largest --clients value)")
-    p.add_argument("--payload", type=int, default=512)
+                        "(the pool is the largest --clients value; default: closed loop)")
+    p.add_argument("--payload", type=int, default=512, help="request payload bytes")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per point")
-    p.add_argument("--warmup", type=float, default=2.0)
-    p.add_argument("--client-procs", type=int, default=2)
-    p.add_argument("--max-batch", type=int, default=None)
-    p.add_argument("--batch-delay-ms", type=int, default=None)
-    p.add_argument("--durability", choices=("fsync", "process"), default="fsync")
-    p.add_argument("--wan", help="RTT matrix CSV")
-    p.add_argument("--regions", help="comma-separated regions (replicas, then load generators)")
-    p.add_argument("--bandwidth", help="egress cap per replica, e.g. 100Mbit")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    p.add_argument("--client-procs", type=int, default=2, help="load-generator processes")
+    p.add_argument("--max-batch", "--batch-size", dest="max_batch", type=int, default=None,
+                   help="most requests per batch (default: the [pbft] default)")
+    p.add_argument("--batch-delay-ms", type=int, default=None,
+                   help="ms the primary may wait for a batch to fill (default: the [pbft] "
+                        "default)")
+    p.add_argument("--durability", choices=("fsync", "process"), default="fsync",
+                   help="the replicas' write durability (see 'phalanx node --help')")
+    p.add_argument("--wan", help="RTT matrix CSV (default: loopback as it is)")
+    p.add_argument("--regions", help="comma-separated regions (replicas, then load "
+                                     "generators; default: none)")
+    p.add_argument("--bandwidth", help="egress cap per replica, e.g. 100Mbit (default: no cap)")
     p.add_argument("--netns", action="store_true",
                    help="root: the kernel does the WAN (see phalanx bench --netns)")
-    p.add_argument("--burn-us-per-op", type=float, default=0.0)
-    p.add_argument("--title", default=None, help="the report's title")
+    p.add_argument("--burn-us-per-op", type=float, default=0.0,
+                   help="execution cost per op in CPU µs")
+    p.add_argument("--title", default=None, help="the report's title (default: from the grid)")
     p.add_argument("--out", default="sweep", help="output directory")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: rewrite OUT's CSV, plot and HTML from OUT/points/*.json "
                         "(verdicts re-judged under the current rules)")
-    p.add_argument("--base-port", type=int, default=17000)
+    p.add_argument("--base-port", type=int, default=17000,
+                   help="replica ports from here, then their HTTP ports")
 
 
 def points(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -28,7 +28,12 @@ from phalanx.byzantine.protocols import fuzzable
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", default="pbft", choices=fuzzable())
-    p.add_argument("--n", type=int, default=4, help="replicas")
+    p.add_argument("--n", type=_sizes, default=(4,),
+                   help="replicas; a comma-separated list (e.g. 4,5,6,8) makes each seed draw "
+                        "one (default: 4)")
+    p.add_argument("--f", type=int, default=None,
+                   help="faults tolerated, which sets the quorum sizes (default: the most n "
+                        "replicas tolerate, (n-1)//3)")
     p.add_argument("--byzantine", type=int, default=1, help="Byzantine replicas (<= f)")
     p.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
     p.add_argument("--first", type=int, default=0, help="first seed of the sweep")
@@ -46,11 +51,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write the summary as JSON")
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of replicas or a comma-separated list, got {text!r}"
+        ) from None
+    return sizes
+
+
 def run_fuzz(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     config = FuzzConfig(
         protocol=args.protocol,
-        n=args.n,
+        n=args.n[0] if len(args.n) == 1 else tuple(args.n),
+        f=args.f,
         byzantine=args.byzantine,
         max_steps=args.steps,
         planted_bug=args.bug,
@@ -83,7 +99,8 @@ def run_fuzz(args: argparse.Namespace, out: TextIO | None = None) -> int:
     print(summary.line(config), file=out, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "protocol": config.protocol, "n": config.n, "byzantine": config.byzantine,
+            "protocol": config.protocol, "n": config.n, "f": config.f,
+            "byzantine": config.byzantine,
             "planted_bug": config.planted_bug, "seeds": summary.seeds, "first": args.first,
             "steps": summary.steps, "violations": summary.violations,
             "by_property": dict(summary.by_property), "by_strategy": dict(summary.by_strategy),
@@ -104,13 +121,16 @@ def _replay(config: FuzzConfig, seed: int, out: TextIO) -> int:
     lines = explain(shrunk)
     print("\n".join(lines[1:]), file=out)  # the replay itself, nothing was shrunk
     verdict = f"{outcome.violation}" if outcome.failed else "ok"
-    print(f"fuzz {config.protocol} n={config.n} byzantine={config.byzantine}: seeds=1 "
+    print(f"fuzz {config.protocol} n={plan.n} f={plan.f} byzantine={config.byzantine}: seeds=1 "
           f"steps={outcome.events} violations={int(outcome.failed)} ({verdict})", file=out)
     return 1 if outcome.failed else 0
 
 
 def _flags(config: FuzzConfig) -> str:
-    flags = f" --protocol {config.protocol} --n {config.n} --byzantine {config.byzantine}"
+    flags = f" --protocol {config.protocol} --n {config.describe_n()}"
+    if config.f is not None:
+        flags += f" --f {config.f}"
+    flags += f" --byzantine {config.byzantine}"
     if config.planted_bug:
         flags += f" --bug {config.planted_bug}"
     if config.strategies:

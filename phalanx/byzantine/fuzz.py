@@ -45,6 +45,7 @@ STRATEGY_WEIGHTS = {
     "silent": 6,
     "forge_view": 6,
     "hide_commit": 10,
+    "splice_new_view": 6,
 }
 """How often each Byzantine strategy is drawn (``twins`` is built by the driver)."""
 
@@ -90,8 +91,11 @@ class FuzzConfig:
     """What ``phalanx fuzz`` was asked for."""
 
     protocol: str = "pbft"
-    n: int = 4
+    n: int | tuple[int, ...] = 4
+    """Replicas; several sizes make each seed draw one (n != 3f+1 included)."""
     byzantine: int = 1
+    f: int | None = None
+    """Faults tolerated, which sets the quorum sizes; None: the most n replicas tolerate."""
     max_steps: int = 300_000
     """Simulated events per seed at most (a seed that hits it is counted as truncated)."""
     planted_bug: str | None = None
@@ -100,12 +104,17 @@ class FuzzConfig:
     wall_limit: float | None = WALL_LIMIT_S
 
     def __post_init__(self) -> None:
-        quorums = Quorums.for_n(self.n)
-        if not 0 <= self.byzantine <= quorums.f:
-            raise ValueError(
-                f"--byzantine must be between 0 and f={quorums.f} for n={self.n}, "
-                f"got {self.byzantine}"
-            )
+        if not self.sizes:
+            raise ValueError("--n needs at least one size")
+        for n in self.sizes:
+            if n < 1:
+                raise ValueError(f"--n must be positive, got {n}")
+            f = self.faults(n)
+            Quorums(n, f)  # n >= 3f+1, or ValueError saying why not
+            if not 0 <= self.byzantine <= f:
+                raise ValueError(
+                    f"--byzantine must be between 0 and f={f} for n={n}, got {self.byzantine}"
+                )
         if self.max_steps < 1:
             raise ValueError("--steps must be positive")
         spec = fuzz_protocol(self.protocol)
@@ -117,6 +126,17 @@ class FuzzConfig:
             if name != "twins" and name not in spec.strategies:
                 known = ", ".join(["twins", *sorted(spec.strategies)])
                 raise ValueError(f"unknown strategy {name!r}; known: {known}")
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return (self.n,) if isinstance(self.n, int) else tuple(self.n)
+
+    def faults(self, n: int) -> int:
+        """The f of a cluster of ``n`` replicas under this configuration."""
+        return Quorums.for_n(n).f if self.f is None else self.f
+
+    def describe_n(self) -> str:
+        return ",".join(map(str, self.sizes))
 
 
 @dataclass(frozen=True)
@@ -144,6 +164,8 @@ class Plan:
 
     seed: int
     config: FuzzConfig
+    n: int
+    f: int
     byzantine: tuple[tuple[int, str], ...]
     options: Any
     latency: tuple[float, float]
@@ -160,6 +182,7 @@ class Plan:
 
     def describe(self) -> list[str]:
         lines = [
+            f"cluster: n={self.n} f={self.f}",
             "byzantine: " + (", ".join(f"replica {r} ({s})" for r, s in self.byzantine) or "none"),
             f"network before GST: latency {self.latency[0] * 1e3:.1f}-"
             f"{self.latency[1] * 1e3:.1f}ms drop={self.drop} duplicate={self.duplicate} "
@@ -175,7 +198,9 @@ def make_plan(config: FuzzConfig, seed: int) -> Plan:
     """The plan of ``seed``: drawn from its own RNG, so it never depends on the run."""
     spec = fuzz_protocol(config.protocol)
     rng = random.Random(f"phalanx/fuzz/plan/{seed}")
-    n = config.n
+    sizes = config.sizes
+    # Drawn apart, so that a single size leaves every other choice of a seed as it was.
+    n = sizes[0] if len(sizes) == 1 else random.Random(f"phalanx/fuzz/n/{seed}").choice(sizes)
     names = config.strategies or tuple(STRATEGY_WEIGHTS)
     weights = [STRATEGY_WEIGHTS.get(s, 10) for s in names]
     byzantine_ids = sorted(rng.sample(range(n), config.byzantine))
@@ -196,6 +221,10 @@ def make_plan(config: FuzzConfig, seed: int) -> Plan:
                 at = until
                 if at >= gst:
                     break
+    # Drawn apart (so that the other choices of a seed stay as they were): half the
+    # partitions cut the cluster into halves, the cut where quorums that do not
+    # intersect in a correct replica would let both sides decide.
+    halves = random.Random(f"phalanx/fuzz/halves/{seed}")
     for _ in range(rng.choice((0, 0, 1, 1, 2, 3))):
         at = rng.uniform(0.0, gst * 0.8)
         until = rng.uniform(at + 0.05, gst)
@@ -204,13 +233,17 @@ def make_plan(config: FuzzConfig, seed: int) -> Plan:
         else:
             replicas = rng.sample(range(n), n)
             cut = rng.randint(1, n - 1)
+            if halves.random() < 0.5:
+                cut = n // 2
             faults.append(
                 Fault("partition", at, until, (tuple(sorted(replicas[:cut])),
                                               tuple(sorted(replicas[cut:]))))
             )
-    return Plan(
+    plan = Plan(
         seed=seed,
         config=config,
+        n=n,
+        f=config.faults(n),
         byzantine=byzantine,
         options=spec.make_options(rng, config.planted_bug),
         latency=(0.001, rng.choice((0.002, 0.01, 0.03))),
@@ -225,6 +258,21 @@ def make_plan(config: FuzzConfig, seed: int) -> Plan:
         # Drawn apart, so that adding it left every other choice of a seed as it was.
         multicast=random.Random(f"phalanx/fuzz/multicast/{seed}").random() < 0.5,
     )
+    if correct and any(s in spec.needs_lagging_replica for _, s in byzantine):
+        plan = _with_lagging_replica(plan, correct, random.Random(f"phalanx/fuzz/lagging/{seed}"))
+    return plan
+
+
+def _with_lagging_replica(plan: Plan, correct: list[int], rng: random.Random) -> Plan:
+    """The plan with a correct replica that misses a view change and work in flight
+    meanwhile: it is down from early on until after the others changed view (GST waits
+    for it), and the clients keep sending."""
+    at = rng.uniform(0.1, 0.4)
+    until = at + rng.uniform(1.5, 3.0)
+    crash = Fault("crash", at, until, (rng.choice(correct),))
+    # 100 requests 100 ms apart: about ten simulated seconds of load.
+    return replace(plan, faults=(*plan.faults, crash), gst=max(plan.gst, until),
+                   requests=max(plan.requests, 100), think_time=0.1)
 
 
 @dataclass
@@ -260,7 +308,7 @@ def run_plan(
         reorder=plan.reorder,
     )
     sim = kv_simulation(
-        config.protocol, config.n, plan.seed, network, plan.options, 0.3,
+        config.protocol, plan.n, plan.seed, network, plan.options, 0.3, f=plan.f,
         multicast=plan.multicast, checkers=checkers_for(config.protocol), record_trace=record,
     )
     behaviours: dict[int, Behaviour] = {}
@@ -482,7 +530,8 @@ class Summary:
         props = ", ".join(f"{k}={v}" for k, v in sorted(self.by_property.items()))
         strategies = ", ".join(f"{k}={v}" for k, v in sorted(self.by_strategy.items()))
         return (
-            f"fuzz {config.protocol} n={config.n} byzantine={config.byzantine}"
+            f"fuzz {config.protocol} n={config.describe_n()}"
+            f"{'' if config.f is None else f' f={config.f}'} byzantine={config.byzantine}"
             f"{' bug=' + config.planted_bug if config.planted_bug else ''}: "
             f"seeds={self.seeds} steps={self.steps} violations={self.violations}"
             f"{' (' + props + ')' if props else ''} truncated={self.truncated} "

@@ -7,7 +7,7 @@ Strategies (besides the generic Borgesian and selective-delivery ones):
   null request;
 - ``vote_all``: votes PREPARE and COMMIT for every proposal and vote it sees, conflicting
   ones included, and signs a CHECKPOINT for every checkpoint it sees;
-- ``forge_view`` and ``hide_commit``: targeted view-change attacks
+- ``forge_view``, ``hide_commit`` and ``splice_new_view``: targeted view-change attacks
   (:mod:`phalanx.byzantine.pbft_attacks`).
 """
 
@@ -21,7 +21,7 @@ import msgspec
 from phalanx.byzantine.behaviours import Borgesian, Log, Rewriter, SelectiveDelivery, Voter
 from phalanx.byzantine.checkers import AlarmChecker, register_checkers
 from phalanx.byzantine.generate import MessageGenerator
-from phalanx.byzantine.pbft_attacks import ForgeNewView, HideCommit
+from phalanx.byzantine.pbft_attacks import ForgeNewView, HideCommit, SpliceNewView
 from phalanx.byzantine.protocols import FuzzProtocol
 from phalanx.core.hashing import digest
 from phalanx.core.messages import Request, decode_batch, encode_batch
@@ -119,7 +119,8 @@ def _fix_view_change(vc: ViewChange, gen: MessageGenerator) -> ViewChange:
     """A VIEW-CHANGE that passes the structural checks: a stable checkpoint proven by
     real CHECKPOINTs it observed (or the genesis one), and P and Q entries inside its
     window for views below the new one — claiming that observed digests (real batches,
-    maybe of other slots) were prepared at recently observed seqs."""
+    maybe of other slots) were prepared at recently observed seqs (one in ten at view
+    -1, which only the decoder and the admission checks stand between)."""
     rng = gen.rng
     low, low_digest, proof = 0, b"", []
     stable = _stable_checkpoints(gen)
@@ -132,7 +133,10 @@ def _fix_view_change(vc: ViewChange, gen: MessageGenerator) -> ViewChange:
     entries = {}
     for _ in range(rng.randint(1, 3)):
         seq = rng.choice(recent) if recent and rng.random() < 0.7 else low + rng.randint(1, 4)
-        entries[seq] = SlotSummary(seq, rng.choice(digests), rng.randrange(new_view))
+        # Now and then a claim at view -1, which a replica's "not pre-prepared" (-1) would
+        # make everyone vouch for if it were admitted.
+        view = -1 if rng.random() < 0.1 else rng.randrange(new_view)
+        entries[seq] = SlotSummary(seq, rng.choice(digests), view)
     summaries = sorted(entries.values(), key=lambda e: e.seq)
     return replace_struct(
         vc, new_view=new_view, checkpoint_seq=low, checkpoint_digest=low_digest,
@@ -141,17 +145,19 @@ def _fix_view_change(vc: ViewChange, gen: MessageGenerator) -> ViewChange:
 
 
 def _stable_checkpoints(gen: MessageGenerator) -> list[tuple[int, bytes, list[Checkpoint]]]:
-    """Checkpoints for which the observed traffic holds 2f+1 matching signed CHECKPOINTs
-    (forwarded unchanged, they are a valid proof)."""
-    quorum = Quorums.for_n(gen.n).checkpoint
+    """Checkpoints for which the observed traffic may hold a quorum of matching signed
+    CHECKPOINTs (forwarded unchanged, every one of them, they are a valid proof if they
+    reach the cluster's quorum; the generator does not know f, so it offers every group
+    of at least the smallest quorum any f gives, a majority)."""
+    majority = Quorums(gen.n, 0).strong
     groups: dict[tuple[int, bytes], dict[int, Checkpoint]] = {}
     for cp in gen.pool.messages(Checkpoint):
         if 0 < cp.seq < 1 << 62 and 0 <= cp.replica < gen.n:
             groups.setdefault((cp.seq, cp.state_digest), {})[cp.replica] = cp
     return [
-        (seq, state_digest, [by_replica[r] for r in sorted(by_replica)][:quorum])
+        (seq, state_digest, [by_replica[r] for r in sorted(by_replica)])
         for (seq, state_digest), by_replica in sorted(groups.items())
-        if len(by_replica) >= quorum
+        if len(by_replica) >= majority
     ]
 
 
@@ -235,6 +241,12 @@ def hide_commit(replica: int, seed: int, disabled: frozenset[int], log: Log | No
     return HideCommit(replica, seed, disabled=disabled, log=log)
 
 
+def splice_new_view(
+    replica: int, seed: int, disabled: frozenset[int], log: Log | None
+) -> Behaviour:
+    return SpliceNewView(replica, seed, disabled=disabled, log=log)
+
+
 def fuzz_spec() -> FuzzProtocol:
     return FuzzProtocol(
         name="pbft",
@@ -248,9 +260,11 @@ def fuzz_spec() -> FuzzProtocol:
             "vote_all": vote_all,
             "forge_view": forge_view,
             "hide_commit": hide_commit,
+            "splice_new_view": splice_new_view,
         },
         planted_bugs=PLANTED_BUGS,
         signer_field="replica",
         fixups=FIXUPS,
         view_change_timeout=0.5,
+        needs_lagging_replica=frozenset({"splice_new_view"}),
     )

@@ -19,6 +19,15 @@ check that), while a core that skips a check is caught quickly (the planted-bug 
   real, signed ones — and proposes the null request in its place. With a commit
   quorum of 2f+1 the one replica cannot have committed alone (2f+1 commits need f+1
   correct replicas that prepared, and every 2f+1 VIEW-CHANGEs include one of them).
+- :class:`SpliceNewView` (``splice_new_view``): a backup that, once the new primary's
+  NEW-VIEW is out, picks another quorum of the same genuine, signed VIEW-CHANGEs (and
+  its own) whose decision differs in some slot, and hands that NEW-VIEW to replicas still
+  in an older view — directly and in its answers to their catch-up requests — with its
+  PREPARE for the slot's other digest. A replica that accepts a NEW-VIEW it cannot tell
+  came from the primary installs another O set than the others; two correct replicas
+  then prepare different digests in one view and slot, and no later view change can
+  decide that slot (the cluster changes view forever). The new primary's signature on
+  NEW-VIEW stops it.
 """
 
 from __future__ import annotations
@@ -33,11 +42,12 @@ from phalanx.byzantine.behaviours import ActionBehaviour, Log
 from phalanx.core.hashing import digest as sha256
 from phalanx.core.messages import decode_batch, encode_batch
 from phalanx.core.quorum import Quorums
-from phalanx.protocols.pbft.instance import GENESIS_DIGEST, PbftInstance
+from phalanx.protocols.pbft.instance import GENESIS_DIGEST, MAX_Q_ENTRIES, PbftInstance
 from phalanx.protocols.pbft.messages import (
     Checkpoint,
     Commit,
     CommittedSlot,
+    FetchCommitted,
     FetchPayload,
     NewView,
     PayloadData,
@@ -52,6 +62,11 @@ from phalanx.runtime.sim.simulator import NodeId, Simulation
 _Checkpoint = tuple[int, bytes, list[Checkpoint]]
 MAX_CHECKPOINTS = 4
 """Stable checkpoints (with proofs) the commit-hiding replica remembers."""
+MAX_SPLICES = 4
+"""Spliced NEW-VIEWs the splicing replica keeps handing out (the latest views)."""
+LAG_S = 0.5
+"""Simulated seconds of silence after which the splicing replica deems a replica lagging
+(two of the fuzzer's view-change timeouts)."""
 
 
 def _instance(sim: Simulation, replica: int) -> PbftInstance | None:
@@ -70,6 +85,11 @@ def _view_of(msg: Any) -> int | None:
 
 def _signed(vc: ViewChange, sig: bytes) -> ViewChange:
     return msgspec.structs.replace(vc, sig=sig)
+
+
+def _signed_new_view(sim: Simulation, replica: int, nv: NewView) -> NewView:
+    """``nv`` signed by Byzantine ``replica`` (valid where it is the view's primary)."""
+    return msgspec.structs.replace(nv, sig=sim.byzantine_crypto(replica).sign(nv.signed_bytes()))
 
 
 class ForgeNewView(ActionBehaviour):
@@ -140,7 +160,7 @@ class ForgeNewView(ActionBehaviour):
         decision = decide_new_view(forged, quorums)
         if decision is None or decision.slots.get(seq) != claims[seq]:
             return
-        nv = NewView(inst.instance, view, forged)
+        nv = _signed_new_view(sim, self.replica, NewView(inst.instance, view, forged))
         self._note(f"forges NEW-VIEW {view}: slot {seq} -> {claims[seq].hex()[:12]} "
                    f"(committed {inst.slots[seq].committed_digest.hex()[:12]})")
         for dest in range(quorums.n):
@@ -194,7 +214,8 @@ class HideCommit(ActionBehaviour):
 
     def attach(self, sim: Simulation) -> None:
         super().attach(sim)
-        self.quorums = Quorums.for_n(sim.n)
+        inst = _instance(sim, self.replica)
+        self.quorums = inst.q if inst is not None else Quorums.for_n(sim.n)
 
     # -- incoming ---------------------------------------------------------------------
 
@@ -276,7 +297,8 @@ class HideCommit(ActionBehaviour):
         ]
         for dest in range(q.n):
             if dest != self.replica:
-                self._send(dest, NewView(inst.instance, view, chosen))
+                self._send(dest, _signed_new_view(sim, self.replica,
+                                                  NewView(inst.instance, view, chosen)))
                 for pp in proposals:
                     self._send(dest, pp)
 
@@ -319,3 +341,222 @@ class HideCommit(ActionBehaviour):
             # others time out and move on).
             return []
         return [msg]
+
+
+class SpliceNewView(ActionBehaviour):
+    """A backup that re-assembles the new primary's NEW-VIEW from another quorum of the
+    same signed VIEW-CHANGEs and gives it to lagging replicas (see the module docstring)."""
+
+    name = "splice_new_view"
+
+    def __init__(
+        self, replica: int, seed: int, *, disabled: frozenset[int] = frozenset(),
+        log: Log | None = None,
+    ) -> None:
+        super().__init__(replica, seed, disabled=disabled, log=log)
+        self.quorums: Quorums | None = None
+        self.view_changes: dict[int, dict[int, ViewChange]] = {}  # view -> replica -> vc
+        self.views: dict[int, int] = {}  # replica -> highest view seen in its messages
+        self.heard: dict[int, float] = {}  # replica -> when we last heard from it
+        self.handed: set[tuple[int, int]] = set()  # (replica, view) we gave a splice to
+        # view -> (the spliced NEW-VIEW, slot -> the digest it puts where the primary's
+        # decision has another one or none)
+        self.spliced: dict[int, tuple[NewView, dict[int, bytes]]] = {}
+
+    def attach(self, sim: Simulation) -> None:
+        super().attach(sim)
+        inst = _instance(sim, self.replica)
+        self.quorums = inst.q if inst is not None else Quorums.for_n(sim.n)
+
+    def on_deliver(self, sim: Simulation, src: NodeId, msg: Any) -> bool | None:
+        q = self.quorums
+        if q is None or not isinstance(src, int) or not 0 <= src < q.n:
+            return None
+        self.heard[src] = sim.now
+        view = _view_of(msg)
+        if view is not None and 0 <= view < 1 << 32 and not isinstance(msg, NewView):
+            self.views[src] = max(self.views.get(src, -1), view)
+        if isinstance(msg, Prepare) and self._stalling(sim, msg.view):
+            return False  # our core must not prepare: its own VIEW-CHANGE then shows none
+        if isinstance(msg, ViewChange) and self._genuine(sim, src, msg):
+            by_replica = self.view_changes.setdefault(msg.new_view, {})
+            by_replica[src] = msg
+            for old in [v for v in self.view_changes if v < msg.new_view - q.n]:
+                del self.view_changes[old]
+        elif isinstance(msg, NewView) and src == q.primary(msg.view) != self.replica:
+            self._splice(sim, msg)
+        for view, (nv, _) in self.spliced.items():
+            # A replica still behind the spliced view (back from a partition or a crash,
+            # or asking to catch up) gets the splice before anyone's answer.
+            if self.views.get(src, -1) < view and (
+                isinstance(msg, FetchCommitted) or (src, view) not in self.handed
+            ):
+                self.handed.add((src, view))
+                self._hand_over(src, nv)
+        return None
+
+    def filter(self, dest: NodeId, msg: Any) -> list[Any]:
+        if isinstance(msg, NewView) and msg.view in self.spliced:
+            return [self.spliced[msg.view][0]]  # our catch-up answers carry the splice
+        if isinstance(msg, NewView) and any(v < msg.view for v in self.spliced):
+            return []  # as a later primary, we never resolve the split slots ourselves
+        if isinstance(msg, Prepare) and msg.view in self.spliced and isinstance(dest, int):
+            other = self.spliced[msg.view][1].get(msg.seq)
+            if other is not None and self.views.get(dest, -1) < msg.view:
+                return [replace_prepare(msg, other)]
+        if isinstance(msg, Commit) and msg.seq in self._split_slots(msg.view):
+            return []  # neither side may commit the slot: a later view change must decide it
+        if (
+            isinstance(msg, Prepare | Commit) and self.sim is not None
+            and self._stalling(self.sim, msg.view)
+        ):
+            return []
+        if isinstance(msg, ViewChange) and msg.replica == self.replica and self.sim is not None:
+            return [self._backing_view_change(self.sim, msg)]
+        return [msg]
+
+    def _stalling(self, sim: Simulation, view: int) -> bool:
+        """While a replica lags (silent for a while, or behind in views) we vote for
+        nothing in the current view: without the lagging replica's votes and ours
+        nothing prepares, the others change view with the in-flight slots pre-prepared
+        but unprepared — the slots two quorums of VIEW-CHANGEs then decide differently."""
+        inst = _instance(sim, self.replica)
+        q = self.quorums
+        if inst is None or q is None or view != inst.view or inst.in_view_change:
+            return False
+        for r in range(q.n):
+            behind = self.views.get(r, -1)
+            lagging = sim.now - self.heard.get(r, 0.0) > LAG_S or behind < inst.view
+            # One splice for a view the lagging replica has not reached is all we need.
+            if r != self.replica and lagging and not any(v > behind for v in self.spliced):
+                return True
+        return False
+
+    def _split_slots(self, view: int) -> dict[int, bytes]:
+        entry = self.spliced.get(view)
+        return entry[1] if entry is not None else {}
+
+    def _backing_view_change(self, sim: Simulation, vc: ViewChange) -> ViewChange:
+        """Our VIEW-CHANGE after a splice claims the spliced digests prepared, so that
+        the replicas that prepared them and we outvote the others' claims: no quorum of
+        VIEW-CHANGEs is then consistent with either digest."""
+        claims = {
+            seq: SlotSummary(seq, digest, view)
+            for view, (_, differs) in self.spliced.items() if view < vc.new_view
+            for seq, digest in differs.items() if seq > vc.checkpoint_seq
+        }
+        if not claims:
+            return vc
+        prepared = [e for e in vc.prepared if e.seq not in claims] + list(claims.values())
+        prepared.sort(key=lambda e: e.seq)
+        lie = msgspec.structs.replace(vc, prepared=prepared, sig=b"")
+        return _signed(lie, sim.byzantine_crypto(self.replica).sign(lie.signed_bytes()))
+
+    def _genuine(self, sim: Simulation, src: int, vc: ViewChange) -> bool:
+        return (
+            vc.replica == src != self.replica
+            and 0 <= vc.new_view < 1 << 32
+            and sim.byzantine_crypto(self.replica).verify(src, vc.signed_bytes(), vc.sig)
+        )
+
+    def _splice(self, sim: Simulation, nv: NewView) -> None:
+        q = self.quorums
+        if q is None or nv.view in self.spliced:
+            return
+        honest = decide_new_view(nv.view_changes, q)
+        if honest is None:
+            return
+        genuine = dict(self.view_changes.get(nv.view, {}))
+        for vc in nv.view_changes:  # signed by their senders: usable as they are
+            if vc.replica != self.replica:
+                genuine.setdefault(vc.replica, vc)
+        found = None
+        for own in self._own_view_changes(sim, nv, genuine):
+            found = self._other_decision({**genuine, self.replica: own}, honest.slots)
+            if found is not None:
+                break
+        if found is None:
+            return
+        chosen, differs = found
+        rng = self._action()
+        if rng is None:
+            return
+        # Signed with our own key: the primary's cannot be had.
+        spliced = _signed_new_view(sim, self.replica, NewView(nv.instance, nv.view, chosen))
+        self.spliced[nv.view] = (spliced, differs)
+        for old in sorted(self.spliced)[:-MAX_SPLICES]:
+            del self.spliced[old]
+        self._note(f"splices NEW-VIEW {nv.view} from {[vc.replica for vc in chosen]}: "
+                   f"slots {sorted(differs)} differ from the primary's")
+        for dest in range(q.n):
+            if dest not in (self.replica, q.primary(nv.view)) and (
+                self.views.get(dest, -1) < nv.view
+            ):
+                self._hand_over(dest, spliced)  # again when we next hear from it
+
+    def _hand_over(self, dest: int, nv: NewView) -> None:
+        self._send(dest, nv)
+        for seq, digest in sorted(self.spliced.get(nv.view, (nv, {}))[1].items()):
+            self._send(dest, Prepare(nv.instance, nv.view, seq, digest))
+
+    def _own_view_changes(
+        self, sim: Simulation, nv: NewView, genuine: dict[int, ViewChange]
+    ) -> list[ViewChange]:
+        """Our VIEW-CHANGE as sent, and lies from its checkpoint: nothing prepared or
+        pre-prepared; every digest the others pre-prepared vouched for (so that one
+        correct replica's prepared claim passes A2 in a quorum without the others); and
+        that, with the latest of them per slot claimed prepared."""
+        own = next((vc for vc in nv.view_changes if vc.replica == self.replica), None)
+        if own is None:
+            return []
+        crypto = sim.byzantine_crypto(self.replica)
+        vouched: dict[tuple[int, bytes], int] = {}
+        for vc in genuine.values():
+            for e in (*vc.prepared, *vc.preprepared):
+                if e.seq > own.checkpoint_seq:
+                    key = (e.seq, e.digest)
+                    vouched[key] = max(vouched.get(key, -1), e.view)
+        per_slot: dict[int, int] = {}
+        entries = []
+        for (seq, digest), view in sorted(vouched.items()):
+            if per_slot.get(seq, 0) < MAX_Q_ENTRIES:
+                per_slot[seq] = per_slot.get(seq, 0) + 1
+                entries.append(SlotSummary(seq, digest, view))
+        # And a claim to have prepared, per slot, the digest pre-prepared there in the
+        # latest view: in-flight slots nobody prepared then get a value in our quorum.
+        latest: dict[int, SlotSummary] = {}
+        for e in entries:
+            if e.seq not in latest or (e.view, e.digest) > (latest[e.seq].view,
+                                                            latest[e.seq].digest):
+                latest[e.seq] = e
+        lies = []
+        for prepared, preprepared in (([], []), ([], entries), (list(latest.values()), entries)):
+            vc = msgspec.structs.replace(own, prepared=prepared, preprepared=preprepared, sig=b"")
+            lies.append(_signed(vc, crypto.sign(vc.signed_bytes())))
+        return [own, *lies]
+
+    def _other_decision(
+        self, genuine: dict[int, ViewChange], honest: dict[int, bytes]
+    ) -> tuple[list[ViewChange], dict[int, bytes]] | None:
+        """A quorum of ``genuine`` whose decision puts another digest in a slot than
+        ``honest`` (or fills one the honest decision leaves out), with those slots."""
+        q = self.quorums
+        assert q is not None
+        replicas = sorted(genuine)
+        for size in range(q.view_change, len(replicas) + 1):
+            for combo in itertools.combinations(replicas, size):
+                chosen = [genuine[r] for r in combo]
+                decision = decide_new_view(chosen, q)
+                if decision is None:
+                    continue
+                differs = {
+                    seq: digest for seq, digest in decision.slots.items()
+                    if honest.get(seq) != digest
+                }
+                if differs:
+                    return chosen, differs
+        return None
+
+
+def replace_prepare(msg: Prepare, digest: bytes) -> Prepare:
+    return msgspec.structs.replace(msg, digest=digest)

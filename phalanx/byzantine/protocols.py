@@ -37,6 +37,9 @@ class FuzzProtocol:
     fixups: Mapping[type, Fixup] = field(default_factory=dict)
     view_change_timeout: float = 0.5
     """Simulated seconds; scales GST and the liveness bound."""
+    needs_lagging_replica: frozenset[str] = frozenset()
+    """Strategies whose attack needs a correct replica that misses a view change: a plan
+    drawing one also crashes a correct replica for a while (within the fault model)."""
 
 
 def _pbft() -> FuzzProtocol:

@@ -5,6 +5,7 @@ from phalanx.client.ledger import (
     LedgerClient,
     LedgerError,
     ProofError,
+    TxNotAccepted,
     TxRefused,
     VerifiedAccount,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "LedgerClient",
     "LedgerError",
     "ProofError",
+    "TxNotAccepted",
     "TxRefused",
     "VerifiedAccount",
     "Wallet",

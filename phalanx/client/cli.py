@@ -6,10 +6,25 @@ import argparse
 import os
 import sys
 
-from phalanx.client.ledger import LedgerClient, LedgerError
+from phalanx import exit_codes
+from phalanx.client.ledger import LedgerClient, LedgerError, TxNotAccepted, TxRefused
 from phalanx.client.wallet import Wallet
 from phalanx.config import load
+from phalanx.ledger.tx import MAX_AMOUNT
 from phalanx.runtime import run
+from phalanx.runtime.client_cli import wrong_app
+
+
+def amount(text: str) -> int:
+    """An argparse type: a transfer amount, 1..2^64-1 (a usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value <= MAX_AMOUNT:
+        raise argparse.ArgumentTypeError(
+            f"{value} is out of range: an amount is 1..2^64-1 ({MAX_AMOUNT})")
+    return value
 
 
 def add_wallet_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -19,7 +34,7 @@ def add_wallet_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     w.add_argument("--out", default="wallet.key", help="where to write the private key")
     w.add_argument("--force", action="store_true", help="overwrite an existing file")
     w = wsub.add_parser("address", help="print the address of a wallet file")
-    w.add_argument("wallet")
+    w.add_argument("wallet", help="the wallet file")
     p.set_defaults(func=run_wallet)
 
 
@@ -27,7 +42,7 @@ def add_client_commands(csub: argparse._SubParsersAction) -> None:  # type: igno
     c = csub.add_parser("transfer", help="ledger: sign, submit and wait for f+1 confirmations")
     c.add_argument("--wallet", required=True, help="the sender's wallet file")
     c.add_argument("--to", required=True, help="recipient address (hex) or wallet file")
-    c.add_argument("amount", type=int)
+    c.add_argument("amount", type=amount, help="units to transfer, 1..2^64-1")
     c = csub.add_parser("balance", help="ledger: a balance verified against a certified root")
     c.add_argument("account", help="address (hex) or wallet file")
 
@@ -67,6 +82,12 @@ async def _transfer(args: argparse.Namespace) -> int:
         try:
             done = await client.transfer(wallet, _address(args.to), args.amount,
                                          timeout=args.timeout)
+        except TxRefused as exc:
+            print(exc, file=sys.stderr)  # "refused (<reason>...)"
+            return exit_codes.REFUSED
+        except TxNotAccepted as exc:
+            print(exc, file=sys.stderr)  # "not accepted yet (<reason>...); retry"
+            return exit_codes.NOT_ACCEPTED
         except (LedgerError, TimeoutError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -98,6 +119,10 @@ async def _balance(args: argparse.Namespace) -> int:
 
 def run_ledger_client(args: argparse.Namespace) -> int:
     """``phalanx client transfer|balance``."""
+    refusal = wrong_app(load(args.config), args.client_command, args.config)
+    if refusal:
+        print(f"phalanx client {args.client_command}: error: {refusal}", file=sys.stderr)
+        return 2
     if args.client_command == "transfer":
         return run(_transfer(args))
     return run(_balance(args))

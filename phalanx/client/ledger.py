@@ -5,12 +5,16 @@ against the state root of a block header carrying 2f+1 valid replica signatures 
 at height 0, against the genesis it computes from the cluster config itself); a
 transaction counts as committed once f+1 replicas report it committed in the same
 block of their durable tx index (so at least one correct replica executed it there).
+Likewise a transaction is reported refused for good (:class:`TxRefused`) only when f+1
+replicas refuse it for the same final reason; any other refusal is "not accepted yet"
+(:class:`TxNotAccepted`), never a failure (docs/ledger.md, "Refusals").
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +33,9 @@ from phalanx.ledger.tx import Transfer
 
 HTTP_TIMEOUT_S = 5.0
 POLL_INTERVAL_S = 0.1
+NOT_ACCEPTED_GRACE_S = 1.0
+"""Seconds :meth:`LedgerClient.wait_committed` keeps polling after a gateway reported that
+the cluster did not take a tx (see ``runtime.client.NOT_ACCEPTED_GRACE_S``)."""
 
 
 class LedgerError(Exception):
@@ -36,12 +43,47 @@ class LedgerError(Exception):
 
 
 class TxRefused(LedgerError):
-    """Every replica tried refused the transaction at admission; ``reason`` says why."""
+    """Refused for good: f+1 replicas refused the transaction for the same reason, one
+    that no later state can cure (``ledger.tx.FINAL_REFUSALS``: malformed, bad signature,
+    amount not positive). One of them is correct, so every correct replica refuses it and
+    it can never execute."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        shown = f" ({detail})" if detail and detail != reason else ""
-        super().__init__(f"transaction refused: {reason}{shown}")
+        super().__init__(f"refused ({_explained(reason, detail)})")
         self.reason = reason
+        self.detail = detail
+
+
+class TxNotAccepted(LedgerError):
+    """Not accepted yet: no replica admitted the transaction, but not for a reason that
+    proves it can never execute — a stale or far nonce or missing funds are judged on
+    each replica's executed state, which may lag (and f replicas may lie) — or the
+    replica that admitted it reports that the cluster did not take it. Retry (the same
+    signed transfer cannot execute twice: its nonce is used once)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"not accepted yet ({_explained(reason, detail)}); retry")
+        self.reason = reason
+        self.detail = detail
+
+
+def _explained(reason: str, detail: str) -> str:
+    return f"{reason}: {detail}" if detail and detail != reason else reason
+
+
+def judge_refusals(refusals: list[tuple[str, str]], quorums: Quorums) -> LedgerError:
+    """What refusals ``(reason, detail)`` from distinct replicas allow a client to say:
+    :class:`TxRefused` if f+1 give the same final reason (one of them is correct),
+    otherwise :class:`TxNotAccepted` with the reason most of them gave."""
+    counts = Counter(reason for reason, _ in refusals)
+    details = {}
+    for reason, detail in refusals:
+        details.setdefault(reason, detail)
+    for reason, count in counts.items():
+        if reason in txm.FINAL_REFUSALS and count >= quorums.weak:
+            return TxRefused(reason, details[reason])
+    [(reason, _)] = counts.most_common(1)
+    return TxNotAccepted(reason, details[reason])
 
 
 class ProofError(LedgerError):
@@ -180,26 +222,39 @@ class LedgerClient:
     # -- transactions -----------------------------------------------------------------------
 
     async def submit(self, tx: Transfer) -> str:
-        """POST ``tx``; returns its id (hex). Tries the next replica if one refuses or
-        is down; raises :class:`TxRefused` if every replica refused it."""
+        """POST ``tx``; returns its id (hex). Asks the replicas in turn until one admits
+        it: one replica's refusal may be a lagging or a lying one. Raises
+        :class:`TxRefused` once f+1 refused it for the same final reason, and
+        :class:`TxNotAccepted` if none admitted it otherwise (see :func:`judge_refusals`)."""
         body = {"from": tx.sender.hex(), "to": tx.to.hex(), "amount": tx.amount,
                 "nonce": tx.nonce, "signature": tx.signature.hex()}
-        refusal: TxRefused | None = None
+        refusals: list[tuple[str, str]] = []
         for replica in range(self.config.n):
             try:
                 status, answer = await self._request("POST", replica, "/tx", body)
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 continue
-            if status == 202:
+            if not isinstance(answer, dict):
+                answer = {}
+            if status == 202 and "tx_id" in answer:
                 return str(answer["tx_id"])
-            refusal = refusal or TxRefused(answer.get("error", f"HTTP {status}"),
-                                           answer.get("detail", ""))
-        raise refusal or LedgerError("no replica answered")
+            refusals.append((str(answer.get("error", f"HTTP {status}")),
+                             str(answer.get("detail", ""))))
+            verdict = judge_refusals(refusals, self.q)
+            if isinstance(verdict, TxRefused):
+                raise verdict  # the other replicas can only say the same
+        if not refusals:
+            raise LedgerError("no replica answered")
+        raise judge_refusals(refusals, self.q)
 
     async def wait_committed(self, tx_id: str, timeout: float = 30.0) -> Confirmation:
         """Poll every replica until f+1 agree on the tx's fate (committed or rejected,
-        same block); TimeoutError otherwise."""
+        same block); TimeoutError otherwise. If a replica's gateway reports that the
+        cluster did not take the tx (``refused`` or ``not_accepted``: one replica's word,
+        so never more than "not yet"), polling goes on for NOT_ACCEPTED_GRACE_S, in case
+        it executes after all, then :class:`TxNotAccepted` is raised."""
         deadline = time.monotonic() + timeout
+        not_taken: tuple[str, float] | None = None  # (reason, when first reported)
         while True:
             answers = await asyncio.gather(
                 *(self._request("GET", r, f"/tx/{tx_id}") for r in range(self.config.n)),
@@ -210,12 +265,18 @@ class LedgerClient:
                 if isinstance(answer, BaseException) or answer[0] != 200:
                     continue
                 body = answer[1]
+                if not isinstance(body, dict):
+                    continue
                 if body.get("status") in ("committed", "rejected") and "height" in body:
                     key = (body["status"], body["height"], body.get("reason", ""))
                     votes.setdefault(key, []).append(replica)
+                elif body.get("status") in ("refused", "not_accepted") and not_taken is None:
+                    not_taken = (str(body.get("reason", "")), time.monotonic())
             for (status, height, reason), replicas in votes.items():
                 if len(replicas) >= self.q.weak:
                     return Confirmation(tx_id, status, height, reason, tuple(replicas))
+            if not_taken is not None and time.monotonic() > not_taken[1] + NOT_ACCEPTED_GRACE_S:
+                raise TxNotAccepted(not_taken[0])
             if time.monotonic() > deadline:
                 raise TimeoutError(f"tx {tx_id} not confirmed by f+1={self.q.weak} replicas "
                                    f"within {timeout} s")
@@ -232,7 +293,7 @@ class LedgerClient:
             tx = wallet.sign(self.chain_id, to, amount, nonce)
             try:
                 tx_id = await self.submit(tx)
-            except TxRefused as exc:
+            except TxNotAccepted as exc:
                 if exc.reason == txm.STALE_NONCE:
                     nonce += 1
                     continue

@@ -35,6 +35,7 @@ import msgspec
 
 from phalanx.core.crypto import NodeCrypto
 from phalanx.core.effects import Broadcast, Dropped, Persist, Send
+from phalanx.core.messages import Digest, NonNegative
 from phalanx.core.quorum import Quorums
 
 SIGNING_DOMAIN = b"phalanx-block-v1"
@@ -52,9 +53,9 @@ MAX_FETCH = 64
 class BlockSig(msgspec.Struct, tag=39, array_like=True, frozen=True, gc=False):
     """Replica ``replica`` executed block ``height`` with header hash ``block_hash``."""
 
-    height: int
-    block_hash: bytes
-    replica: int
+    height: NonNegative
+    block_hash: Digest
+    replica: NonNegative
     sig: bytes
 
 
@@ -145,10 +146,11 @@ class BlockCertifier:
         if msg.replica != src or not 0 <= src < self.q.n or src == self.me:
             return [Dropped("unknown_sender", src)]
         height = msg.height
-        if height in self.certificates or height <= self.certified - KEEP_CERTIFICATES:
-            return []  # late: certified without it
+        # Range first: a height below 1 is garbage, not a late signature, and is counted.
         if not 0 < height <= self.executed + AHEAD_WINDOW:
             return [Dropped("block_sig_out_of_range", src)]
+        if height in self.certificates or height <= self.certified - KEEP_CERTIFICATES:
+            return []  # late: certified without it
         own = self.own.get(height)
         if own is not None and msg.block_hash != own:
             return [Dropped("block_sig_mismatch", src)]

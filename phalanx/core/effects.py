@@ -78,11 +78,23 @@ Effect = Send | Broadcast | ToClient | SetTimer | CancelTimer | Persist | Execut
 
 class Completed(msgspec.Struct, frozen=True):
     """Client-side observation: request ``timestamp`` finished with ``result``
-    (accepted on f+1 matching replies), or failed with ``error``."""
+    (accepted on f+1 matching replies), or was refused for good with ``error`` (enough
+    replicas agree that it can never execute: see :class:`NotAccepted` for the rest)."""
 
     timestamp: int
     result: bytes
     error: str | None = None
 
 
-ClientEffect = Send | Broadcast | SetTimer | CancelTimer | Completed
+class NotAccepted(msgspec.Struct, frozen=True):
+    """Client-side observation: f+1 replicas refused request ``timestamp``, but not in a
+    way that proves it can never execute (``reason``: the one most of them gave). The
+    request stays outstanding — retransmitted, its replies still counted — until it
+    completes or the caller abandons it: it may still execute, so this is "not accepted
+    yet", never "failed"."""
+
+    timestamp: int
+    reason: str
+
+
+ClientEffect = Send | Broadcast | SetTimer | CancelTimer | Completed | NotAccepted

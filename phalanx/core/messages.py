@@ -10,11 +10,22 @@ Tag ranges: 1-9 client messages (here), 10-39 PBFT, 40+ later protocols.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from hashlib import sha256
+from typing import Annotated
 
 import msgspec
 
 MAX_OP_BYTES = 1 << 20
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+"""A view, sequence number, instance, replica id or height on the wire: never negative
+(a view -1 is "nothing" inside a replica, never a value a peer may claim), and within a
+signed 64-bit integer. The decoder rejects anything else before a core sees it."""
+Digest = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+"""A SHA-256 digest on the wire."""
+StateDigest = Annotated[bytes, msgspec.Meta(max_length=32)]
+"""A checkpoint's state digest: SHA-256, or empty for the genesis checkpoint."""
 
 
 class Request(msgspec.Struct, tag=1, array_like=True, frozen=True, gc=False):
@@ -64,19 +75,39 @@ class Reply(msgspec.Struct, tag=2, array_like=True, frozen=True, gc=False):
     """A replica's answer to request ``timestamp`` of ``client``."""
 
     client: bytes
-    view: int
-    timestamp: int
-    replica: int
+    view: NonNegative
+    timestamp: NonNegative
+    replica: NonNegative
     result: bytes
 
 
+class Refusal(IntEnum):
+    """How far a replica's refusal of a request reaches: what a client may conclude from
+    it (docs/pbft.md, "Refusals"). A correct replica marks a refusal only as far as it
+    knows it reaches; a Byzantine one may claim anything, which is why a client needs
+    several replicas to agree before it treats a request as refused for good."""
+
+    TRANSIENT = 0
+    """Judged on this replica's executed state or load (overloaded, a stale nonce, funds):
+    the request may pass later, or be admitted by other replicas and execute now."""
+    LOCAL = 1
+    """This replica refuses these bytes for good, but other correct replicas may not (its
+    own authenticator entry, checked with its own pairwise key)."""
+    FINAL = 2
+    """Every correct replica refuses these bytes, at admission and in a proposed batch
+    alike: a deterministic function of the request and the cluster config."""
+
+
 class Error(msgspec.Struct, tag=3, array_like=True, frozen=True, gc=False):
-    """A replica's refusal of a client request, with a reason the client can show."""
+    """A replica's refusal of a client request, with a reason the client can show and
+    how far the refusal reaches (a :class:`Refusal` value; other values count as
+    TRANSIENT)."""
 
     client: bytes
     timestamp: int
     replica: int
     reason: str
+    refusal: int = Refusal.TRANSIENT
 
 
 class Replies(msgspec.Struct, tag=4, array_like=True, frozen=True, gc=False):

@@ -125,6 +125,8 @@ class SealedBlock:
 class Ledger:
     """Accounts with balances and nonces; see the module docstring."""
 
+    final_refusals = txm.FINAL_REFUSALS
+    """Admission reasons that refuse an op for good (see ``tx.FINAL_REFUSALS``)."""
     recovery_skip = (BLOCK_PREFIX, TX_PREFIX, REJECTED_PREFIX)
     """Record prefixes a restarting replica never reads back: the blocks and the tx index
     grow with history and only the API reads them (from the store, on demand)."""
@@ -238,6 +240,12 @@ class Ledger:
             return self._head_hash
         pending = self.tree.update(self._dirty_items()).root_hash
         return hashlib.sha256(b"unsealed" + self._head_hash + pending).digest()
+
+    def merkle_state_root(self) -> bytes:
+        """The sparse Merkle root of the accounts as of the last sealed block (its
+        header's ``state_root``, what proofs verify against): what ``/status`` and the
+        CLI call the state root. :meth:`state_root` is the head block's hash."""
+        return self.header.state_root
 
     # -- block hooks ------------------------------------------------------------------------
 

@@ -57,6 +57,15 @@ NONCE_TOO_FAR = "nonce_too_far"
 INSUFFICIENT_FUNDS = "insufficient_funds"
 BALANCE_OVERFLOW = "balance_overflow"
 
+FINAL_REFUSALS = frozenset({MALFORMED, AMOUNT_NOT_POSITIVE, BAD_SIGNATURE})
+"""Admission reasons that refuse an op for good. Each is a function of the op's bytes and
+the chain id (the genesis, part of the cluster config) alone — :func:`op_txs` and
+:func:`decode_tx` read only the bytes, the signature covers the chain id — and each also
+makes ``Ledger.check_op`` false, so no correct backup prepares a batch holding the op and
+it can never execute. The others (``stale_nonce``, ``nonce_too_far``,
+``insufficient_funds``) are judged on one replica's executed state, which may lag or move
+on: "not accepted yet", never "refused"."""
+
 
 class Transfer(msgspec.Struct, tag=101, array_like=True, frozen=True, gc=False,
                forbid_unknown_fields=True):

@@ -8,7 +8,8 @@ with doubles, and a broken cluster cannot hide one check behind another's failur
   applied are exactly nonces ``0..N-1`` (one signed transfer per nonce), so ``N`` must
   exceed every acknowledged nonce (no acknowledged transfer lost), must not exceed what
   was sent, and the balances must be exactly what those transfers make.
-- :func:`check_agreement`: equal executed seq and state root on every replica.
+- :func:`check_agreement`: equal executed seq, state root and head block on every
+  replica.
 - :class:`BlockAudit`: the blocks and tx index each replica has *on disk* (read from its
   store after a clean stop), height by height: one block per height across replicas
   (same hash), hash chains unbroken, every applied transaction of a local block in the
@@ -163,19 +164,20 @@ def check_state(findings: Findings, seed: int, load: LoadRecord,
 
 
 def check_agreement(findings: Findings, statuses: dict[int, dict[str, Any] | None]) -> None:
-    """Equal (executed_seq, current_state_root) everywhere, read after convergence."""
-    seen: dict[tuple[Any, Any], list[int]] = {}
+    """Equal executed seq, state root and (ledger) head block hash everywhere, read once
+    the replicas settled."""
+    seen: dict[tuple[Any, Any, Any], list[int]] = {}
     for replica, status in sorted(statuses.items()):
         if status is None:
             findings.add("unreachable", f"replica {replica} did not answer /status")
             continue
-        key = (status.get("executed_seq"), status.get("current_state_root"))
+        key = (status.get("executed_seq"), status.get("state_root"), status.get("block_hash"))
         seen.setdefault(key, []).append(replica)
     if len(seen) > 1:
-        detail = "; ".join(f"replicas {ids}: seq {seq} root {str(root)[:16]}"
-                           for (seq, root), ids in seen.items())
-        roots = {root for _, root in seen}
-        kind = "divergent_roots" if len(roots) > 1 else "not_converged"
+        detail = "; ".join(f"replicas {ids}: seq {seq} root {str(root)[:16]} block "
+                           f"{str(block)[:16]}" for (seq, root, block), ids in seen.items())
+        states = {(root, block) for _, root, block in seen}
+        kind = "divergent_roots" if len(states) > 1 else "not_converged"
         findings.add(kind, detail)
 
 

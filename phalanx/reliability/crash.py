@@ -374,7 +374,8 @@ class CrashTorture:
         answers = settle(cluster, spec.converge_timeout)
         final: dict[str, Any] = {
             "executed_seq": {r: executed(s) for r, s in answers.items()},
-            "state_root": {r: s and s.get("current_state_root") for r, s in answers.items()},
+            "state_root": {r: s and s.get("state_root") for r, s in answers.items()},
+            "block_hash": {r: s and s.get("block_hash") for r, s in answers.items()},
         }
         check_agreement(self.findings, answers)
         accounts, heights = self._accounts(cluster)

@@ -140,7 +140,7 @@ async def native_wallet(wallets: Wallets, index: int, runner: Any) -> None:
 
 
 async def sdk_wallet(wallets: Wallets, index: int, client: Any) -> None:
-    from phalanx.client.ledger import LedgerError, TxRefused
+    from phalanx.client.ledger import LedgerError, TxNotAccepted, TxRefused
 
     nonce = 0
     while not wallets.stopping.is_set():
@@ -153,7 +153,9 @@ async def sdk_wallet(wallets: Wallets, index: int, client: Any) -> None:
             try:
                 await client.submit(tx)
                 confirmation = await client.wait_committed(tid.hex(), wallets.timeout)
-            except TxRefused as exc:
+            except (TxRefused, TxNotAccepted) as exc:
+                # A stale nonce is "not accepted yet" to the SDK (a lagging replica may
+                # say so); on a resend it is our own earlier copy that applied.
                 if exc.reason in (txm.STALE_NONCE, txm.BAD_NONCE):
                     ok = wallets.settled(index, nonce, tid, attempts, begin, "refused", None,
                                          exc.reason)

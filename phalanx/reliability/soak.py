@@ -243,7 +243,7 @@ class Soak:
             answers = settle(cluster, 60.0)
             check_agreement(self.findings, answers)
             final = {r: {"executed_seq": executed(s),
-                         "state_root": s and s.get("current_state_root")}
+                         "state_root": s and s.get("state_root")}
                      for r, s in answers.items()}
         finally:
             if loads is not None:

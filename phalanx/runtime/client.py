@@ -20,6 +20,7 @@ from phalanx.core.effects import (
     ClientEffect,
     Completed,
     Dropped,
+    NotAccepted,
     Send,
     SetTimer,
 )
@@ -85,13 +86,44 @@ class ClientTransport(Endpoint):
             self.on_message(link.peer, msg)  # type: ignore[arg-type]
 
 
-class RequestFailed(Exception):
-    """The replicas refused request ``timestamp``; ``reason`` is what they said."""
+NOT_ACCEPTED_GRACE_S = 1.0
+"""Seconds a runner still waits for a request after f+1 replicas refused it for now
+(:class:`~phalanx.core.effects.NotAccepted`) before it raises
+:class:`RequestNotAccepted`. If the refusals came from a lagging replica and f liars while
+the others order the request, its result follows within one ordering round; and within a
+second the client core retransmits it to every replica (its first retransmission timeout
+is 1 s by default), so a replica that refused it for a passing reason is asked again."""
 
-    def __init__(self, timestamp: int, reason: str) -> None:
-        super().__init__(f"request {timestamp} failed: {reason}")
+
+class RequestFailed(Exception):
+    """The replicas did not accept request ``timestamp``; ``reason`` is what they said.
+    Raised as one of its two kinds: :class:`RequestRefused` or
+    :class:`RequestNotAccepted`."""
+
+    def __init__(self, timestamp: int, reason: str, message: str = "") -> None:
+        super().__init__(message or f"request {timestamp} failed: {reason}")
         self.timestamp = timestamp
         self.reason = reason
+
+
+class RequestRefused(RequestFailed):
+    """Refused for good: enough replicas agree that the request can never execute (a
+    malformed request, a bad signature: see docs/pbft.md, "Refusals"). Sending the same
+    op again cannot help."""
+
+    def __init__(self, timestamp: int, reason: str) -> None:
+        super().__init__(timestamp, reason, f"request {timestamp} refused ({reason})")
+
+
+class RequestNotAccepted(RequestFailed):
+    """f+1 replicas refused the request for now (overloaded, or judged on their executed
+    state, which may lag) and no result came within the grace that followed. This is not
+    a failure: the request may still execute. Retry it, or check its effect first where
+    running it twice matters."""
+
+    def __init__(self, timestamp: int, reason: str) -> None:
+        super().__init__(timestamp, reason,
+                         f"request {timestamp} not accepted yet ({reason}); retry")
 
 
 class ClientRunner:
@@ -102,26 +134,37 @@ class ClientRunner:
     """
 
     def __init__(
-        self, core: ClientCore, transport: ClientTransport, *, mux: ClientMux | None = None
+        self,
+        core: ClientCore,
+        transport: ClientTransport,
+        *,
+        mux: ClientMux | None = None,
+        not_accepted_grace: float = NOT_ACCEPTED_GRACE_S,
     ) -> None:
         self.core = core
         self.transport = transport
         self.mux = mux  # the transport belongs to a ClientMux, which routes to us
         self.shared = mux is not None
+        self.not_accepted_grace = not_accepted_grace
         if mux is None:
             transport.on_message = self._on_message
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._pending: asyncio.Future[bytes] | None = None
         self._callback: Callable[[bytes | None, str | None], None] | None = None
         self._timestamp: int | None = None
+        self._grace = not_accepted_grace  # of the outstanding request
+        self._give_up_handle: asyncio.TimerHandle | None = None
 
-    async def request(self, op: bytes) -> bytes:
+    async def request(self, op: bytes, *, grace: float | None = None) -> bytes:
         """Submit ``op`` and wait for its result (f+1 matching replies, as the core
-        decides). Raises :class:`RequestFailed` if the replicas refuse it."""
+        decides). Raises :class:`RequestRefused` if the replicas refuse it for good, and
+        :class:`RequestNotAccepted` if f+1 refused it for now and no result came within
+        ``grace`` seconds after (default: :attr:`not_accepted_grace`)."""
         if self._pending is not None:
             raise RuntimeError("a ClientRunner has one outstanding request at a time")
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending = future
+        self._grace = self.not_accepted_grace if grace is None else grace
         try:
             timestamp, effects = self.core.submit(op)
             self._timestamp = timestamp
@@ -131,16 +174,19 @@ class ClientRunner:
             if not future.done():
                 # The caller gave up (e.g. a timeout): free the core for the next request.
                 self._perform(self.core.abandon())
+            self._cancel_give_up()
             self._pending = None
             self._timestamp = None
 
     def submit(self, op: bytes, on_done: Callable[[bytes | None, str | None], None]) -> None:
         """Callback style: submit ``op``; ``on_done(result, None)`` or ``on_done(None,
-        reason)`` runs when it completes. No future and no task switch per request, for
-        load generators that keep many clients busy; :meth:`request` is the usual API."""
+        reason)`` runs when it completes, is refused for good, or is not accepted within
+        :attr:`not_accepted_grace`. No future and no task switch per request, for load
+        generators that keep many clients busy; :meth:`request` is the usual API."""
         if self._pending is not None or self._callback is not None:
             raise RuntimeError("a ClientRunner has one outstanding request at a time")
         self._callback = on_done
+        self._grace = self.not_accepted_grace
         timestamp, effects = self.core.submit(op)
         self._timestamp = timestamp
         self._perform(effects)
@@ -182,6 +228,8 @@ class ClientRunner:
                 self._cancel_timer(effect.name)  # type: ignore[union-attr]
             elif kind is Completed:
                 self._complete(effect)  # type: ignore[arg-type]
+            elif kind is NotAccepted:
+                self._not_accepted(effect)  # type: ignore[arg-type]
             elif kind is Dropped:  # cores may report rejected inputs, as replicas do
                 transport.metrics.inc("dropped_" + effect.reason)  # type: ignore[union-attr]
 
@@ -204,6 +252,8 @@ class ClientRunner:
             handle.cancel()
 
     def _complete(self, done: Completed) -> None:
+        if done.timestamp == self._timestamp:
+            self._cancel_give_up()
         callback = self._callback
         if callback is not None and done.timestamp == self._timestamp:
             self._callback = None
@@ -214,15 +264,45 @@ class ClientRunner:
         if future is None or future.done() or done.timestamp != self._timestamp:
             return  # a late answer to a request the caller gave up on
         if done.error is not None:
-            future.set_exception(RequestFailed(done.timestamp, done.error))
+            future.set_exception(RequestRefused(done.timestamp, done.error))
         else:
             future.set_result(done.result)
+
+    def _not_accepted(self, note: NotAccepted) -> None:
+        """f+1 replicas refused the outstanding request for now: the core keeps it (a
+        result may still come), and we wait out the grace before giving up on it."""
+        if note.timestamp != self._timestamp or self._give_up_handle is not None:
+            return
+        self.transport.metrics.inc("requests_not_accepted")
+        loop = asyncio.get_running_loop()
+        self._give_up_handle = loop.call_later(self._grace, self._give_up, note)
+
+    def _give_up(self, note: NotAccepted) -> None:
+        self._give_up_handle = None
+        if note.timestamp != self._timestamp:
+            return
+        self._perform(self.core.abandon())
+        callback = self._callback
+        if callback is not None:
+            self._callback = None
+            self._timestamp = None
+            callback(None, note.reason)
+            return
+        future = self._pending
+        if future is not None and not future.done():
+            future.set_exception(RequestNotAccepted(note.timestamp, note.reason))
+
+    def _cancel_give_up(self) -> None:
+        if self._give_up_handle is not None:
+            self._give_up_handle.cancel()
+            self._give_up_handle = None
 
     async def close(self) -> None:
         """Cancel timers and close the transport (unless a ClientMux shares it)."""
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        self._cancel_give_up()
         if not self.shared:
             await self.transport.close()
 

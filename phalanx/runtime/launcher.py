@@ -2,14 +2,23 @@
 
 ``phalanx node`` calls :func:`serve_replica`; tests and ``phalanx up`` start that command
 as a subprocess, so a replica in a test is exactly what a user runs.
+
+Start-up order matters: the data directory's lock first, then both listening ports, and
+only then the store. A second process for a replica that already runs (a second
+``phalanx up`` on the same directory, say) is refused at the lock or at the ports, before
+it could replay the live write-ahead log of the running one (see
+:mod:`phalanx.storage.lock`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +43,7 @@ from phalanx.runtime.transport import Transport
 from phalanx.runtime.wan import WanPlan
 from phalanx.statemachine.burn import kv_factory
 from phalanx.storage.lmdb_store import Store
+from phalanx.storage.lock import DataDirLock
 
 log = logging.getLogger("phalanx.node")
 
@@ -52,8 +62,28 @@ def message_decoder(protocol_name: str) -> msgspec.msgpack.Decoder[Any]:
     return msgspec.msgpack.Decoder(union)
 
 
+def bind_listener(host: str, port: int, what: str) -> socket.socket:
+    """A socket listening on ``host:port``; OSError saying ``what`` could not listen."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0][0]
+        # SO_REUSEADDR (set by create_server): a restart may bind while old connections
+        # of the previous process are in TIME_WAIT; a live listener still refuses.
+        return socket.create_server((host, port), family=family)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            why = "another process uses that port"
+        else:
+            # create_server appends the address to strerror; gaierror's errno is < 0.
+            why = os.strerror(e.errno) if e.errno and e.errno > 0 else e.strerror or str(e)
+        raise OSError(f"{what} cannot listen on {host}:{port}: {why}") from None
+
+
 class ReplicaServer:
-    """Everything one replica runs, started and stopped together."""
+    """Everything one replica runs, started and stopped together.
+
+    ``listeners`` are the replica and HTTP sockets, already bound (see
+    :func:`serve_replica`); without them :meth:`start` binds the configured ports."""
 
     def __init__(
         self,
@@ -66,8 +96,10 @@ class ReplicaServer:
         accounting: bool = True,
         wan: WanPlan | None = None,
         burn_us_per_op: float = 0.0,
+        listeners: tuple[socket.socket, socket.socket] | None = None,
     ):
         self.config = config
+        self.listeners = listeners
         self.replica_id = replica_id
         info = config.replica(replica_id)
         self.info = info
@@ -107,19 +139,39 @@ class ReplicaServer:
         self.blocks: Any = None  # the ledger API's BlockFetcher
 
     def describe(self) -> dict[str, Any]:
+        """Who this replica is and what it executed, for ``GET /status``.
+
+        ``pid`` and ``public_key`` let a launcher check that the process answering on a
+        port is the one it started for this cluster. ``state_root`` is the Merkle root of
+        the application state; a block state machine (the ledger) also reports its head
+        block's ``height`` and ``block_hash`` (its ``StateMachine.state_root()`` is that
+        block hash, which commits to the history too: it is not shown as a state root).
+        """
         core: Any = self.core
-        return {
+        app = core.app  # replaced when a snapshot is installed: look it up each time
+        merkle_root = getattr(app, "merkle_state_root", app.state_root)
+        body = {
             "protocol": self.config.protocol,
+            "app": self.config.app,
             "n": self.config.n,
             "f": self.config.f,
+            "pid": os.getpid(),
+            "public_key": self.info.public_key.hex(),
             "view": getattr(core, "view", None),
             "primary": getattr(getattr(core, "instance", None), "primary", None),
             "executed_seq": getattr(core, "last_executed", None),
-            "current_state_root": core.state_root().hex(),
+            "state_root": merkle_root().hex(),
         }
+        last_block = getattr(app, "last_block", None)
+        if last_block is not None:
+            height, block_hash = last_block()
+            body["height"] = height
+            body["block_hash"] = block_hash.hex()
+        return body
 
     async def start(self) -> None:
-        await self.transport.start(self.info.host, self.info.port)
+        replica_sock, http_sock = self.listeners or (None, None)
+        await self.transport.start(self.info.host, self.info.port, sock=replica_sock)
         self.driver.start()
         app = make_app(self.driver, self.metrics, self.describe)
         if self.config.app == "ledger":
@@ -134,7 +186,10 @@ class ReplicaServer:
                       blocks=self.blocks).install(app)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
-        await web.TCPSite(self._http, self.info.host, self.info.http_port).start()
+        if http_sock is not None:
+            await web.SockSite(self._http, http_sock).start()
+        else:
+            await web.TCPSite(self._http, self.info.host, self.info.http_port).start()
         log.info("replica %d serving on %s:%d (HTTP %d)", self.replica_id, self.info.host,
                  self.info.port, self.info.http_port)
 
@@ -178,17 +233,36 @@ def serve_replica(
     wan_path: str | None = None,
     burn_us_per_op: float = 0.0,
 ) -> int:
-    """Run replica ``replica_id`` until SIGINT/SIGTERM. Returns the exit code."""
+    """Run replica ``replica_id`` until SIGINT/SIGTERM. Returns the exit code.
+
+    Raises ValueError or OSError (with a message for the operator) when it cannot start:
+    an unknown id, a bad key, the data directory locked by a running replica
+    (:class:`~phalanx.storage.lock.DataDirInUse`), a port in use."""
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s r{replica_id} %(levelname)s %(message)s"
     )
     config = load(config_path)
+    if not 0 <= replica_id < config.n:
+        raise ValueError(f"{config_path} has no replica {replica_id}: its {config.n} "
+                         f"replicas have ids 0..{config.n - 1}")
+    if durability not in DURABILITY:
+        raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
     base = Path(config_path).parent
     key = Path(key_path) if key_path else base / f"replica-{replica_id}.key"
-    seed = load_private_key(key, config.replica(replica_id).public_key)
+    info = config.replica(replica_id)
+    seed = load_private_key(key, info.public_key)
     data = data_dir or str(base / "data" / f"replica-{replica_id}")
     wan = WanPlan.load(wan_path) if wan_path else None
-    server = ReplicaServer(config, replica_id, seed, data, durability, accounting=accounting,
-                           wan=wan, burn_us_per_op=burn_us_per_op)
-    run(_serve(server))
+    with contextlib.ExitStack() as held:
+        # Lock, then ports, then the store (see the module docstring).
+        held.enter_context(DataDirLock(data, f"replica {replica_id}"))
+        listeners = (
+            held.enter_context(bind_listener(info.host, info.port, f"replica {replica_id}")),
+            held.enter_context(bind_listener(info.host, info.http_port,
+                                             f"replica {replica_id}'s HTTP API")),
+        )
+        server = ReplicaServer(config, replica_id, seed, data, durability,
+                               accounting=accounting, wan=wan,
+                               burn_us_per_op=burn_us_per_op, listeners=listeners)
+        run(_serve(server))
     return 1 if server.driver.fatal_error is not None else 0

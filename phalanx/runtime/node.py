@@ -145,27 +145,16 @@ class ReplicaDriver:
             await asyncio.sleep(0.0005)
 
     def status(self) -> dict[str, Any]:
-        """What ``GET /status`` shows about execution."""
+        """What ``GET /status`` shows about the driver: whether it runs and what it
+        executed since the process started (the executed seq and state root come from
+        the core, which knows them across restarts)."""
         return {
             "replica": self.core.replica_id,
             "running": self._running,
-            "last_executed_seq": self.last_executed_seq,
-            "last_executed": dict(self.last_executed),
-            "state_root": self._state_root_hex(),
             "requests_executed": self.metrics.get("requests_executed"),
             "batches_executed": self.metrics.get("batches_executed"),
             "core_exceptions": self.metrics.get("core_exceptions"),
         }
-
-    def _state_root_hex(self) -> str | None:
-        root = self.last_state_root
-        if not root:
-            # Cores may skip the root on most batches (it can be costly); ask for it then.
-            try:
-                root = self.core.state_root()
-            except Exception:
-                return None
-        return root.hex() if root else None
 
     def executed_digests(self, first: int, last: int) -> dict[int, bytes]:
         """Digests of the executed seqs in ``first..last`` that are still remembered."""

@@ -812,9 +812,13 @@ class Transport(Endpoint):
         """How many replicas a broadcast goes to."""
         return len(self.dialers)
 
-    async def start(self, host: str, port: int) -> None:
-        """Listen on ``host:port`` (replicas and clients alike) and dial every peer."""
-        self._server = await self.loop.create_server(lambda: Link(self), host, port)
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> None:
+        """Listen on ``host:port`` (replicas and clients alike), or on ``sock`` if the
+        caller bound it already, and dial every peer."""
+        if sock is not None:
+            self._server = await self.loop.create_server(lambda: Link(self), sock=sock)
+        else:
+            self._server = await self.loop.create_server(lambda: Link(self), host, port)
         for dialer in self.dialers.values():
             dialer.start()
 

@@ -35,7 +35,13 @@ class BlockStateMachine(StateMachine, Protocol):
     ``admit`` screens a client op before it is ordered (a reason string rejects it);
     ``check_op`` is the state-independent validity a backup requires of every op of a
     proposed batch (False rejects the batch: only a faulty primary proposes such an op).
+    ``final_refusals`` are the ``admit`` reasons that are a deterministic function of the
+    op's bytes (and the genesis) *and* make ``check_op`` false: every correct replica
+    refuses such an op, so it can never execute, and a client may report it refused for
+    good; every other reason depends on the executed state and is only "not yet".
     """
+
+    final_refusals: frozenset[str]
 
     def seal_block(self, consensus_seq: int) -> Any:
         """The block of the ops applied since the last seal (an object with ``height``,

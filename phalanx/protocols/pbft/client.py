@@ -6,16 +6,35 @@ their view-change timers). A ``multicast`` client sends every request to all rep
 at once: the backups check it (for the ledger: verify its signatures) while the primary
 is still batching, instead of only once the pre-prepare arrives, and need not forward it.
 A result is accepted once f+1 replicas (so at least one correct) sent the same result
-for the request's timestamp; f+1 matching refusals end it with an error.
+for the request's timestamp.
+
+A refusal ends a request only when it proves the request can never execute (see
+:class:`~phalanx.core.messages.Refusal` and docs/pbft.md, "Refusals"): f+1 replicas
+refusing for the same FINAL reason (one of them is correct, and every correct replica
+refuses those bytes), or a blocking set (``Quorums.blocking``, 2f+1 at n = 3f+1) refusing
+for the same permanent reason (LOCAL or FINAL: then every strong quorum holds a correct
+replica that will never vote for it). Anything else
+— a refusal judged on one replica's state or load, which f Byzantine replicas can echo —
+is only reported as :class:`~phalanx.core.effects.NotAccepted` once f+1 replicas refused;
+the request stays outstanding, so a result that arrives later is still accepted.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from phalanx.core.crypto import ClientCrypto
-from phalanx.core.effects import Broadcast, CancelTimer, Completed, Dropped, Send, SetTimer
-from phalanx.core.messages import Error, Reply, Request
+from phalanx.core.effects import (
+    Broadcast,
+    CancelTimer,
+    Completed,
+    Dropped,
+    NotAccepted,
+    Send,
+    SetTimer,
+)
+from phalanx.core.messages import Error, Refusal, Reply, Request
 from phalanx.core.quorum import Quorums
 
 RETRY_TIMER = "client.retry"
@@ -44,7 +63,8 @@ class PbftClient:
         self.request: Request | None = None
         self.current_timeout = retransmit_timeout
         self.replies: dict[int, bytes] = {}  # replica -> result for the current request
-        self.errors: dict[int, str] = {}
+        self.errors: dict[int, tuple[str, int]] = {}  # replica -> (reason, Refusal value)
+        self.not_accepted = False  # NotAccepted already reported for the current request
         self.views: dict[int, int] = {}  # replica -> view it last reported
 
     def submit(self, op: bytes) -> tuple[int, list[Any]]:
@@ -57,6 +77,7 @@ class PbftClient:
         self.request = Request(self.client_id, ts, op, self.endpoint, auth, self.multicast)
         self.replies.clear()
         self.errors.clear()
+        self.not_accepted = False
         self.current_timeout = self.timeout
         send = Broadcast(self.request) if self.multicast else Send(self.q.primary(self.view),
                                                                     self.request)
@@ -69,30 +90,50 @@ class PbftClient:
             if msg.view > self.views.get(src, 0):
                 self.views[src] = msg.view
                 self._learn_view()
-            return self._count_answer(src, msg, self.replies, msg.result)
+            if not self._answers_request(src, msg):
+                return []
+            self.replies[src] = msg.result
+            if sum(1 for r in self.replies.values() if r == msg.result) < self.q.reply:
+                return []
+            return self._complete(Completed(msg.timestamp, msg.result))
         if isinstance(msg, Error):
-            return self._count_answer(src, msg, self.errors, msg.reason)
+            if not self._answers_request(src, msg):
+                return []
+            self.errors[src] = (msg.reason, msg.refusal)
+            return self._judge_refusals(msg.timestamp)
         return [Dropped("unexpected_message", src)]
 
-    def _count_answer(
-        self, src: int, msg: Reply | Error, answers: dict[int, Any], answer: Any
-    ) -> list[Any]:
-        """Record replica ``src``'s answer to the current request; f+1 equal answers (so
-        one from a correct replica) complete it."""
+    def _answers_request(self, src: int, msg: Reply | Error) -> bool:
+        """Is ``msg`` replica ``src``'s own answer to the current request?"""
         req = self.request
-        if (
-            req is None
-            or msg.timestamp != req.timestamp
-            or msg.replica != src
-            or msg.client != self.client_id
-        ):
-            return []  # late, for another client, or claiming another replica's voice
-        answers[src] = answer
-        if sum(1 for a in answers.values() if a == answer) < self.q.reply:
+        return (
+            req is not None
+            and msg.timestamp == req.timestamp
+            and msg.replica == src
+            and msg.client == self.client_id
+        )
+
+    def _judge_refusals(self, timestamp: int) -> list[Any]:
+        """End the current request as refused if the refusals prove it can never execute;
+        otherwise report NotAccepted (once) when f+1 replicas refused it."""
+        final: Counter[str] = Counter()
+        permanent: Counter[str] = Counter()
+        for reason, refusal in self.errors.values():
+            if refusal == Refusal.FINAL:
+                final[reason] += 1
+            if refusal in (Refusal.LOCAL, Refusal.FINAL):
+                permanent[reason] += 1
+        for reason, count in final.items():
+            if count >= self.q.weak:  # one is correct: every correct replica refuses it
+                return self._complete(Completed(timestamp, b"", error=reason))
+        for reason, count in permanent.items():
+            if count >= self.q.blocking:  # every strong quorum holds a correct refuser
+                return self._complete(Completed(timestamp, b"", error=reason))
+        if self.not_accepted or len(self.errors) < self.q.weak:
             return []
-        if isinstance(msg, Error):
-            return self._complete(Completed(req.timestamp, b"", error=answer))
-        return self._complete(Completed(req.timestamp, answer))
+        self.not_accepted = True
+        [(reason, _)] = Counter(r for r, _ in self.errors.values()).most_common(1)
+        return [NotAccepted(timestamp, reason)]
 
     def on_timer(self, name: str) -> list[Any]:
         if name != RETRY_TIMER or self.request is None:

@@ -10,11 +10,14 @@ PLANTED_BUGS = (
     "request_authenticator",
     "view_change_proof",
     "commit_quorum",
+    "quorum_2f_plus_1",
+    "unsigned_new_view",
 )
 """Deliberate bugs for the fuzzer's self-test (``tests/test_fuzz.py``): a pre-prepare
 accepted without checking its digest; CHECKPOINT signatures not verified; client
 authenticators not verified; VIEW-CHANGE signatures (NEW-VIEW's proof) not verified; a
-commit quorum one too small."""
+commit quorum one too small; every quorum 2f+1 whatever n (right only for n = 3f+1); a
+NEW-VIEW for a later view taken from any sender without the new primary's signature."""
 
 MAX_BATCH_BYTES = 8 << 20
 """Upper bound of max_batch_bytes: half the transport's frame limit leaves room for the

@@ -119,6 +119,16 @@ class Slot:
     echoed: dict[int, int] = field(default_factory=dict)  # peer -> sync tick of last answer
 
 
+@dataclass(frozen=True, slots=True)
+class _TwoFPlusOneQuorums(Quorums):
+    """Planted bug (fuzzer self-test): quorums of 2f+1 whatever n, which two halves of a
+    cluster with n > 3f+1 can each reach on their own."""
+
+    @property
+    def strong(self) -> int:
+        return 2 * self.f + 1
+
+
 def _digests(slot: Slot) -> set[bytes]:
     return {slot.digest, slot.committed_digest, *slot.q_entries}
 
@@ -141,6 +151,8 @@ class PbftInstance:
     ) -> None:
         self.instance = instance
         self.me = replica_id
+        if config.planted_bug == "quorum_2f_plus_1":
+            quorums = _TwoFPlusOneQuorums(quorums.n, quorums.f)
         self.q = quorums
         self.crypto = crypto
         self.config = config
@@ -185,6 +197,7 @@ class PbftInstance:
         # that waited for the sync tick would fall further behind a busy cluster).
         self.fetch_until = 0
         self.sync_ticks = 0
+        self.helped: dict[int, int] = {}  # replica behind in views -> sync tick we helped it
         self.poll_interval = 1  # sync ticks between polls while they bring nothing
         self.ticks_to_poll = 0
 
@@ -302,6 +315,13 @@ class PbftInstance:
         self._record_checkpoint(cp)
         return self._finish()
 
+    @property
+    def repairing(self) -> bool:
+        """Fetching a stable checkpoint's state at or below what we executed: our own
+        state there diverged from the certified one (see :meth:`_make_stable`), and the
+        snapshot replaces it (a roll-back, unlike any other state transfer)."""
+        return self.state_target is not None and self.state_target[0] <= self.last_decided
+
     def checkpoint_proof_valid(self, seq: int, digest: bytes, proof: list[Checkpoint]) -> bool:
         """2f+1 distinct valid signatures on CHECKPOINT(seq, digest) (nothing for seq 0)."""
         if seq == 0:
@@ -319,7 +339,11 @@ class PbftInstance:
         """The host installed the snapshot of the proven stable checkpoint ``seq``
         (checked with :meth:`checkpoint_proof_valid`)."""
         # Advance first: making the checkpoint stable must not ask for this state again.
-        if seq > self.last_decided:
+        if seq > self.last_decided or self.repairing:
+            if self.repairing:
+                # Back to the certified state: the decided batches after it run again,
+                # and the checkpoints we took of the wrong state are worthless.
+                self.own_checkpoints.clear()
             self.last_decided = seq
             self.next_seq = max(self.next_seq, seq + 1)
             self.progressed = True
@@ -563,7 +587,11 @@ class PbftInstance:
         if seq <= self.low:
             return
         own = self.own_checkpoints.get(seq)
-        if own is not None and own != digest:
+        diverged = own is not None and own != digest
+        if diverged:
+            # 2f+1 replicas signed another state for this seq than ours: ours went wrong
+            # (a corrupted store, a nondeterministic application). Counted as an alarm,
+            # and repaired: fetch the certified state and run the batches after it again.
             self.out.append(Dropped("state_divergence", self.me))
         self.low, self.stable_digest, self.stable_proof = seq, digest, proof
         self.out.append(
@@ -571,7 +599,7 @@ class PbftInstance:
         )
         self._collect_garbage()
         self.out.append(StableCheckpoint(seq, digest))
-        if seq > self.last_decided:
+        if seq > self.last_decided or diverged:
             self.state_target = (seq, digest)
             self.next_seq = max(self.next_seq, seq + 1)
             self.out.append(NeedState(seq, digest, [c.replica for c in proof]))
@@ -613,6 +641,13 @@ class PbftInstance:
         self._broadcast_view_change()
 
     def _broadcast_view_change(self) -> None:
+        vc = self._view_change_for(self.view)
+        self.view_changes.setdefault(self.view, {})[self.me] = vc
+        self.out.append(Broadcast(vc))
+        self._try_new_view()
+
+    def _view_change_for(self, new_view: int) -> ViewChange:
+        """Our signed VIEW-CHANGE to ``new_view``: stable checkpoint, P and Q sets."""
         prepared, preprepared = [], []
         for seq in sorted(self.slots):
             slot = self.slots[seq]
@@ -621,16 +656,15 @@ class PbftInstance:
             for digest, view in sorted(slot.q_entries.items()):
                 preprepared.append(SlotSummary(seq, digest, view))
         vc = ViewChange(
-            self.instance, self.view, self.me, self.low, self.stable_digest,
+            self.instance, new_view, self.me, self.low, self.stable_digest,
             self.stable_proof, prepared, preprepared,
         )
-        vc = msgspec.structs.replace(vc, sig=self.crypto.sign(vc.signed_bytes()))
-        self.view_changes.setdefault(self.view, {})[self.me] = vc
-        self.out.append(Broadcast(vc))
-        self._try_new_view()
+        return msgspec.structs.replace(vc, sig=self.crypto.sign(vc.signed_bytes()))
 
     def _on_view_change(self, src: int, vc: ViewChange) -> None:
         if vc.new_view < self.view or (vc.new_view == self.view and not self.in_view_change):
+            if vc.replica == src:
+                self._help_behind(src, vc.new_view)
             return
         if vc.new_view > self.view + 64 * self.q.n:
             self._drop("future_view", src)
@@ -653,6 +687,26 @@ class PbftInstance:
         self._join_higher_views()
         if vc.new_view == self.view:
             self._try_new_view()
+
+    def _help_behind(self, src: int, view: int) -> None:
+        """``src`` is still changing to ``view``, a view we have left: give it what gets
+        it moving. Without this, correct replicas can wait for each other forever: one
+        that lost the VIEW-CHANGEs it had collected (a crash) waits for a quorum for
+        ``view`` that nobody sends any more, since the replicas that moved on repeat only
+        their latest VIEW-CHANGE, and one replica ahead is not the f+1 that make it join
+        (found by the fuzzer: n=4, seed 263 of the splice_new_view strategy, where
+        the Byzantine replica, primary of the view they waited in, stayed silent)."""
+        if self.helped.get(src) == self.sync_ticks:
+            return  # once per sync tick: a replica stuck behind repeats its VIEW-CHANGE
+        self.helped[src] = self.sync_ticks
+        nv = self.last_new_view
+        if nv is not None and nv.view >= view:
+            self.out.append(Send(src, nv))  # a view we installed since: it can install it
+        elif self.in_view_change:
+            # We moved past ``view`` without installing it: our VIEW-CHANGE for it is
+            # true (we hold no prepared entry of a later view), and counts towards the
+            # quorum that starts its timer there.
+            self.out.append(Send(src, self._view_change_for(view)))
 
     def _join_higher_views(self) -> None:
         """f+1 replicas moving past our view include a correct one: follow them to the
@@ -681,15 +735,21 @@ class PbftInstance:
             return False
         high = vc.checkpoint_seq + self.window
         seen: set[int] = set()
+        # Entries of views below the new one, never negative: "not pre-prepared" is -1
+        # inside a replica, so a claim at view -1 would count every replica as vouching
+        # for it (A2) and put a made-up digest in an empty slot. The wire decoder refuses
+        # negative views already; this holds for any driver.
         for e in vc.prepared:
-            if e.seq in seen or not vc.checkpoint_seq < e.seq <= high or e.view >= vc.new_view:
+            if e.seq in seen or not vc.checkpoint_seq < e.seq <= high or not (
+                0 <= e.view < vc.new_view
+            ):
                 return False
             seen.add(e.seq)
         # Bounded and duplicate-free: a padded VIEW-CHANGE would make NEW-VIEW too large
         # to send, and stall every view change.
         per_slot: dict[int, set[bytes]] = {}
         for e in vc.preprepared:
-            if not vc.checkpoint_seq < e.seq <= high or e.view >= vc.new_view:
+            if not vc.checkpoint_seq < e.seq <= high or not 0 <= e.view < vc.new_view:
                 return False
             digests = per_slot.setdefault(e.seq, set())
             if e.digest in digests or len(digests) >= MAX_Q_ENTRIES:
@@ -719,16 +779,23 @@ class PbftInstance:
                 self._want_payload(digest)
             return
         nv = NewView(self.instance, self.view, chosen)
+        nv = msgspec.structs.replace(nv, sig=self.crypto.sign(nv.signed_bytes()))
         self.out.append(Broadcast(nv))
         self._install_new_view(nv, decision)
 
     def _on_new_view(self, src: int, nv: NewView) -> None:
         if nv.view < self.view or (nv.view == self.view and not self.in_view_change):
             return
-        # A NEW-VIEW is proven by its signed VIEW-CHANGEs, so a replica that missed it may
-        # take it from anyone; in the view it is changing to, only from the new primary.
-        if src != self.q.primary(nv.view) and nv.view == self.view:
-            self._drop("new_view_not_from_primary", src)
+        # The new primary's signature, not the link it came on, says the primary chose
+        # this quorum of VIEW-CHANGEs: so a replica that missed it may take it from
+        # anyone (e.g. in catch-up answers), but from nobody a NEW-VIEW assembled from
+        # another quorum of the same VIEW-CHANGEs.
+        if self.config.planted_bug == "unsigned_new_view":
+            if src != self.q.primary(nv.view) and nv.view == self.view:
+                self._drop("new_view_not_from_primary", src)  # the old, link-based rule
+                return
+        elif not self.crypto.verify(self.q.primary(nv.view), nv.signed_bytes(), nv.sig):
+            self._drop("bad_new_view_signature", src)
             return
         replicas = [vc.replica for vc in nv.view_changes]
         if len(set(replicas)) != len(replicas) or any(
@@ -1026,6 +1093,10 @@ class PbftInstance:
                 if view == self.view:
                     slot.pp_view, slot.digest = view, digest
                     self.max_accepted = max(self.max_accepted, seq)
+                    if self.me != self.q.primary(view):
+                        # Our PREPARE may be out (the record was durable before it
+                        # left): it counts, as it did before the crash.
+                        slot.prepare_votes.setdefault(view, {})[self.me] = digest
             if (
                 slot.p_entry is not None
                 and slot.p_entry == (slot.digest, self.view)

@@ -35,7 +35,14 @@ from phalanx.core.effects import (
 )
 from phalanx.core.hashing import digest as sha256
 from phalanx.core.hashing import digest_parts
-from phalanx.core.messages import Error, Reply, Request, decode_batch, encode_batch
+from phalanx.core.messages import (
+    Error,
+    Refusal,
+    Reply,
+    Request,
+    decode_batch,
+    encode_batch,
+)
 from phalanx.core.quorum import Quorums
 from phalanx.protocols.pbft.config import PbftConfig
 from phalanx.protocols.pbft.instance import (
@@ -49,9 +56,21 @@ from phalanx.protocols.pbft.messages import FetchState, StateData
 from phalanx.statemachine.base import StateMachine
 
 MAX_PENDING_REQUESTS = 100_000
+"""Requests waiting to be ordered; beyond this new clients are refused (bounded memory)."""
 REQUEST_OVERHEAD = 256
 """Bytes a request adds to a batch besides its op (ids, timestamp, authenticator)."""
-"""Requests waiting to be ordered; beyond this new clients are refused (bounded memory)."""
+
+REQUEST_REFUSALS = {
+    # Functions of the request's bytes and the cluster config (max_request_bytes): every
+    # correct replica refuses the request, and _validate_batch refuses a batch holding it.
+    "request_too_large": Refusal.FINAL,
+    "malformed_request": Refusal.FINAL,
+    # A replica checks only its own authenticator entry, under its own pairwise key with
+    # the client: it will always refuse these bytes, but the others' entries may be valid.
+    "bad_authenticator": Refusal.LOCAL,
+}
+"""How far each of _request_error's refusals reaches; any other refusal (overloaded, the
+app's state-dependent admission) is TRANSIENT."""
 
 _SNAPSHOT_KEY = b"Rsnap"
 BATCH_TIMER = "pbft.batch"
@@ -110,7 +129,8 @@ class PbftReplica:
         # for the multicast requests it holds (see _relay).
         self.grace_at = -1
         self.validated: dict[bytes, list[Request]] = {}  # digest -> decoded batch
-        self.snapshots: dict[int, Snapshot] = {}  # own checkpoints not yet stable
+        # Own checkpoints not yet stable, with their state digests.
+        self.snapshots: dict[int, tuple[Snapshot, bytes]] = {}
         self.stable_snapshot: Snapshot | None = None
         self.batch_timer_armed = False
         self.batch_timer_expired = False
@@ -251,12 +271,17 @@ class PbftReplica:
             else:
                 out.append(Dropped("stale_request", src))
             return out
+        refusal = REQUEST_REFUSALS.get(reason or "", Refusal.TRANSIENT)
         if reason is None and self.certifier is not None:
             reason = self.app.admit(req.op)  # type: ignore[attr-defined]
+            # An app that does not say which of its reasons are final has none: a client
+            # then never reports its refusals as more than "not accepted yet".
+            if reason in getattr(self.app, "final_refusals", ()):
+                refusal = Refusal.FINAL
         if reason is not None:
             out.append(Dropped(reason, src))
             if client is not None:
-                error = Error(req.client, req.timestamp, self.replica_id, reason)
+                error = Error(req.client, req.timestamp, self.replica_id, reason, refusal)
                 out.append(ToClient(client, error))
             return out
         waiting = self.pending.get(req.client)
@@ -517,8 +542,8 @@ class PbftReplica:
             out.extend(self.instance.set_waiting(False))
         if is_checkpoint and not self.config.single_shot:
             snapshot = self._snapshot(seq)
-            self.snapshots[seq] = snapshot
             state_digest = checkpoint_digest(root, snapshot.clients)
+            self.snapshots[seq] = (snapshot, state_digest)
             out.extend(self.instance.make_checkpoint(seq, state_digest))
         return out
 
@@ -532,22 +557,25 @@ class PbftReplica:
         return Snapshot(seq, self.app.snapshot(), clients)
 
     def _on_stable(self, stable: StableCheckpoint) -> list[Any]:
-        snapshot = self.snapshots.pop(stable.seq, None)
+        own = self.snapshots.pop(stable.seq, None)
         for seq in [s for s in self.snapshots if s < stable.seq]:
             del self.snapshots[seq]
         # Batches validated but never decided (a faulty primary's, or ones a view change
         # replaced) would otherwise accumulate.
         for digest in [d for d in self.validated if d not in self.instance.payloads]:
             del self.validated[digest]
-        if snapshot is None:
-            return []  # we are behind: the snapshot comes by state transfer
+        if own is None or own[1] != stable.digest:
+            # We are behind, or our state diverged from the certified one: either way
+            # the snapshot comes by state transfer (never serve or keep a wrong one).
+            return []
+        snapshot = own[0]
         self.stable_snapshot = snapshot
         # Lazy, like the stable-checkpoint record written in the same batch: until both
         # are durable, a restart simply recovers from the previous checkpoint.
         return [Persist(_SNAPSHOT_KEY, msgspec.msgpack.encode(snapshot), lazy=True)]
 
     def _need_state(self, need: NeedState) -> list[Any]:
-        if need.seq <= self.instance.last_decided:
+        if need.seq <= self.instance.last_decided and not self.instance.repairing:
             return []
         fetch = FetchState(self.INSTANCE, need.seq)
         holders = [r for r in need.holders if r != self.replica_id]
@@ -565,9 +593,13 @@ class PbftReplica:
         return [Send(src, data)]
 
     def _on_state_data(self, src: int, msg: StateData) -> list[Any]:
-        target = self.instance.state_target  # the stable checkpoint we are fetching
-        # Never install a snapshot at or below what we executed: that would roll back.
-        if target is None or msg.seq < target[0] or msg.seq <= self.instance.last_decided:
+        inst = self.instance
+        target = inst.state_target  # the stable checkpoint we are fetching
+        # Never install a snapshot at or below what we executed (a roll-back), unless
+        # our own state there diverged from the certified one (a repair).
+        if target is None or msg.seq < target[0] or (
+            msg.seq <= inst.last_decided and not inst.repairing
+        ):
             return [Dropped("unwanted_state", src)]
         try:
             snap = msgspec.msgpack.decode(msg.snapshot, type=Snapshot)
@@ -596,6 +628,7 @@ class PbftReplica:
         self.app = app
         self.clients = {c: ClientRecord(ts, result) for c, ts, result in snap.clients}
         self.stable_snapshot = snap
+        self.snapshots.clear()  # of states we no longer hold (recomputed as we execute)
         for client, req in list(self.pending.items()):
             record = self.clients.get(client)
             if record is not None and record.timestamp >= req.timestamp:

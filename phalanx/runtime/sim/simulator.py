@@ -33,6 +33,7 @@ from phalanx.core.effects import (
     Completed,
     Dropped,
     Executed,
+    NotAccepted,
     Persist,
     Send,
     SetTimer,
@@ -122,7 +123,7 @@ class FilterOutgoing(Behaviour):
 
 @dataclass(frozen=True, slots=True)
 class CompletedRequest:
-    """A request a client finished (with a result or an error)."""
+    """A request a client finished: with a result, or refused for good (``error``)."""
 
     client_index: int
     client: bytes
@@ -671,7 +672,20 @@ class Simulation:
             self._record(f"lost {src}->{dst} (crashed)", wire)
             self.counters["sim.to_crashed"] += 1
             return
-        msg = decoder.decode(payload) if decoder is not None else payload
+        if decoder is None:
+            msg = payload
+        else:
+            try:
+                msg = decoder.decode(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                sender = self._replica_at(src)
+                if sender is None or sender.behaviour is None:
+                    raise  # a correct node's message that does not decode is a bug
+                # What the real transport does with a frame that is not a valid message
+                # (a Byzantine sender's view -1, a short digest): drop and count it.
+                self._record(f"undecodable {src}->{dst}", wire)
+                self.counters["dropped.decode"] += 1
+                return
         self._record(f"deliver {src}->{dst} {type(msg).__name__}", wire)
         stats = self._stats[dst]
         stats.msgs_recv += 1
@@ -854,6 +868,11 @@ class Simulation:
                 client.timers.pop(effect.name, None)
             elif kind is Completed:
                 self._on_completed(client, effect)
+            elif kind is NotAccepted:
+                # Not an outcome: the request stays pending, retransmitted, and may still
+                # execute (a closed-loop client waits for it as long as it takes).
+                self._record(f"not_accepted {client.endpoint} ts={effect.timestamp}")
+                self.counters["sim.not_accepted"] += 1
             elif kind is Dropped:
                 self.counters[f"client_dropped.{effect.reason}"] += 1
             else:
@@ -915,7 +934,7 @@ class Simulation:
             )
         )
         client.pending = None
-        self.counters["sim.completed" if done.error is None else "sim.failed"] += 1
+        self.counters["sim.completed" if done.error is None else "sim.refused"] += 1
         if client.next_request < client.requests:
             self._push(self.now + client.think_time, _SUBMIT, client.index)
 

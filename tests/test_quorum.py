@@ -1,0 +1,54 @@
+"""Quorum sizes: intersection in a correct replica and availability, for every n >= 3f+1."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from phalanx.core.quorum import Quorums
+
+
+@st.composite
+def systems(draw: st.DrawFn) -> tuple[int, int]:
+    f = draw(st.integers(0, 40))
+    n = draw(st.integers(3 * f + 1, 3 * f + 60))
+    return n, f
+
+
+@given(systems())
+def test_two_strong_quorums_share_a_correct_replica_and_f_silent_replicas_cannot_block(nf):
+    n, f = nf
+    q = Quorums(n, f)
+    assert 2 * q.strong - n >= f + 1  # intersection: at least one correct member
+    assert q.strong <= n - f  # the n - f correct replicas alone form a quorum
+    assert 2 * (q.strong - 1) - n < f + 1  # and no smaller size intersects safely
+
+
+@pytest.mark.parametrize(
+    ("n", "f", "strong"),
+    [(1, 0, 1), (2, 0, 2), (3, 0, 2), (4, 0, 3), (4, 1, 3), (5, 1, 4), (6, 1, 4), (7, 1, 5),
+     (7, 2, 5), (8, 2, 6), (10, 3, 7), (100, 33, 67)],
+)
+def test_strong_quorum_is_ceil_of_n_plus_f_plus_one_over_two(n, f, strong):
+    q = Quorums(n, f)
+    assert q.strong == strong
+    assert q.commit == q.checkpoint == q.view_change == strong
+    assert q.prepare == strong - 1  # the pre-prepare counts as the primary's vote
+    assert q.weak == q.reply == f + 1
+
+
+@pytest.mark.parametrize(("n", "f"), [(3, 1), (6, 2), (0, 0), (-1, 0), (4, -1), (9, 3)])
+def test_systems_below_3f_plus_1_or_degenerate_are_refused(n, f):
+    with pytest.raises(ValueError):
+        Quorums(n, f)
+
+
+@pytest.mark.parametrize(("n", "f"), [(1, 0), (3, 0), (4, 1), (6, 1), (7, 2), (9, 2), (10, 3)])
+def test_for_n_takes_the_largest_tolerated_f(n, f):
+    assert Quorums.for_n(n) == Quorums(n, f)
+
+
+def test_primary_rotates_through_every_replica():
+    q = Quorums(5, 1)
+    assert [q.primary(v) for v in range(7)] == [0, 1, 2, 3, 4, 0, 1]
