@@ -248,8 +248,10 @@ class HostileInput:
                 "break_link": ({"dropped_bad_mac", "dropped_frame_too_large",
                                 "dropped_truncated_frame"}, "bad_mac|frame_too_large|"
                                                             "truncated_frame"),
-                "auth_replica_only": ({"dropped_unexpected_message"},
-                                      "dropped_unexpected_message"),
+                # Fields out of the wire schema's ranges fail decoding before the core
+                # sees them (a negative view, say): then "decode".
+                "auth_replica_only": ({"dropped_unexpected_message", "dropped_decode"},
+                                      "unexpected_message|decode"),
                 "auth_requests": (CLIENT_DROPS, "a client-message drop reason"),
                 "auth_garbage": (CLIENT_DROPS, "a client-message drop reason"),
             }
