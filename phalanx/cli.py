@@ -1,4 +1,4 @@
-"""The ``phalanx`` command: keygen, node, up, client, bench, sim, fuzz, demo."""
+"""The ``phalanx`` command: keygen, node, up, client, bench, sim, fuzz, demo, reliability."""
 
 from __future__ import annotations
 

@@ -25,12 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c = sub.add_parser("crash", help="crash torture: SIGKILL/restart and power-cut cycles "
                                      "under a ledger load; every acknowledged transfer checked")
     c.add_argument("--n", type=int, default=4, help="replicas (n >= 7 kills two at once)")
-    c.add_argument("--cycles", type=int, default=30)
+    c.add_argument("--cycles", type=int, default=30, help="kill/restart cycles (the campaign: "
+                                                          "1000)")
     c.add_argument("--wallets", type=int, default=32, help="load wallets, one transfer in "
                                                            "flight each")
     c.add_argument("--sdk-wallets", type=int, default=2,
                    help="of which this many use the HTTP API and the SDK")
-    c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--seed", type=int, default=1, help="the wallets' keys and transfers, and "
+                                                      "every random choice of the torture")
     c.add_argument("--power-loss", type=float, default=0.5,
                    help="share of cycles that are power cuts inside the store's durability "
                         "windows rather than SIGKILLs at a random instant")
@@ -44,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="seconds the cluster runs whole before a kill")
     c.add_argument("--down", type=_pair, default=(0.0, 1.5), metavar="LOW:HIGH",
                    help="seconds a victim stays down")
-    c.add_argument("--checkpoint-interval", type=int, default=64)
+    c.add_argument("--checkpoint-interval", type=int, default=64,
+                   help="slots between checkpoints (small: GC and state transfer often)")
     c.add_argument("--wal-bytes", type=int, default=1 << 20,
                    help="the replicas' log file size (small: generations apply often)")
     c.add_argument("--fault", choices=("lose-acked", "diverge", "drop-record"),
@@ -63,8 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_hostile(sub: Any) -> None:
     h = sub.add_parser("hostile", help="hostile input: malformed and adversarial frames and "
                                        "HTTP requests against a live, loaded cluster")
-    h.add_argument("--n", type=int, default=4)
-    h.add_argument("--seed", type=int, default=1)
+    h.add_argument("--n", type=int, default=4, help="replicas")
+    h.add_argument("--seed", type=int, default=1, help="the generated garbage and the load")
     h.add_argument("--frames", type=int, default=50_000,
                    help="frames to send in all (the campaign: 1,000,000)")
     h.add_argument("--http", type=int, default=5_000,
@@ -104,7 +107,7 @@ def _hostile(args: argparse.Namespace) -> int:
 def _add_soak(sub: Any) -> None:
     s = sub.add_parser("soak", help="soak: a long open-loop load at a share of saturation, "
                                     "view changes on a schedule; RSS, disk, p99 plotted")
-    s.add_argument("--n", type=int, default=4)
+    s.add_argument("--n", type=int, default=4, help="replicas")
     s.add_argument("--duration", type=float, default=3600.0, help="seconds of soak")
     s.add_argument("--load", type=float, default=0.7,
                    help="share of the measured saturated throughput to offer")
@@ -112,7 +115,8 @@ def _add_soak(sub: Any) -> None:
                    help="skip the measurement: the saturated throughput is TPS")
     s.add_argument("--saturation-duration", type=float, default=20.0,
                    help="seconds of the closed-loop bench that measures saturation")
-    s.add_argument("--view-change-every", type=float, default=300.0, metavar="SECONDS")
+    s.add_argument("--view-change-every", type=float, default=300.0, metavar="SECONDS",
+                   help="seconds between view changes")
     s.add_argument("--view-change", choices=("stop", "kill"), default="stop",
                    help="stop: SIGSTOP the primary, SIGCONT it later; kill: SIGKILL it and "
                         "restart it")
@@ -122,7 +126,7 @@ def _add_soak(sub: Any) -> None:
     s.add_argument("--warmup", type=float, default=60.0,
                    help="seconds left out of the first-third baselines")
     s.add_argument("--clients", type=int, default=64, help="requests in flight at most")
-    s.add_argument("--client-procs", type=int, default=2)
+    s.add_argument("--client-procs", type=int, default=2, help="load-generator processes")
     s.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     s.add_argument("--json", default=None, help="write the report here")
     s.add_argument("--png", default=None, help="write the plot here")
