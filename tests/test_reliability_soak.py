@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from phalanx.reliability.checks import Findings
-from phalanx.reliability.soak import Sample, Soak, SoakSpec, judge, mark_disturbed, plot
+from phalanx.reliability.soak import (
+    Sample,
+    Soak,
+    SoakSpec,
+    interval_series,
+    judge,
+    mark_disturbed,
+    plot,
+)
 
 
 def series(p99: list[float], tps: float = 100.0, backlog: int = 0) -> list[dict]:
@@ -35,6 +43,11 @@ def test_flat_memory_bounded_disk_and_steady_latency_pass() -> None:
     assert not verdict([60, 62, 61, 60, 63, 61], [40, 41, 40, 42, 41, 41], [9, 10, 9, 10, 9, 11])
 
 
+def test_memory_that_steps_up_once_and_stays_is_not_a_leak() -> None:
+    # A burst (a view change's backlog) raises the allocator's high-water mark for good.
+    assert not verdict([60, 61, 78, 79, 78, 79], [40] * 6, [10] * 6)
+
+
 def test_growing_memory_growing_disk_drifting_p99_and_underload_fail() -> None:
     findings = verdict([60, 70, 80, 90, 100, 110], [40, 60, 80, 100, 120, 140],
                        [9, 10, 15, 20, 25, 30], tps=80.0)
@@ -48,6 +61,22 @@ def test_intervals_are_disturbed_from_a_view_change_until_the_backlog_drains() -
     assert mark_disturbed(points, [21.0], rate=1000.0) == [19.0]
     assert [p["view_change"] for p in points] == [False, False, True, True, False, False,
                                                   False, False]
+
+
+def test_an_interval_not_every_load_generator_reported_is_left_out() -> None:
+    from phalanx.bench.results import LatencyHistogram
+
+    hist = LatencyHistogram()
+    hist.record_us(1000.0)
+
+    def line(t: float) -> dict:
+        return {"t": t, "completed": 10, "errors": {}, "backlog": 0,
+                "histogram": hist.to_json()}
+
+    lines = [(0, line(110.0)), (1, line(110.0)), (0, line(120.0)), (1, line(120.0)),
+             (0, line(130.0))]  # generator 1 was stopped before its third report
+    series = interval_series(lines, go=100.0, interval=10.0)
+    assert [(p["start_s"], p["throughput_tps"]) for p in series] == [(0.0, 2.0), (10.0, 2.0)]
 
 
 @pytest.mark.integration

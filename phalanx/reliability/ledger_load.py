@@ -168,7 +168,7 @@ async def sdk_wallet(wallets: Wallets, index: int, client: Any) -> None:
                 continue
             except (TimeoutError, LedgerError) as exc:
                 wallets.journal.write("retry", w=index, n=nonce, attempts=attempts,
-                                      reason=type(exc).__name__)
+                                      reason=f"{type(exc).__name__}: {exc}"[:160])
                 await asyncio.sleep(BACKOFF_S)
                 continue
             status = "applied" if confirmation.status == "committed" else "rejected"
