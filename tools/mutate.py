@@ -110,8 +110,8 @@ TARGETS = {
         Target(
             "instance",
             "phalanx/protocols/pbft/instance.py",
-            (*PBFT_TESTS, "tests/test_pbft_checkpoints.py", "tests/test_viewchange*.py",
-             "tests/test_instance*.py"),
+            (*PBFT_TESTS, "tests/test_pbft_admission.py", "tests/test_pbft_checkpoints.py",
+             "tests/test_viewchange*.py"),
             functions=tuple(f"xǁPbftInstanceǁ{name}" for name in (*ADMISSION, *CHECKPOINTS)),
         ),
     ]
@@ -309,26 +309,37 @@ def mutants_to_run(target: Target) -> list[str]:
     return sorted(m for m, c in verdicts.items() if c not in KILLED | TIMED_OUT)
 
 
-def run(target: Target, max_children: int) -> float:
-    directory = workdir(target)
-    todo = mutants_to_run(target)
-    if not todo:
-        print(f"mutate: {target.path}: every mutant has a verdict")
-        return 0.0
-    print(f"mutate: {target.path}: testing {len(todo)} mutant id(s)/pattern(s) in {directory}")
-    start = time.monotonic()
+def _mutmut_run(target: Target, mutants: list[str], max_children: int) -> None:
     mutmut = Path(sys.executable).parent / "mutmut"
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     try:
         proc = subprocess.run(
-            [str(mutmut), "run", "--max-children", str(max_children), *todo],
-            cwd=directory, env=env, check=False,
+            [str(mutmut), "run", "--max-children", str(max_children), *mutants],
+            cwd=workdir(target), env=env, check=False,
         )
     except KeyboardInterrupt:
         raise SystemExit("\nmutate: interrupted; the verdicts so far are kept, run again to "
                          "resume") from None
     if proc.returncode != 0:
         raise SystemExit(f"mutate: mutmut failed on {target.path} (exit {proc.returncode})")
+
+
+def run(target: Target, max_children: int) -> float:
+    todo = mutants_to_run(target)
+    if not todo:
+        print(f"mutate: {target.path}: every mutant has a verdict")
+        return 0.0
+    print(f"mutate: {target.path}: testing {len(todo)} mutant id(s)/pattern(s) in "
+          f"{workdir(target)}")
+    start = time.monotonic()
+    _mutmut_run(target, todo, max_children)
+    # mutmut forgets every verdict when the test selection or the pytest settings changed
+    # (a test file added to a target, say), and then tests only the mutants it was given.
+    forgotten = sorted(m for m, c in (load_verdicts(target) or {}).items() if c is None)
+    if forgotten:
+        print(f"mutate: {target.path}: mutmut dropped {len(forgotten)} earlier verdict(s) "
+              "(the test selection changed): testing those mutants again")
+        _mutmut_run(target, forgotten, max_children)
     return time.monotonic() - start
 
 
