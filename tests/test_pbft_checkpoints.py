@@ -30,6 +30,7 @@ from phalanx.protocols.pbft.messages import (
     Checkpoint,
     Commit,
     FetchCommitted,
+    FetchPayload,
     Prepare,
     PrePrepare,
 )
@@ -400,14 +401,49 @@ def test_a_stable_checkpoint_deletes_the_log_and_the_payloads_below_it_on_disk_t
     assert sorted(inst.slots) == [5, 6]
     assert set(inst.payloads) >= {digest(payload(3)), digest(payload(5))}
     assert not {digest(payload(s)) for s in (1, 2, 4)} & set(inst.payloads)
-    stable = msgspec.msgpack.decode(disk.records[inst._key(b"s")])
+    # Lazy too, like the host's snapshot record: until both are durable, a restart
+    # simply recovers from the previous stable checkpoint.
+    (record,) = [e for e in of(out, Persist) if e.key == inst._key(b"s")]
+    assert record.lazy is True
+    stable = msgspec.msgpack.decode(record.value)
     assert stable[:2] == [4, STATE] and len(stable[2]) == 3
+
+
+def restarted_without_the_payload_of(seq: int) -> PbftInstance:
+    """Decided 1..6, then restarted with slot ``seq``'s payload lost (a lazy record)."""
+    disk, inst = Disk(), instance()
+    disk.apply(decide(inst, range(1, 7)))
+    del disk.records[payload_key(inst, payload(seq))]
+    restarted = disk.restart()
+    out = restarted.start()
+    assert restarted.last_decided == seq - 1 and sent(out, FetchPayload)
+    return restarted
+
+
+def test_a_stable_checkpoint_keeps_fetching_a_missing_payload_above_it():
+    inst = restarted_without_the_payload_of(5)
+    inst.make_checkpoint(4, STATE)
+    for replica in (2, 3):
+        inst.on_message(replica, checkpoint(replica))
+    assert inst.low == 4
+    out = inst.on_timer(inst._t_sync)
+    assert [m.digest for m in sent(out, FetchPayload)] == [digest(payload(5))]
+
+
+def test_a_stable_checkpoint_stops_the_fetching_of_a_missing_payload_below_it():
+    inst = restarted_without_the_payload_of(3)
+    for replica in (0, 2, 3):
+        inst.on_message(replica, checkpoint(replica))
+    inst.on_timer(inst._t_sync)
+    inst.on_timer(inst._t_sync)  # stalled at 2: the checkpoint is adopted (state transfer)
+    assert inst.low == 4
+    assert sent(inst.on_timer(inst._t_sync), FetchPayload) == []
 
 
 def test_a_stable_checkpoint_forgets_the_checkpoints_and_early_pre_prepares_below_it():
     inst = instance()
     inst.on_message(3, checkpoint(3, seq=8, state=digest(b"8")))
-    inst.on_message(2, PrePrepare(0, 2, 3, digest(b"x"), b"x"))  # view 2, ahead of us
+    inst.on_message(2, PrePrepare(0, 2, 4, digest(b"x"), b"x"))  # view 2, ahead of us
     inst.on_message(2, PrePrepare(0, 2, 6, digest(b"y"), b"y"))
     stable_at_4(inst)
     assert inst.checkpoints[2] == {}
