@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from phalanx.core.effects import Broadcast, Dropped
+from phalanx.core.effects import Broadcast, Dropped, Send
 from phalanx.core.hashing import digest
 from phalanx.core.quorum import Quorums
 from phalanx.protocols.pbft.config import PbftConfig
@@ -23,6 +23,7 @@ from phalanx.protocols.pbft.instance import PbftInstance
 from phalanx.protocols.pbft.messages import (
     Checkpoint,
     Commit,
+    FetchCommitted,
     NewView,
     Prepare,
     PrePrepare,
@@ -35,6 +36,7 @@ Q = Quorums(4, 1)
 CONFIG = PbftConfig(checkpoint_interval=4, window=8, view_change_timeout=1.0)
 ORACLE = SymbolicOracle(random.Random(5), 4)
 X = digest(b"x")
+Y = digest(b"y")
 
 
 def instance(me: int = 1, config: PbftConfig = CONFIG) -> PbftInstance:
@@ -78,6 +80,11 @@ def in_view(inst: PbftInstance, view: int) -> PbftInstance:
     inst.on_message(others[0], nv)
     assert inst.view == view and not inst.in_view_change
     return inst
+
+
+def checkpoint(replica: int, seq: int = 4, state: bytes = digest(b"state at 4")) -> Checkpoint:
+    cp = Checkpoint(0, seq, state, replica)
+    return msgspec.structs.replace(cp, sig=ORACLE.node_crypto(replica).sign(cp.signed_bytes()))
 
 
 def time_out(inst: PbftInstance) -> list[Any]:
@@ -125,6 +132,109 @@ def test_only_the_primary_of_the_message_view_pre_prepares_and_it_never_prepares
         Dropped("prepare_from_primary", 1)
     ]
     assert sent(inst.on_message(1, pre_prepare(view=1)), Prepare) == [Prepare(0, 1, 1, X)]
+
+
+@pytest.mark.parametrize("src", [-1, 4, 9, 1])
+def test_a_message_from_no_other_replica_is_dropped_as_an_unknown_sender(src):
+    assert instance().on_message(src, pre_prepare()) == [Dropped("unknown_sender", src)]
+
+
+def test_a_message_of_no_pbft_kind_is_dropped_against_its_sender():
+    assert instance().on_message(2, "hello") == [Dropped("unexpected_message", 2)]
+
+
+@pytest.mark.parametrize(
+    ("messages", "refusal"),
+    [
+        ([pre_prepare(), pre_prepare()], Dropped("duplicate", 0)),
+        ([pre_prepare(), pre_prepare(data=b"other")], Dropped("equivocation", 0)),
+        ([PrePrepare(0, 0, 1, digest(b"other"), b"x")], Dropped("bad_digest", 0)),
+        ([pre_prepare(data=b"evil")], Dropped("invalid_payload", 0)),
+    ],
+)
+def test_a_refused_pre_prepare_is_counted_against_the_primary(messages, refusal):
+    inst = PbftInstance(0, 1, Q, ORACLE.node_crypto(1), CONFIG, lambda p: p != b"evil")
+    out = [e for m in messages for e in inst.on_message(0, m)]
+    assert of(out, Dropped) == [refusal]
+
+
+def test_with_the_planted_digest_bug_a_pre_prepare_whose_digest_lies_is_prepared():
+    config = PbftConfig(checkpoint_interval=4, window=8, view_change_timeout=1.0,
+                        planted_bug="preprepare_digest")
+    lying = PrePrepare(0, 0, 1, digest(b"other"), b"x")
+    assert sent(instance(config=config).on_message(0, lying), Prepare)
+    assert not sent(instance().on_message(0, lying), Prepare)
+
+
+def test_a_pre_prepare_of_the_view_being_changed_to_waits_for_its_new_view():
+    inst = instance(me=2)
+    time_out(inst)  # to view 1, primary 1
+    out = inst.on_message(1, pre_prepare(view=1))
+    assert of(out, Dropped) == [] and not sent(out, Prepare)
+    out = inst.on_message(1, new_view(1, [view_change(r, 1) for r in (0, 1, 3)]))
+    assert Prepare(0, 1, 1, X) in sent(out, Prepare)
+
+
+def test_early_pre_prepares_are_kept_up_to_two_windows():
+    """In a view change to 1 a replica may see pre-prepares of views 1, 2 and 3 (24 slots
+    of a window of 8): it keeps 16, what two views ahead of an installed view hold."""
+    inst = instance(me=0)
+    time_out(inst)  # to view 1
+    for view in (1, 2, 3):
+        for seq in range(1, 9):
+            inst.on_message(Q.primary(view), pre_prepare(seq, view, b"%d" % seq))
+    assert len(inst.future_preprepares) == 2 * CONFIG.window
+
+
+@pytest.mark.parametrize("kind", [Prepare, Commit])
+def test_a_repeated_or_changed_vote_is_counted_against_its_sender(kind):
+    inst = instance()
+    inst.on_message(2, kind(0, 0, 1, X))
+    assert of(inst.on_message(2, kind(0, 0, 1, X)), Dropped) == [Dropped("duplicate_vote", 2)]
+    assert of(inst.on_message(2, kind(0, 0, 1, Y)), Dropped) == [Dropped("equivocation", 2)]
+
+
+def test_a_replica_that_repeats_its_vote_is_answered_with_ours():
+    """It repeats a vote when stuck on the slot: it may have lost our votes."""
+    inst = instance()
+    inst.on_message(0, pre_prepare())
+    inst.on_message(2, Prepare(0, 0, 1, X))  # prepared: our COMMIT is out
+    out = inst.on_message(2, Prepare(0, 0, 1, X))
+    assert [(e.dest, e.msg) for e in of(out, Send)] == [
+        (2, Prepare(0, 0, 1, X)), (2, Commit(0, 0, 1, X))
+    ]
+
+
+def test_f_plus_one_replicas_in_a_later_view_make_a_replica_ask_what_it_missed():
+    inst = instance(me=2)
+    out = inst.on_message(0, Prepare(0, 2, 1, X))
+    assert not sent(out, FetchCommitted)  # one replica ahead may be lying
+    out = inst.on_message(3, Prepare(0, 2, 1, X))
+    assert sent(out, FetchCommitted)
+
+
+def test_a_checkpoint_is_counted_against_its_sender_and_ignored_at_or_below_the_low_mark():
+    inst = instance()
+    forged = msgspec.structs.replace(checkpoint(3), sig=b"forged")
+    assert inst.on_message(3, forged) == [Dropped("bad_signature", 3)]
+    for replica in (0, 2, 3):
+        inst.on_message(replica, checkpoint(replica, seq=8, state=digest(b"8")))
+    inst.on_timer(inst._t_sync)
+    inst.on_timer(inst._t_sync)
+    assert inst.low == 8
+    at_low = checkpoint(2, seq=8, state=digest(b"8"))
+    late = [at_low, msgspec.structs.replace(at_low, sig=b"forged"), forged]  # not counted
+    assert [e for m in late for e in inst.on_message(2, m)] == []
+
+
+def test_with_the_planted_checkpoint_bug_any_signature_counts_but_only_from_replicas():
+    config = PbftConfig(checkpoint_interval=4, window=8, view_change_timeout=1.0,
+                        planted_bug="checkpoint_signature")
+    inst = instance(config=config)
+    unsigned = [msgspec.structs.replace(checkpoint(0), replica=r, sig=b"") for r in (0, 2, 3, 4)]
+    assert inst.checkpoint_proof_valid(4, digest(b"state at 4"), unsigned[:3])
+    assert not inst.checkpoint_proof_valid(4, digest(b"state at 4"), unsigned[1:])
+    assert not instance().checkpoint_proof_valid(4, digest(b"state at 4"), unsigned[:3])
 
 
 # -- VIEW-CHANGEs ---------------------------------------------------------------------------
@@ -235,11 +345,6 @@ def test_with_the_planted_link_rule_only_the_primary_may_send_the_new_view_of_ou
 # -- what a VIEW-CHANGE may carry -------------------------------------------------------------
 
 
-def checkpoint(replica: int, seq: int = 4, state: bytes = digest(b"state at 4")) -> Checkpoint:
-    cp = Checkpoint(0, seq, state, replica)
-    return msgspec.structs.replace(cp, sig=ORACLE.node_crypto(replica).sign(cp.signed_bytes()))
-
-
 STABLE_4 = (4, digest(b"state at 4"), [checkpoint(r) for r in (0, 2, 3)])
 
 
@@ -253,8 +358,6 @@ def admitted(vc: ViewChange) -> bool:
     assert of(out, Dropped) in ([], [Dropped("bad_view_change", 3)])
     return not of(out, Dropped)
 
-
-Y = digest(b"y")
 
 
 @pytest.mark.parametrize(
@@ -298,3 +401,7 @@ def test_with_the_planted_view_change_proof_bug_an_unsigned_view_change_is_taken
     unsigned = msgspec.structs.replace(view_change(3, 1), sig=b"")
     assert of(instance(me=2, config=config).on_message(3, unsigned), Dropped) == []
     assert not admitted(unsigned)
+    nobody = msgspec.structs.replace(unsigned, replica=4)  # still only from replicas
+    assert of(instance(me=2, config=config).on_message(3, nobody), Dropped) == [
+        Dropped("bad_view_change", 3)
+    ]
