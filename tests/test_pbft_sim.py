@@ -279,13 +279,15 @@ def test_restarted_backup_is_not_fenced_and_the_cluster_goes_on_in_its_view():
 
 
 def test_without_the_fence_a_restarted_primary_equivocates(monkeypatch):
-    """The control for the test above: it can fail. A primary that forgets the fence
-    reuses the slots of its lost pre-prepares for other batches."""
+    """The control for the test above: it can fail. A primary that forgets the fence,
+    and carries on after the slots it recovered, reuses the slots of its lost
+    pre-prepares (not yet on disk when it crashed) for other batches."""
     recover = PbftInstance.recover
 
     def recover_unfenced(self, *args, **kwargs):
         recover(self, *args, **kwargs)
         self.fenced_view = -1
+        self.next_seq = max(self.low, self.last_decided, *self.slots) + 1
 
     monkeypatch.setattr(PbftInstance, "recover", recover_unfenced)
     equivocations = 0
