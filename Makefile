@@ -4,7 +4,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MUTATE_STAMP := $(VENV)/.installed-mutate
 
-.PHONY: install test demo lint fuzz mutate clean results peers peers-etcd peers-plenum
+.PHONY: install test demo lint fuzz mutate clean results peers peers-etcd peers-plenum \
+	reliability reliability-crash reliability-hostile reliability-soak
 
 install: $(STAMP)
 
@@ -61,6 +62,31 @@ mutate: $(MUTATE_STAMP)
 $(MUTATE_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,mutate]'
 	touch $(MUTATE_STAMP)
+
+# The reliability campaign, full size (not part of `make test`, which runs a small version
+# of each harness; hours in all): reports as JSON (and the soak's plot) in RELIABILITY_OUT.
+# See docs/reliability.md for what each checks and how long each takes here.
+RELIABILITY_OUT ?= docs/reliability
+CRASH_CYCLES ?= 1000
+HOSTILE_FRAMES ?= 1000000
+HOSTILE_HTTP ?= 100000
+SOAK_SECONDS ?= 3600
+reliability: reliability-crash reliability-hostile reliability-soak
+
+reliability-crash: install  # four fifths of the cycles at n=4, a fifth at n=7 (two at once)
+	nice -n 10 $(BIN)/phalanx reliability crash --n 4 --cycles $$(( $(CRASH_CYCLES) * 4 / 5 )) \
+		--json $(RELIABILITY_OUT)/full-crash-n4.json
+	nice -n 10 $(BIN)/phalanx reliability crash --n 7 --cycles $$(( $(CRASH_CYCLES) / 5 )) \
+		--json $(RELIABILITY_OUT)/full-crash-n7.json
+
+reliability-hostile: install
+	nice -n 10 $(BIN)/phalanx reliability hostile --frames $(HOSTILE_FRAMES) \
+		--http $(HOSTILE_HTTP) --json $(RELIABILITY_OUT)/full-hostile.json
+
+reliability-soak: install  # at 70% of saturation, a view change every 5 minutes
+	nice -n 10 $(BIN)/phalanx reliability soak --duration $(SOAK_SECONDS) --load 0.7 \
+		--view-change-every 300 --json $(RELIABILITY_OUT)/full-soak.json \
+		--png $(RELIABILITY_OUT)/full-soak.png
 
 lint: install
 	$(BIN)/ruff check phalanx tests tools

@@ -1,4 +1,4 @@
-"""The ``phalanx`` command: keygen, node, up, client, bench, sim, fuzz, demo."""
+"""The ``phalanx`` command: keygen, node, up, client, bench, sim, fuzz, demo, reliability."""
 
 from __future__ import annotations
 
@@ -173,6 +173,12 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
     from phalanx.byzantine.command import run_fuzz
 
     return run_fuzz(args)
+
+
+def _cmd_reliability(args: argparse.Namespace) -> int:
+    from phalanx.reliability.command import run
+
+    return run(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -419,6 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_fuzz_arguments(p)
     p.set_defaults(func=_cmd_fuzz)
+
+    p = sub.add_parser("reliability", help="the reliability campaign: crash torture, hostile "
+                                           "input, soak (docs/reliability.md)")
+    from phalanx.reliability.command import add_arguments as add_reliability_arguments
+
+    add_reliability_arguments(p)
+    p.set_defaults(func=_cmd_reliability)
 
     p = sub.add_parser("demo", help="start a local 4-replica cluster, load it, print results")
     p.add_argument("--app", choices=("ledger", "kv"), default="ledger",

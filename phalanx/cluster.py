@@ -44,6 +44,9 @@ outgoing connections of other programs cannot take a port between our check and 
 replica's bind."""
 
 STOP_TIMEOUT = 10.0
+FAILURE_GRACE_S = 15.0
+"""After a replica failed to start, how long the others get to fail too (or come up)
+before the failure is reported: enough for a Python start on a loaded host."""
 """Seconds a replica gets to exit after SIGTERM before it is killed."""
 
 _PR_SET_PDEATHSIG = 1
@@ -288,10 +291,7 @@ class LocalCluster:
             log.write(f"--- {stamp} starting replica {i} ---\n".encode())
             log.flush()
             self._log_start[i] = log.tell()
-            command = [
-                sys.executable, "-m", "phalanx.cli", "node",
-                "--config", str(self.config_path), "--id", str(i),
-            ]
+            command = self.node_command(i)
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             # A session of its own: a Ctrl-C at the terminal reaches only us, and we stop
             # the replicas in order (instead of every process racing to exit at once).
@@ -306,12 +306,18 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         waiting = set(ids)
         why: dict[int, str] = {}
+        failing_since: float | None = None
         while waiting:
-            if any(self._procs[i].poll() is not None for i in waiting):
-                time.sleep(0.5)  # replicas failing for one cause fail together: name all
-                failed = [i for i in sorted(waiting) if self._procs[i].poll() is not None]
-                raise ClusterError("\n".join(self._start_failure(i) for i in failed))
-            for i in sorted(waiting):
+            failed = [i for i in sorted(waiting) if self._procs[i].poll() is not None]
+            if failed:
+                # Replicas failing for one cause (the ports of another cluster) fail
+                # together, each as soon as its interpreter got that far: report once
+                # every replica still starting has exited or come up (or after a grace).
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if len(failed) == len(waiting) or now - failing_since > FAILURE_GRACE_S:
+                    raise ClusterError("\n".join(self._start_failure(i) for i in failed))
+            for i in sorted(set(waiting) - set(failed)):
                 try:
                     status = self.status(i, timeout=2.0)
                 except (OSError, ValueError) as exc:
@@ -336,6 +342,12 @@ class LocalCluster:
         reason = _exit_reason(code) if code is not None else "is running"
         return (f"replica {i} {reason} during start-up; its output "
                 f"({self.log_path(i)}):\n{_indent(self.log_tail(i, this_run=True))}")
+
+    def node_command(self, i: int) -> list[str]:
+        """The command that runs replica ``i`` (a harness may wrap it, e.g. to run a
+        deliberately faulty replica)."""
+        return [sys.executable, "-m", "phalanx.cli", "node",
+                "--config", str(self.config_path), "--id", str(i)]
 
     def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to replica ``i`` (a crash by default); after SIGKILL, waits until

@@ -215,13 +215,13 @@ def test_fuzzer_finds_planted_bug(bug, within):
 
 @pytest.mark.parametrize(
     ("n", "f", "byzantine", "within"),
-    [(6, None, 1, 30), (4, 0, 0, 20), ((5, 6, 8), None, 1, 40)],
+    [(6, None, 1, 30), (4, 0, 0, 20), ((5, 6, 8), None, 0, 60)],
 )
 def test_fuzzer_drawing_n_other_than_3f_plus_1_finds_fixed_2f_plus_1_quorums(
     n, f, byzantine, within
 ):
     """The old quorum rule (2f+1 whatever n) is right only for n = 3f+1: with n=6 (f=1) or
-    n=4 (f=0) two halves of a partitioned cluster each decide (found at seeds 13, 12, 18
+    n=4 (f=0) two halves of a partitioned cluster each decide (found at seeds 3, 12, 36
     when written)."""
     config = FuzzConfig(n=n, f=f, byzantine=byzantine, planted_bug="quorum_2f_plus_1")
     summary = sweep(config, range(within), stop_at_first=True)

@@ -44,10 +44,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("phalanx.api", "phalanx.client", "phalanx.byzantine"),
     # 8. composition roots: a replica process, a local cluster, the demos, 'phalanx sim'
     ("phalanx.launcher", "phalanx.cluster", "phalanx.demo", "phalanx.simrun"),
-    # 9. benchmarks, calibration and the lab
-    ("phalanx.bench",),
-    # 10. the 'phalanx' command
-    ("phalanx.cli",),
+    # 9. benchmarks, calibration and the lab; the reliability campaigns
+    ("phalanx.bench", "phalanx.reliability"),
+    # 10. the 'phalanx' command (and the crash torture's deliberately faulty replica, which
+    #     is that command with a bug planted)
+    ("phalanx.cli", "phalanx.reliability.faulty_node"),
 )
 
 APART: tuple[tuple[str, str], ...] = (("phalanx.runtime", "phalanx.sim"),)

@@ -26,19 +26,25 @@ def test_two_strong_quorums_share_a_correct_replica_and_f_silent_replicas_cannot
 
 
 @pytest.mark.parametrize(
-    ("n", "f", "strong"),
-    [(1, 0, 1), (2, 0, 2), (3, 0, 2), (4, 0, 3), (4, 1, 3), (5, 1, 4), (6, 1, 4), (7, 1, 5),
-     (7, 2, 5), (8, 2, 6), (10, 3, 7), (100, 33, 67)],
+    ("n", "f", "strong", "blocking"),
+    [(1, 0, 1, 1), (2, 0, 2, 1), (3, 0, 2, 2), (4, 0, 3, 2), (4, 1, 3, 3), (5, 1, 4, 3),
+     (6, 1, 4, 4), (7, 1, 5, 4), (7, 2, 5, 5), (8, 2, 6, 5), (10, 3, 7, 7), (100, 33, 67, 67)],
 )
-def test_strong_quorum_is_ceil_of_n_plus_f_plus_one_over_two(n, f, strong):
+def test_strong_quorum_is_ceil_of_n_plus_f_plus_one_over_two(n, f, strong, blocking):
     q = Quorums(n, f)
     assert q.strong == strong
     assert q.weak == q.reply == f + 1
+    assert q.blocking == blocking  # n+f+1-strong: meets every strong quorum in f+1
 
 
-@pytest.mark.parametrize(("n", "f"), [(3, 1), (6, 2), (0, 0), (-1, 0), (4, -1), (9, 3)])
-def test_systems_below_3f_plus_1_or_degenerate_are_refused(n, f):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("n", "f", "message"),
+    [(3, 1, "n=3 cannot tolerate f=1"), (6, 2, "n=6 cannot tolerate f=2"),
+     (9, 3, "n=9 cannot tolerate f=3"), (0, 0, "invalid system n=0 f=0"),
+     (-1, 0, "invalid system n=-1 f=0"), (4, -1, "invalid system n=4 f=-1")],
+)
+def test_systems_below_3f_plus_1_or_degenerate_are_refused_naming_n_and_f(n, f, message):
+    with pytest.raises(ValueError, match=message):
         Quorums(n, f)
 
 

@@ -1,11 +1,17 @@
 """Mutation testing of phalanx's core with mutmut 3 (``make mutate``; see docs/testing.md).
 
 Each target file gets its own work directory, ``.mutmut/<name>/``, holding a generated
-``pyproject.toml`` (the mutmut settings and a focused pytest selection for that file) and
-symlinks to ``phalanx/`` and ``tests/``. mutmut copies both into ``mutants/`` there, puts
-trampolines into the target file only, and runs the tests from that copy: ``mutants/`` is
-first on ``sys.path``, ahead of the editable install, and mutmut's forced-fail run stops
-the whole run if the tests do not reach the mutated copy.
+``pyproject.toml`` (the mutmut settings and a focused pytest selection for that file), a
+link to ``tests/`` and a mirror of ``phalanx/`` (links to every file but the target). mutmut
+copies both into ``mutants/`` there, puts trampolines into the target file only, and runs
+the tests from that copy: ``mutants/`` is first on ``sys.path``, ahead of the editable
+install, and mutmut's forced-fail run stops the whole run if the tests do not reach the
+mutated copy.
+
+mutmut 3 mutates no decorated function but a static or class method, so it would never
+touch a ``@property`` (quorum sizes, watermarks): the mirror's copy of the target spells
+each plain property getter as a method followed by ``name = property(name)``, which
+mutmut mutates like any method and which behaves the same.
 
 A run is restartable: mutmut records each verdict as soon as it has it, and a later run
 only tests the mutants with no verdict yet plus the earlier survivors (tests may have been
@@ -22,6 +28,7 @@ the change).
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
 import json
 import os
@@ -42,6 +49,20 @@ DOCS = ROOT / "docs" / "testing.md"
 # see the mutant anyway) and never the long fuzz: unit tests of the core and simulator runs.
 PYTEST_ARGS = ["-m", "not integration", "-p", "no:cacheprovider", "-o", "timeout=60"]
 PBFT_TESTS = ("tests/test_pbft_core.py", "tests/test_pbft_sim.py")
+
+# PbftInstance's admission: where a message is let in or refused (the checks every handler
+# makes before it changes any state, and the validity of what a message carries).
+ADMISSION = (
+    "on_message", "_admit", "high", "_on_preprepare", "_vote", "_on_checkpoint",
+    "_checkpoint_valid", "checkpoint_proof_valid", "_on_view_change", "_view_change_valid",
+    "_on_new_view",
+)
+# ... and its checkpoints: taking them, making one stable, garbage collection, state
+# transfer and repair, and what is persisted of it all and recovered after a restart.
+CHECKPOINTS = (
+    "make_checkpoint", "_record_checkpoint", "_vouched", "_make_stable", "_collect_garbage",
+    "state_transferred", "repairing", "recover",
+)
 
 
 @dataclass(frozen=True)
@@ -84,23 +105,14 @@ TARGETS = {
                 "tests/test_ledger_sim.py",
             ),
         ),
-        # Admission and checkpoints only: the rest of the instance is view changes and
-        # catch-up, for later rounds.
+        # Admission and checkpoints only: the rest of the instance (the normal case, view
+        # changes, catch-up) is for later rounds.
         Target(
             "instance",
             "phalanx/protocols/pbft/instance.py",
-            (*PBFT_TESTS, "tests/test_instance*.py"),
-            functions=(
-                "xǁPbftInstanceǁ_admit",
-                "xǁPbftInstanceǁmake_checkpoint",
-                "xǁPbftInstanceǁcheckpoint_proof_valid",
-                "xǁPbftInstanceǁ_on_checkpoint",
-                "xǁPbftInstanceǁ_checkpoint_valid",
-                "xǁPbftInstanceǁ_record_checkpoint",
-                "xǁPbftInstanceǁ_vouched",
-                "xǁPbftInstanceǁ_make_stable",
-                "xǁPbftInstanceǁ_collect_garbage",
-            ),
+            (*PBFT_TESTS, "tests/test_pbft_admission.py", "tests/test_pbft_checkpoints.py",
+             "tests/test_viewchange*.py"),
+            functions=tuple(f"xǁPbftInstanceǁ{name}" for name in (*ADMISSION, *CHECKPOINTS)),
         ),
     ]
 }
@@ -187,15 +199,87 @@ def write_config(target: Target, directory: Path) -> None:
         config.write_text(text)
 
 
+def expose_properties(source: str) -> str:
+    """``source`` with every plain ``@property`` getter of a class written as an undecorated
+    method followed by ``name = property(name)``: the same class, but mutmut (which skips
+    decorated functions) now mutates the getter."""
+    lines = source.splitlines(keepends=True)
+    getters = [
+        function
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ClassDef)
+        for function in node.body
+        if isinstance(function, ast.FunctionDef)
+        and [ast.unparse(d) for d in function.decorator_list] == ["property"]
+    ]
+    # Bottom up, so that the line numbers of the getters above stay valid.
+    for function in sorted(getters, key=lambda f: f.lineno, reverse=True):
+        indent = " " * function.col_offset
+        assert function.end_lineno is not None
+        lines.insert(function.end_lineno, f"{indent}{function.name} = property({function.name})\n")
+        del lines[function.decorator_list[0].lineno - 1]
+    return "".join(lines)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    # An unchanged file keeps its mtime: mutmut regenerates the mutants of a newer source.
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def mirror_source(target: Target, directory: Path) -> None:
+    """``directory/phalanx``: a link to every source file but the target, which is a copy
+    with its properties exposed to mutmut (see :func:`expose_properties`)."""
+    mirror = directory / "phalanx"
+    if mirror.is_symlink():  # a work directory made before the mirror existed
+        mirror.unlink()
+    sources = {
+        path.relative_to(ROOT)
+        for path in (ROOT / "phalanx").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    for path in sorted(p for p in mirror.rglob("*") if p.is_symlink() or p.is_file()):
+        if path.relative_to(directory) not in sources:
+            path.unlink()
+    for relative in sorted(sources):
+        path = directory / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if relative == Path(target.path):
+            if path.is_symlink():
+                path.unlink()
+            _write_if_changed(path, expose_properties((ROOT / relative).read_text()))
+        elif not path.is_symlink():
+            path.symlink_to(ROOT / relative)
+
+
+def refresh_copies(target: Target, directory: Path) -> None:
+    """mutmut copies the source tree into ``mutants/`` once and never updates a file it
+    finds there: remove the copies of the other files that changed since, so that the
+    mutants run against the current code around them."""
+    copies = directory / "mutants" / "phalanx"
+    if not copies.exists():
+        return
+    mutated = directory / "mutants" / target.path
+    for copy in copies.rglob("*"):
+        if not copy.is_file() or (
+            copy.parent == mutated.parent and copy.name.startswith(mutated.name)
+        ):
+            continue  # the mutated target and mutmut's records of it
+        source = directory / copy.relative_to(directory / "mutants")
+        if not source.exists() or source.read_bytes() != copy.read_bytes():
+            copy.unlink()
+
+
 def prepare(target: Target, fresh: bool) -> Path:
     directory = workdir(target)
     if fresh and directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    for name in ("phalanx", "tests"):
-        link = directory / name
-        if not link.is_symlink():
-            link.symlink_to(ROOT / name, target_is_directory=True)
+    tests = directory / "tests"
+    if not tests.is_symlink():
+        tests.symlink_to(ROOT / "tests", target_is_directory=True)
+    mirror_source(target, directory)
+    refresh_copies(target, directory)
     write_config(target, directory)
     return directory
 
@@ -208,7 +292,7 @@ def load_verdicts(target: Target) -> dict[str, int | None] | None:
     mutated = directory / "mutants" / target.path
     if not meta.exists() or not mutated.exists():
         return None
-    if (ROOT / target.path).stat().st_mtime >= mutated.stat().st_mtime:
+    if (directory / target.path).stat().st_mtime >= mutated.stat().st_mtime:
         return None
     verdicts = json.loads(meta.read_text())["exit_code_by_key"]
     return {m: c for m, c in verdicts.items() if target.in_scope(m)}
@@ -225,26 +309,37 @@ def mutants_to_run(target: Target) -> list[str]:
     return sorted(m for m, c in verdicts.items() if c not in KILLED | TIMED_OUT)
 
 
-def run(target: Target, max_children: int) -> float:
-    directory = workdir(target)
-    todo = mutants_to_run(target)
-    if not todo:
-        print(f"mutate: {target.path}: every mutant has a verdict")
-        return 0.0
-    print(f"mutate: {target.path}: testing {len(todo)} mutant id(s)/pattern(s) in {directory}")
-    start = time.monotonic()
+def _mutmut_run(target: Target, mutants: list[str], max_children: int) -> None:
     mutmut = Path(sys.executable).parent / "mutmut"
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     try:
         proc = subprocess.run(
-            [str(mutmut), "run", "--max-children", str(max_children), *todo],
-            cwd=directory, env=env, check=False,
+            [str(mutmut), "run", "--max-children", str(max_children), *mutants],
+            cwd=workdir(target), env=env, check=False,
         )
     except KeyboardInterrupt:
         raise SystemExit("\nmutate: interrupted; the verdicts so far are kept, run again to "
                          "resume") from None
     if proc.returncode != 0:
         raise SystemExit(f"mutate: mutmut failed on {target.path} (exit {proc.returncode})")
+
+
+def run(target: Target, max_children: int) -> float:
+    todo = mutants_to_run(target)
+    if not todo:
+        print(f"mutate: {target.path}: every mutant has a verdict")
+        return 0.0
+    print(f"mutate: {target.path}: testing {len(todo)} mutant id(s)/pattern(s) in "
+          f"{workdir(target)}")
+    start = time.monotonic()
+    _mutmut_run(target, todo, max_children)
+    # mutmut forgets every verdict when the test selection or the pytest settings changed
+    # (a test file added to a target, say), and then tests only the mutants it was given.
+    forgotten = sorted(m for m, c in (load_verdicts(target) or {}).items() if c is None)
+    if forgotten:
+        print(f"mutate: {target.path}: mutmut dropped {len(forgotten)} earlier verdict(s) "
+              "(the test selection changed): testing those mutants again")
+        _mutmut_run(target, forgotten, max_children)
     return time.monotonic() - start
 
 

@@ -234,7 +234,8 @@ def make_plan(config: FuzzConfig, seed: int) -> Plan:
             replicas = rng.sample(range(n), n)
             cut = rng.randint(1, n - 1)
             if halves.random() < 0.5:
-                cut = n // 2
+                # Long enough (up to GST) for the side without the primary to elect one.
+                cut, until = n // 2, max(until, min(gst, at + 1.5))
             faults.append(
                 Fault("partition", at, until, (tuple(sorted(replicas[:cut])),
                                               tuple(sorted(replicas[cut:]))))

@@ -28,6 +28,7 @@ from types import TracebackType
 import lmdb
 import msgspec
 
+from phalanx.storage.failpoints import from_env as failpoints_from_env
 from phalanx.storage.wal import WalFile, entry_size, sync_directory
 
 DEFAULT_MAP_SIZE = 4 << 30
@@ -71,6 +72,10 @@ class Store:
         os.makedirs(path, mode=0o700, exist_ok=True)
         self.path = path
         self.durable = durable
+        # None unless the crash-torture harness enabled them (storage/failpoints.py).
+        self._failpoints = failpoints_from_env(path)
+        if self._failpoints is not None and self._failpoints.wal_bytes:
+            wal_bytes = self._failpoints.wal_bytes
         self._env: lmdb.Environment | None = lmdb.open(
             path,
             map_size=map_size,
@@ -113,6 +118,8 @@ class Store:
         this raises, none is. Raises ValueError for an empty or oversize key.
         """
         self._open()
+        if self._failpoints is not None:
+            records = self._failpoints.filter(records)
         for key, _ in records:
             self._check_key(key)
             if key == _APPLIED_KEY:
@@ -195,7 +202,8 @@ class Store:
         if wal_bytes < 4096:
             raise ValueError(f"wal_bytes must be at least 4096, got {wal_bytes}")
         created = not all(os.path.exists(os.path.join(self.path, f"wal-{i}")) for i in (0, 1))
-        self._wal = [WalFile(os.path.join(self.path, f"wal-{i}"), wal_bytes) for i in (0, 1)]
+        self._wal = [WalFile(os.path.join(self.path, f"wal-{i}"), wal_bytes, self._failpoints)
+                     for i in (0, 1)]
         with self._open().begin() as txn:
             raw = txn.get(_APPLIED_KEY)
         applied = -1 if raw is None else int.from_bytes(raw, "big", signed=True)
@@ -239,6 +247,8 @@ class Store:
             self._join_applier()
 
     def _apply_generation(self, records: dict[bytes, bytes | None], generation: int) -> None:
+        if self._failpoints is not None:
+            self._failpoints.applying()
         try:
             self._commit([*records.items(), (_APPLIED_KEY, generation.to_bytes(8, "big"))])
         except BaseException as e:  # reported by the next write

@@ -21,6 +21,10 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from phalanx.storage.failpoints import Failpoints
 
 _HEADER = struct.Struct(">4sQQII")
 _PREFIX = struct.Struct(">4sQQI")  # the header without its CRC
@@ -32,11 +36,12 @@ _ZEROS = bytes(1 << 20)
 class WalFile:
     """One of the two log files, preallocated to ``capacity`` bytes."""
 
-    __slots__ = ("_fd", "capacity", "path")
+    __slots__ = ("_fd", "capacity", "failpoints", "path")
 
-    def __init__(self, path: str, capacity: int) -> None:
+    def __init__(self, path: str, capacity: int, failpoints: Failpoints | None = None) -> None:
         self.path = path
         self.capacity = capacity
+        self.failpoints = failpoints  # the crash harness's seam (storage/failpoints.py)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
     def scan(self, generation: int) -> list[bytes]:
@@ -76,7 +81,10 @@ class WalFile:
         written = os.pwritev(self._fd, [prefix, crc.to_bytes(4, "big"), payload], offset)
         if written != size:
             raise OSError(f"short write to {self.path}: {written} of {size} bytes")
-        os.fdatasync(self._fd)
+        if self.failpoints is None:
+            os.fdatasync(self._fd)
+        else:
+            self.failpoints.sync(self._fd, offset, size)
         return size
 
     def close(self) -> None:

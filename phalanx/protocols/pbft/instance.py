@@ -955,14 +955,15 @@ class PbftInstance:
         stalled = self.last_decided == self.sync_mark
         if not stalled:
             self.poll_interval, self.ticks_to_poll = 1, 0
+        target = self.state_target
         if self.pending_stable is not None and (
             stalled or self.pending_stable[0] <= self.last_decided
         ):
-            self._make_stable(*self.pending_stable)
+            self._make_stable(*self.pending_stable)  # asks for a new target's state itself
         for digest in self.wanted_payloads:
             self.out.append(Broadcast(FetchPayload(self.instance, digest)))
-        if self.state_target is not None:
-            seq, digest = self.state_target
+        if self.state_target is not None and self.state_target == target:
+            seq, digest = self.state_target  # still fetching it: ask again
             self.out.append(NeedState(seq, digest, [c.replica for c in self.stable_proof]))
         elif (stalled and self.max_seen > self.last_decided) or self.catching_up:
             if self.ticks_to_poll > 0:
@@ -1080,7 +1081,8 @@ class PbftInstance:
         self.last_decided = self.low if state_seq is None else state_seq
         if self.last_decided < self.low:
             self.state_target = (self.low, self.stable_digest)
-        self.next_seq = max(self.low, self.last_decided) + 1
+        # next_seq is left alone: a restarted primary proposes nothing more in the view it
+        # recovered (fenced below), and installing a later view sets it.
         for seq in [s for s in self.slots if s <= self.low]:
             del self.slots[seq]
         # Re-accept our own pre-prepares of the current view so that we never accept a
@@ -1105,8 +1107,6 @@ class PbftInstance:
                 # are lazy) decides again this way, even with the primary fenced.
                 slot.prepared_view = self.view
                 slot.commit_votes.setdefault(self.view, {})[self.me] = slot.digest
-            if self.q.primary(self.view) == self.me:
-                self.next_seq = max(self.next_seq, seq + 1)
         if self.q.primary(self.view) == self.me and not self.in_view_change:
             # PRE-PREPAREs sent just before the crash may not be on disk: proposing again
             # in this view could reuse their slots for other batches (equivocation by
