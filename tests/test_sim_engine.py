@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from phalanx.core.address import Address
 from phalanx.core.crypto import ClientCrypto, NodeCrypto
 from phalanx.core.effects import (
     Broadcast,
@@ -131,7 +132,8 @@ class ToyReplica:
             return []
         return [Send(PRIMARY, Fetch(self.executed_upto + 1)), SetTimer("sync", SYNC_S)]
 
-    def on_message(self, src: int, msg: Any) -> list[Effect]:
+    def on_message(self, sender: Address, msg: Any) -> list[Effect]:
+        src = sender.replica
         if isinstance(msg, Order) and src == PRIMARY:
             if msg.seq in self.orders:
                 return []
@@ -328,7 +330,7 @@ class Probe:
             return [Send(1, Ping(k)) for k in range(self.count)]
         return [SetTimer("tick", self.interval)]
 
-    def on_message(self, src: int, msg: Any) -> list[Effect]:
+    def on_message(self, src: Address, msg: Any) -> list[Effect]:
         self.received.append((msg.number, self.clock()))
         return []
 
@@ -492,7 +494,7 @@ class _OneShot:
     def start(self) -> list[Effect]:
         return [Send(1, self.msg)] if self.replica_id == 0 else []
 
-    def on_message(self, src: int, msg: Any) -> list[Effect]:
+    def on_message(self, src: Address, msg: Any) -> list[Effect]:
         return []
 
     def on_client_message(self, client: bytes, msg: Any) -> list[Effect]:

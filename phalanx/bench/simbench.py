@@ -107,7 +107,7 @@ def build_scale(spec: ScaleSpec, model: CostModel) -> Simulation:
         return encode_put(f"c{client:06d}-k{i % 64:04d}".encode(), value)
 
     sim.resources = Resources(
-        model, spec.n, bandwidth_bps=spec.bandwidth_bps, host_cores=spec.host_cores,
+        model, sim.process_count, bandwidth_bps=spec.bandwidth_bps, host_cores=spec.host_cores,
         client_procs=spec.client_procs, op_bytes=len(ops(0, 0)),  # every op is this long
         phase_of=protocol(spec.protocol).phases, cpu_share=spec.cpu_share,
     )

@@ -12,18 +12,27 @@ from typing import Any
 
 import msgspec
 
+from phalanx.core.address import Address
+
 
 class Send(msgspec.Struct, frozen=True):
-    """Send ``msg`` to replica ``dest``."""
+    """Send ``msg`` to the process at ``dest``; an int ``dest`` is replica ``dest``'s
+    process of the sender's own role and partition (the one process of a single-process
+    replica). From a client: replica ``dest``'s front process (the one clients talk to)."""
 
-    dest: int
+    dest: int | Address
     msg: Any
 
 
 class Broadcast(msgspec.Struct, frozen=True):
-    """Send ``msg`` to every other replica (encoded once by the driver)."""
+    """Send ``msg`` to process (``role``, ``partition``) of every replica — by default the
+    sender's own role and partition — except the sender itself: for a single-process
+    replica, every other replica. Encoded once by the driver. From a client: every
+    replica's front process."""
 
     msg: Any
+    role: str | None = None
+    partition: int | None = None
 
 
 class ToClient(msgspec.Struct, frozen=True):

@@ -2,14 +2,20 @@
 
 Both drivers — the asyncio runtime (``phalanx.runtime``) and the deterministic simulator
 (``phalanx.sim``) — know protocols only through these two classes. Replica ids
-are ``0..n-1``; clients are named by their public key (bytes).
+are ``0..n-1``; a replica runs as one process or several, each at an
+:class:`~phalanx.core.address.Address` (replica, role, partition); clients are named by
+their public key (bytes).
 
 Driver obligations:
 - Call ``recover(records)`` with every persisted record (key order) before ``start()``
   when a replica restarts from its data dir; a fresh replica gets no records.
 - Carry out each call's effects in order, except that every ``Persist`` of a call is made
   durable before any message of that call is sent.
-- ``Broadcast`` from a replica goes to every *other* replica; from a client, to all replicas.
+- ``Send`` and ``Broadcast`` are routed by address (:mod:`phalanx.core.effects`): from a
+  single-process replica, ``Broadcast`` goes to every *other* replica; from a client, to
+  every replica's front process.
+- A replica core learns each message's sender as the :class:`Address` of the process
+  that sent it (authenticated by the link); a client core learns the replica's id.
 - Timers are named; ``SetTimer`` re-arms (replaces) a timer of the same name.
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from phalanx.core.address import Address
 from phalanx.core.effects import ClientEffect, Effect
 
 
@@ -31,8 +38,9 @@ class ReplicaCore(Protocol):
     def start(self) -> list[Effect]:
         ...
 
-    def on_message(self, src: int, msg: Any) -> list[Effect]:
-        """A message from replica ``src`` (already authenticated by the link)."""
+    def on_message(self, src: Address, msg: Any) -> list[Effect]:
+        """A message from the process at ``src`` (already authenticated by the link: it
+        is one of replica ``src.replica``'s processes)."""
         ...
 
     def on_client_message(self, client: bytes, msg: Any) -> list[Effect]:
@@ -55,6 +63,7 @@ class ClientCore(Protocol):
         ...
 
     def on_message(self, src: int, msg: Any) -> list[ClientEffect]:
+        """A message from replica ``src`` (authenticated by the link)."""
         ...
 
     def on_timer(self, name: str) -> list[ClientEffect]:

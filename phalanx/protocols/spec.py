@@ -16,6 +16,7 @@ from typing import Any, Protocol, Self
 
 import msgspec
 
+from phalanx.core.address import REPLICA_ROLE, Address
 from phalanx.core.crypto import ClientCrypto, NodeCrypto
 from phalanx.core.messages import message_decoder
 from phalanx.core.node import ClientCore, ReplicaCore
@@ -49,7 +50,11 @@ class HostedReplica(ReplicaCore, Protocol):
 
 
 MakeReplica = Callable[[int, Quorums, NodeCrypto, StateMachineFactory, Any], HostedReplica]
-"""``make_replica(replica_id, quorums, crypto, make_state_machine, options)``."""
+"""``make_replica(replica_id, quorums, crypto, make_state_machine, options)``: the core of
+a replica's front process."""
+MakeProcess = Callable[[Address, Quorums, NodeCrypto, Any], ReplicaCore]
+"""``make_process(address, quorums, crypto, options)``: the core of one of a replica's
+other processes."""
 MakeClient = Callable[[ClientCrypto, Quorums, float], ClientCore]
 """``make_client(crypto, quorums, retransmit_timeout)``."""
 
@@ -85,6 +90,20 @@ class ProtocolSpec:
     total_order: bool = True
     """Do correct replicas execute the same commands in the same order (so that their
     states must be equal after equal positions, not only after equal sets)?"""
+    front_role: str = REPLICA_ROLE
+    """The role of each replica's front process: the one that runs the replica host (the
+    application, its certificates and snapshots) and that clients talk to."""
+    other_processes: Callable[[Any], tuple[tuple[str, int], ...]] = lambda options: ()
+    """A replica's processes besides the front, as (role, partition), for the given
+    options (the same for every replica); none for a single-process replica."""
+    make_process: MakeProcess | None = None
+    """Builds the cores of :attr:`other_processes` (needed if there are any)."""
+
+    def addresses(self, replica: int, options: Any) -> list[Address]:
+        """Every process of ``replica``, its front first."""
+        return [Address(replica, self.front_role),
+                *(Address(replica, role, partition)
+                  for role, partition in self.other_processes(options))]
 
     def quorums(self, n: int, f: int | None = None) -> Quorums:
         """The quorums of ``n`` replicas tolerating ``f`` faults (default: the most

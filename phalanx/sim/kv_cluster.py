@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from phalanx.core.address import Address
+from phalanx.core.crypto import NodeCrypto
+from phalanx.core.node import ReplicaCore
 from phalanx.protocols.registry import protocol
 from phalanx.protocols.spec import MakeReplica
 from phalanx.sim.network import NetworkModel
@@ -42,6 +45,14 @@ def kv_simulation(
             core.multicast = True  # type: ignore[attr-defined]
         return core
 
+    typed = options if isinstance(options, proto.options) else proto.options.from_table(options)
+    others = [a for r in range(n) for a in proto.addresses(r, typed)[1:]]
+    make_process = proto.make_process
+
+    def build_process(address: Address, crypto: NodeCrypto) -> ReplicaCore:
+        assert make_process is not None  # the spec has other processes only with it
+        return make_process(address, quorums, crypto, typed)
+
     return Simulation(
         seed,
         n,
@@ -49,5 +60,8 @@ def kv_simulation(
         make_client,
         network,
         messages=proto.messages,
+        processes=others,
+        make_process=build_process if others else None,
+        front_role=proto.front_role,
         **kwargs,
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -133,6 +133,9 @@ class Network:
         # partition id -> endpoint -> group index. Endpoints listed in no group of a
         # partition are unaffected by it (clients, typically).
         self._partitions: dict[int, dict[int, int]] = {}
+        self.location: Callable[[int], int] | None = None
+        """Where an endpoint sits, for the latency model (the simulation places a
+        replica's processes with it); None: every endpoint is its own location."""
 
     # -- partitions -----------------------------------------------------------------
 
@@ -184,7 +187,10 @@ class Network:
             copies = 2
         arrivals = []
         for _ in range(copies):
-            arrival = now + model.latency.delay(src, dst, rng)
+            if self.location is None:
+                arrival = now + model.latency.delay(src, dst, rng)
+            else:
+                arrival = now + model.latency.delay(self.location(src), self.location(dst), rng)
             if model.reorder:
                 arrival += rng.uniform(0.0, model.reorder)
             else:

@@ -1,6 +1,7 @@
-"""The deterministic simulator: a discrete-event driver for the sans-I/O cores.
+r"""The deterministic simulator: a discrete-event driver for the sans-I/O cores.
 
-A :class:`Simulation` runs ``n`` replica cores and any number of closed-loop clients on a
+A :class:`Simulation` runs ``n`` replicas — one process each, or several at their
+:class:`~phalanx.core.address.Address`\ es — and any number of closed-loop clients on a
 simulated network, in simulated time, from one seed. Every random choice (keys, client
 ids, latencies, losses) comes from one ``random.Random(seed)``; events are ordered by
 ``(time, insertion sequence)``; nothing depends on the wall clock or on hash order. So the
@@ -20,10 +21,11 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
+from phalanx.core.address import REPLICA_ROLE, Address
 from phalanx.core.crypto import ClientCrypto, NodeCrypto
 from phalanx.core.effects import (
     Broadcast,
@@ -51,12 +53,30 @@ from phalanx.sim.stats import (
 )
 
 MakeReplica = Callable[[int, NodeCrypto], ReplicaCore]
+"""Builds replica ``r``'s front process (the one that hosts the application)."""
+MakeProcess = Callable[[Address, NodeCrypto], ReplicaCore]
+"""Builds one of a replica's other processes."""
 MakeClient = Callable[[ClientCrypto], ClientCore]
 Ops = Callable[[int, int], bytes]
 """``ops(client_index, request_index) -> op``: the workload of closed-loop clients."""
 
 NodeId = int | bytes
 """A replica id, or a client id (its 32-byte public key)."""
+
+
+class Twin(NamedTuple):
+    """The second copy of Byzantine replica ``replica`` (Twins: :meth:`Simulation.add_twin`):
+    the same addresses, keys and id, its own cores and store."""
+
+    replica: int
+
+    def __str__(self) -> str:
+        return f"{self.replica}'"
+
+
+Node = int | bytes | Address | Twin
+"""What fault schedules name: a replica (all its processes), a client, one process, or
+a replica's twin (all its processes' second copies)."""
 
 # Event kinds. An event is a tuple (time, sequence, kind, a, b, c, d); the unique
 # sequence number breaks time ties in insertion order and keeps tuples from ever
@@ -73,10 +93,6 @@ _CALL = 8
 _KIND_NAMES = (
     "start", "deliver", "timer", "submit", "crash", "restart", "partition", "heal", "call",
 )
-
-TWIN_BASE = 1 << 20
-"""Endpoint of the twin of replica ``r``: ``TWIN_BASE + r`` (see :meth:`Simulation.add_twin`)."""
-
 
 class SimulationError(Exception):
     """A core or a behaviour raised; the message names the seed, time and event."""
@@ -101,7 +117,11 @@ class ByzantineHooks(Protocol):
 
 @dataclass(slots=True)
 class _Replica:
-    replica_id: int
+    """One process of a replica (one copy of it: Twins run a second)."""
+
+    address: Address
+    replica_id: int  # address.replica, read on every step
+    front: bool  # the replica's front process (built by make_replica), or another
     crypto: SymbolicNodeCrypto
     core: ReplicaCore | None
     alive: bool = False
@@ -118,7 +138,8 @@ class _Replica:
     log: dict[tuple[int, int], Executed] = field(default_factory=dict)
     executions: int = 0
     behaviour: ByzantineHooks | None = None
-    endpoint: int = -1  # the replica id, or TWIN_BASE + id for a twin
+    endpoint: int = -1  # index into Simulation._nodes
+    copy: int = 0  # 1 for a twin
 
 
 @dataclass(slots=True)
@@ -138,7 +159,15 @@ class _Client:
 
 
 class Simulation:
-    """A seeded cluster of ``n`` replica cores and closed-loop clients.
+    """A seeded cluster of ``n`` replicas and closed-loop clients.
+
+    Replica ``r``'s front process is ``make_replica(r, crypto)`` at ``Address(r,
+    front_role)``; ``processes`` lists the replicas' other processes (if any), each built
+    by ``make_process(address, crypto)``. Every process of a replica holds its keys. A
+    core's ``Send`` and ``Broadcast`` are routed by address (:mod:`phalanx.core.effects`);
+    clients talk to front processes. Endpoints (the numbers in traces) are the front
+    processes ``0..n-1``, then the other processes, then clients and twins in the order
+    they were added.
 
     ``messages`` are the protocol's message types (a tagged msgspec union, e.g. PBFT's
     ``ALL_MESSAGES``); with ``wire=True`` (the default) every message is encoded with
@@ -162,13 +191,19 @@ class Simulation:
         wire: bool = True,
         checkers: Sequence[Checker] | None = None,
         record_trace: bool = False,
+        processes: Sequence[Address] = (),
+        make_process: MakeProcess | None = None,
+        front_role: str = REPLICA_ROLE,
     ) -> None:
         if n < 1:
             raise ValueError(f"need at least one replica, got n={n}")
+        if processes and make_process is None:
+            raise ValueError("processes other than the front ones need make_process")
         self.seed = seed
         self.n = n
         self.now = 0.0
         self._make_replica = make_replica
+        self._make_process = make_process
         self._make_client = make_client
         # The one RNG. Sub-streams are drawn from it in a fixed order, so that e.g. a
         # change of loss rate does not change keys and client ids of the same seed.
@@ -194,8 +229,15 @@ class Simulation:
         self._timer_generation = 0
         self._partition_ids = 0
         self._byzantine: dict[int, ByzantineHooks] = {}
-        self._twins: dict[int, _Replica] = {}  # twin endpoint -> the second instance
-        self._stats: dict[int, NodeStats] = {e: NodeStats() for e in range(n)}
+        # Every node by endpoint; the copies of each process by address (the original,
+        # then its twin); each replica's processes (front first); the twins by replica.
+        self._nodes: list[_Replica | _Client] = []
+        self._copies: dict[Address, list[_Replica]] = {}
+        self._processes: list[list[_Replica]] = [[] for _ in range(n)]
+        self._twins: dict[int, list[_Replica]] = {}
+        self._stats: dict[int, NodeStats] = {}
+        # Broadcast destinations per (role, partition), computed once.
+        self._peers: dict[tuple[str, int], list[Address]] = {}
         # Checkers that want Dropped observations (protocol alarms such as a detected
         # state divergence); empty for the default checkers, so drops stay cheap.
         self._drop_checkers = [
@@ -204,12 +246,21 @@ class Simulation:
         self._clients: list[_Client] = []
         self._client_endpoint: dict[bytes, int] = {}
         self._submitted: dict[bytes, dict[int, float]] = {}
-        self._replicas: list[_Replica] = []
+        self._front_role = front_role
         for replica_id in range(n):
             crypto = self._oracle.node_crypto(replica_id)
-            core = make_replica(replica_id, crypto)
-            self._replicas.append(_Replica(replica_id, crypto, core, endpoint=replica_id))
-            self._push(0.0, _START, replica_id)
+            self._add_process(Address(replica_id, front_role), crypto,
+                              make_replica(replica_id, crypto))
+        for address in sorted(set(processes)):
+            if not 0 <= address.replica < n or address.role == front_role:
+                raise ValueError(f"process {address}: no such replica, or a second front")
+            crypto = self._oracle.node_crypto(address.replica)
+            assert make_process is not None
+            self._add_process(address, crypto, make_process(address, crypto))
+        self.process_count = len(self._nodes)
+        """Endpoints below this are replica processes (originals; twins come later)."""
+        if self.process_count > n:
+            self.network.location = self._location  # else every location is the endpoint
 
     # -- scheduling API ---------------------------------------------------------------
 
@@ -237,11 +288,12 @@ class Simulation:
             if core.client_id != crypto.public_key:
                 raise ValueError("make_client must build a client named by crypto.public_key")
             index = len(self._clients)
-            endpoint = self.n + index
+            endpoint = len(self._nodes)
             client = _Client(
                 index, endpoint, crypto.public_key, core, ops, requests_per_client, think_time
             )
             self._clients.append(client)
+            self._nodes.append(client)
             self._client_endpoint[client.client_id] = endpoint
             self._stats[endpoint] = NodeStats()
             if requests_per_client:
@@ -249,21 +301,22 @@ class Simulation:
             ids.append(client.client_id)
         return ids
 
-    def crash(self, replica: int, at: float | None = None) -> None:
-        """Crash ``replica`` at time ``at`` (default: now): its memory, timers and
-        in-flight inbound messages are lost; its durable store is kept."""
-        self._check_replica(replica)
-        self._push(self._at(at), _CRASH, replica)
+    def crash(self, node: int | Address, at: float | None = None) -> None:
+        """Crash ``node`` — a replica (every process of it) or one process — at time
+        ``at`` (default: now): memory, timers and in-flight inbound messages are lost;
+        durable stores are kept."""
+        self._originals(node)  # checks it
+        self._push(self._at(at), _CRASH, node)
 
-    def restart(self, replica: int, at: float | None = None) -> None:
-        """Restart a crashed ``replica``: a fresh core, ``recover`` from its durable
-        store (key order), then ``start``."""
-        self._check_replica(replica)
-        self._push(self._at(at), _RESTART, replica)
+    def restart(self, node: int | Address, at: float | None = None) -> None:
+        """Restart crashed ``node`` (a replica or one process): a fresh core,
+        ``recover`` from its durable store (key order), then ``start``."""
+        self._originals(node)
+        self._push(self._at(at), _RESTART, node)
 
     def partition(
         self,
-        groups: Sequence[Iterable[NodeId]],
+        groups: Sequence[Iterable[Node]],
         at: float | None = None,
         heal_at: float | None = None,
     ) -> int:
@@ -273,7 +326,8 @@ class Simulation:
         start = self._at(at)
         if heal_at is not None and heal_at < start:
             raise ValueError(f"heal_at={heal_at} is before the partition starts at {start}")
-        endpoint_groups = [tuple(self._endpoint(node) for node in group) for group in groups]
+        endpoint_groups = [tuple(e for node in group for e in self._endpoints(node))
+                           for group in groups]
         self._partition_ids += 1
         partition_id = self._partition_ids
         self._push(start, _PARTITION, partition_id, endpoint_groups)
@@ -298,35 +352,41 @@ class Simulation:
         if self.events_processed:
             raise RuntimeError("set_byzantine must be called before the simulation runs")
         self._byzantine[replica] = behaviour
-        self._replicas[replica].behaviour = behaviour
+        for process in self._processes[replica]:
+            process.behaviour = behaviour
 
-    def add_twin(self, replica: int, behaviour: ByzantineHooks | None = None) -> int:
-        """Run a second instance of Byzantine ``replica`` (Twins): same id, same keys,
-        its own core and durable store, at endpoint ``TWIN_BASE + replica``. Messages to
-        ``replica`` reach both instances; messages from either come from ``replica``.
-        Put the two in different :meth:`partition` groups (name the twin by the returned
-        endpoint) and each leads its own part of the network. Twins do not crash."""
+    def add_twin(self, replica: int, behaviour: ByzantineHooks | None = None) -> Twin:
+        """Run a second copy of Byzantine ``replica`` (Twins): every process of it again,
+        at the same addresses with the same keys, its own cores and durable stores.
+        Messages to an address reach both copies; messages from either come from that
+        address. Put the two in different :meth:`partition` groups (the copy is named by
+        the returned :class:`Twin`) and each leads its own part of the network. Twins do
+        not crash."""
         self._check_replica(replica)
         if replica not in self._byzantine:
             raise ValueError(f"replica {replica} must be Byzantine (set_byzantine) to have a twin")
         if self.events_processed:
             raise RuntimeError("add_twin must be called before the simulation runs")
-        endpoint = TWIN_BASE + replica
-        if endpoint in self._twins:
+        if replica in self._twins:
             raise ValueError(f"replica {replica} already has a twin")
-        original = self._replicas[replica]
-        core = self._make_replica(replica, original.crypto)
-        self._twins[endpoint] = _Replica(
-            replica, original.crypto, core, behaviour=behaviour, endpoint=endpoint
-        )
-        self._stats[endpoint] = NodeStats()
-        self._push(0.0, _START, endpoint)
-        return endpoint
+        copies = []
+        for original in self._processes[replica]:
+            twin = self._add_process(original.address, original.crypto,
+                                     self._build(original), copy=1)
+            twin.behaviour = behaviour
+            copies.append(twin)
+        self._twins[replica] = copies
+        self.network.location = self._location
+        return Twin(replica)
 
     def twin(self, replica: int) -> ReplicaCore | None:
-        """The core of ``replica``'s twin (None if it has none)."""
-        twin = self._twins.get(TWIN_BASE + replica)
-        return None if twin is None else twin.core
+        """The core of ``replica``'s twin's front process (None if it has none)."""
+        copies = self._twins.get(replica)
+        return None if copies is None else copies[0].core
+
+    def process(self, address: Address) -> ReplicaCore | None:
+        """The current core of the process at ``address`` (None while it is crashed)."""
+        return self._original(address).core
 
     def byzantine_crypto(self, replica: int) -> SymbolicNodeCrypto:
         """Crypto of Byzantine ``replica`` that can sign as any Byzantine replica (its
@@ -335,15 +395,23 @@ class Simulation:
             raise PermissionError(f"replica {replica} is not Byzantine")
         return self._oracle.node_crypto(replica, sorted(self._byzantine))
 
-    def inject(self, src: int, dest: NodeId, msg: Any) -> None:
-        """Send ``msg`` from Byzantine replica ``src`` to ``dest`` now, bypassing its core
-        and its filter (e.g. from a behaviour's hook)."""
+    def inject(self, src: int, dest: NodeId | Address, msg: Any) -> None:
+        """Send ``msg`` from Byzantine replica ``src`` (its front process) to ``dest`` now
+        — a client, a replica's front process, or any process (an internal channel of
+        another replica, a wrong partition) — bypassing its core and its filter (e.g.
+        from a behaviour's hook)."""
         if src not in self._byzantine:
             raise PermissionError(f"only Byzantine replicas inject messages, not {src}")
-        endpoint = self._endpoint(dest)
-        self._transmit(src, endpoint, msg, None)
-        if endpoint < self.n and TWIN_BASE + endpoint in self._twins:
-            self._transmit(src, TWIN_BASE + endpoint, msg, None)
+        sender = self._processes[src][0].endpoint
+        if isinstance(dest, bytes):
+            self._transmit(sender, self._client(dest), msg, None)
+            return
+        address = Address(dest, self._front_role) if isinstance(dest, int) else dest
+        targets = self._copies.get(address)
+        if targets is None:
+            raise ValueError(f"no process at {address}")
+        for target in targets:
+            self._transmit(sender, target.endpoint, msg, None)
 
     # -- running ------------------------------------------------------------------
 
@@ -406,33 +474,33 @@ class Simulation:
         return [c.client_id for c in self._clients]
 
     def replica(self, replica: int) -> ReplicaCore | None:
-        """The current core of ``replica`` (``None`` while it is crashed)."""
+        """The current core of ``replica``'s front process (``None`` while crashed)."""
         self._check_replica(replica)
-        return self._replicas[replica].core
+        return self._processes[replica][0].core
 
     def client(self, client_index: int) -> ClientCore:
         """The core of the ``client_index``-th client."""
         return self._clients[client_index].core
 
-    def is_alive(self, replica: int) -> bool:
-        """Has ``replica`` started and not crashed since?"""
-        self._check_replica(replica)
-        return self._replicas[replica].alive
+    def is_alive(self, node: int | Address) -> bool:
+        """Has ``node`` (every process of a replica, or one process) started and not
+        crashed since?"""
+        return all(process.alive for process in self._originals(node))
 
-    def durable_store(self, replica: int) -> Mapping[bytes, bytes]:
-        """Read-only view of ``replica``'s durable store."""
-        self._check_replica(replica)
-        return dict(self._replicas[replica].store)
+    def durable_store(self, node: int | Address) -> Mapping[bytes, bytes]:
+        """Read-only view of the durable store of a replica's front process, or of one
+        process."""
+        return dict(self._originals(node)[0].store)
 
     def executed_log(self, replica: int) -> list[Executed]:
         """Slots ``replica`` executed, each once, in the order it first executed them."""
         self._check_replica(replica)
-        return list(self._replicas[replica].log.values())
+        return list(self._processes[replica][0].log.values())
 
     def executions(self, replica: int) -> int:
         """How many ``Executed`` it emitted, counting replays after restarts."""
         self._check_replica(replica)
-        return self._replicas[replica].executions
+        return self._processes[replica][0].executions
 
     def committed_log_hash(self, replica: int) -> str:
         """Chained hash of ``replica``'s executed log (``safety.committed_log_hash``)."""
@@ -448,9 +516,10 @@ class Simulation:
         """Latency of every successfully completed request, in seconds."""
         return [d.latency for d in self.completed() if d.error is None]
 
-    def node_stats(self, node: NodeId) -> NodeStats:
-        """Messages and wire bytes sent and received by a replica or client."""
-        return self._stats[self._endpoint(node)]
+    def node_stats(self, node: Node) -> NodeStats:
+        """Messages and wire bytes sent and received by a client or one process (of a
+        replica or twin: its front process)."""
+        return self._stats[self._endpoints(node)[0]]
 
     def all_clients_done(self) -> bool:
         """Has every client completed all its requests?"""
@@ -497,29 +566,63 @@ class Simulation:
         if not (isinstance(replica, int) and 0 <= replica < self.n):
             raise ValueError(f"no replica {replica!r} (n={self.n})")
 
-    def _endpoint(self, node: NodeId) -> int:
-        if isinstance(node, bytes):
-            endpoint = self._client_endpoint.get(node)
-            if endpoint is None:
-                raise ValueError(f"unknown client {node.hex()[:16]}")
-            return endpoint
-        if node in self._twins:
-            return node
+    def _add_process(self, address: Address, crypto: SymbolicNodeCrypto, core: ReplicaCore,
+                     copy: int = 0) -> _Replica:
+        endpoint = len(self._nodes)
+        process = _Replica(address, address.replica, address.role == self._front_role,
+                           crypto, core, endpoint=endpoint, copy=copy)
+        self._nodes.append(process)
+        self._copies.setdefault(address, []).append(process)
+        if copy == 0:
+            self._processes[address.replica].append(process)
+        self._stats[endpoint] = NodeStats()
+        self._push(0.0, _START, endpoint)
+        return process
+
+    def _build(self, process: _Replica) -> ReplicaCore:
+        """A fresh core for ``process`` (at start-up of a twin, or a restart)."""
+        if process.front:
+            return self._make_replica(process.replica_id, process.crypto)
+        assert self._make_process is not None
+        return self._make_process(process.address, process.crypto)
+
+    def _original(self, address: Address) -> _Replica:
+        copies = self._copies.get(address)
+        if copies is None:
+            raise ValueError(f"no process at {address}")
+        return copies[0]
+
+    def _originals(self, node: int | Address) -> list[_Replica]:
+        """The processes ``node`` names: every one of a replica, or one."""
+        if isinstance(node, Address):
+            return [self._original(node)]
         self._check_replica(node)
-        return node
+        return self._processes[node]
 
-    def _node_id(self, endpoint: int) -> NodeId:
-        if endpoint < self.n:
-            return endpoint
-        if endpoint >= TWIN_BASE:
-            return endpoint - TWIN_BASE
-        return self._clients[endpoint - self.n].client_id
+    def _client(self, client: bytes) -> int:
+        endpoint = self._client_endpoint.get(client)
+        if endpoint is None:
+            raise ValueError(f"unknown client {client.hex()[:16]}")
+        return endpoint
 
-    def _replica_at(self, endpoint: int) -> _Replica | None:
-        """The replica instance at ``endpoint`` (a twin too), None for a client."""
-        if endpoint < self.n:
-            return self._replicas[endpoint]
-        return self._twins.get(endpoint)
+    def _endpoints(self, node: Node) -> list[int]:
+        """The endpoints ``node`` names (see :data:`Node`)."""
+        if isinstance(node, bytes):
+            return [self._client(node)]
+        if isinstance(node, Twin):
+            twins = self._twins.get(node.replica)
+            if twins is None:
+                raise ValueError(f"replica {node.replica} has no twin")
+            return [twin.endpoint for twin in twins]
+        return [process.endpoint for process in self._originals(node)]
+
+    def _location(self, endpoint: int) -> int:
+        """Where ``endpoint`` sits for the latency model: a replica's processes (and its
+        twin's) with the replica, ``r``; client ``i`` at ``n + i``."""
+        node = self._nodes[endpoint]
+        if isinstance(node, _Replica):
+            return node.replica_id
+        return self.n + node.index
 
     def _record(self, line: str, wire: bytes | None = None) -> None:
         entry = f"{self.now!r} {line}\n".encode()
@@ -539,15 +642,17 @@ class Simulation:
             self._submit(self._clients[a])
         elif kind == _START:
             self._record(f"start {a}")
-            replica = self._replica_at(a)
-            assert replica is not None
+            replica = self._nodes[a]
+            assert isinstance(replica, _Replica)
             replica.alive = True
             assert replica.core is not None
             self._apply_replica(replica, replica.core.start())
         elif kind == _CRASH:
-            self._crash(self._replicas[a])
+            for process in self._originals(a):
+                self._crash(process)
         elif kind == _RESTART:
-            self._restart(self._replicas[a])
+            for process in self._originals(a):
+                self._restart(process)
         elif kind == _PARTITION:
             self._record(f"partition #{a} {b}")
             self.network.partition(a, b)
@@ -574,8 +679,9 @@ class Simulation:
             self._record(f"lost {src}->{dst} (partition)", wire)
             self.network.counters["net.partitioned_in_flight"] += 1
             return
-        n = self.n
-        replica = self._replica_at(dst)
+        nodes = self._nodes
+        receiver = nodes[dst]
+        replica = receiver if type(receiver) is _Replica else None
         if replica is not None and (not replica.alive or replica.incarnation != incarnation):
             self._record(f"lost {src}->{dst} (crashed)", wire)
             self.counters["sim.to_crashed"] += 1
@@ -586,8 +692,8 @@ class Simulation:
             try:
                 msg = decoder.decode(payload)
             except (msgspec.DecodeError, msgspec.ValidationError):
-                sender = self._replica_at(src)
-                if sender is None or sender.behaviour is None:
+                sender = nodes[src]
+                if type(sender) is not _Replica or sender.behaviour is None:
                     raise  # a correct node's message that does not decode is a bug
                 # What the real transport does with a frame that is not a valid message
                 # (a Byzantine sender's view -1, a short digest): drop and count it.
@@ -599,30 +705,32 @@ class Simulation:
         stats.msgs_recv += 1
         if wire is not None:
             stats.bytes_recv += len(wire)
-        source = self._node_id(src)
+        sender = nodes[src]
         if replica is not None:
             core = replica.core
             assert core is not None
             behaviour = replica.behaviour
-            if behaviour is not None and behaviour.on_deliver(self, source, msg) is False:
-                return
+            if behaviour is not None:
+                source = sender.replica_id if type(sender) is _Replica else sender.client_id
+                if behaviour.on_deliver(self, source, msg) is False:
+                    return
             if resources is not None:
                 resources.receiving(dst, msg, wire)
-            if isinstance(source, int):
-                self._apply_replica(replica, core.on_message(source, msg))
+            if type(sender) is _Replica:
+                self._apply_replica(replica, core.on_message(sender.address, msg))
             else:
-                self._apply_replica(replica, core.on_client_message(source, msg))
+                self._apply_replica(replica, core.on_client_message(sender.client_id, msg))
         else:
-            if not isinstance(source, int):
+            if type(sender) is not _Replica or type(receiver) is not _Client:
                 raise AssertionError("client-to-client message")  # _transmit prevents it
-            client = self._clients[dst - n]
             if resources is not None:
                 resources.receiving(dst, msg, wire)
-            self._apply_client(client, client.core.on_message(source, msg))
+            self._apply_client(receiver, receiver.core.on_message(sender.replica_id, msg))
 
     def _fire_timer(self, endpoint: int, name: str, generation: int) -> None:
-        replica = self._replica_at(endpoint)
-        if replica is not None:
+        node = self._nodes[endpoint]
+        if type(node) is _Replica:
+            replica = node
             if not replica.alive or replica.timers.get(name) != generation:
                 return  # cancelled, re-armed or crashed: a stale firing
             del replica.timers[name]
@@ -634,7 +742,8 @@ class Simulation:
             assert replica.core is not None
             self._apply_replica(replica, replica.core.on_timer(name))
         else:
-            client = self._clients[endpoint - self.n]
+            client = node
+            assert type(client) is _Client
             if client.timers.get(name) != generation:
                 return
             del client.timers[name]
@@ -659,7 +768,7 @@ class Simulation:
         if not replica.alive:
             self.counters["sim.crash_ignored"] += 1
             return
-        self._record(f"crash {replica.replica_id}")
+        self._record(f"crash {replica.address}")
         replica.alive = False
         replica.core = None
         replica.timers.clear()  # pending firings become stale (generation mismatch)
@@ -670,10 +779,10 @@ class Simulation:
         if replica.alive:
             self.counters["sim.restart_ignored"] += 1
             return
-        self._record(f"restart {replica.replica_id}")
+        self._record(f"restart {replica.address}")
         # A new incarnation: messages sent to the old one are lost with its connections.
         replica.incarnation += 1
-        core = self._make_replica(replica.replica_id, replica.crypto)
+        core = self._build(replica)
         core.recover(sorted(replica.store.items()))
         replica.core = core
         replica.alive = True
@@ -702,21 +811,27 @@ class Simulation:
                     store[key] = value
             replica.lazy = []
         src = replica.replica_id
+        me = replica.address
         for effect in effects:
             kind = type(effect)
             if kind is Send:
-                self._replica_send(replica, effect.dest, effect.msg)
+                dest = effect.dest
+                if type(dest) is int:
+                    dest = Address(dest, me.role, me.partition)
+                self._replica_send(replica, dest, effect.msg)
             elif kind is Broadcast:
                 wire = self._encode(effect.msg)
-                for dest in range(self.n):
-                    if dest != src:
+                role = me.role if effect.role is None else effect.role
+                partition = me.partition if effect.partition is None else effect.partition
+                for dest in self._broadcast_peers(role, partition):
+                    if dest != me:
                         self._replica_send(replica, dest, effect.msg, wire)
             elif kind is ToClient:
                 endpoint = self._client_endpoint.get(effect.client)
                 if endpoint is None:
                     self.counters["sim.unknown_client"] += 1
                     continue
-                self._replica_send(replica, endpoint, effect.msg)
+                self._send_out(replica, effect.client, [endpoint], effect.msg, None)
             elif kind is SetTimer:
                 self._set_timer(replica.endpoint, replica.timers, effect)
             elif kind is CancelTimer:
@@ -731,25 +846,37 @@ class Simulation:
             elif kind is not Persist:
                 raise TypeError(f"replica {src} returned a non-effect {effect!r}")
 
+    def _broadcast_peers(self, role: str, partition: int) -> list[Address]:
+        peers = self._peers.get((role, partition))
+        if peers is None:
+            peers = self._peers[(role, partition)] = [
+                Address(r, role, partition) for r in range(self.n)
+            ]
+        return peers
+
     def _replica_send(
-        self, replica: _Replica, dest: int, msg: Any, wire: bytes | None = None
+        self, replica: _Replica, dest: Address, msg: Any, wire: bytes | None = None
     ) -> None:
-        if not 0 <= dest < self.n + len(self._clients):
+        """To every copy of the process at ``dest`` (the sender itself excepted)."""
+        copies = self._copies.get(dest)
+        if copies is None:
             self.counters["sim.bad_destination"] += 1
             return
+        endpoints = [c.endpoint for c in copies if c is not replica]
+        self._send_out(replica, dest.replica, endpoints, msg, wire)
+
+    def _send_out(self, replica: _Replica, dest: NodeId, endpoints: list[int], msg: Any,
+                  wire: bytes | None) -> None:
+        """``msg`` from ``replica`` to ``endpoints`` (every copy of one destination),
+        through its Byzantine filter if it has one: ``dest`` is what the filter sees."""
         behaviour = replica.behaviour
-        twin = TWIN_BASE + dest if dest < self.n and self._twins else None
-        if twin is not None and (twin not in self._twins or twin == replica.endpoint):
-            twin = None
         if behaviour is None:
-            self._transmit(replica.endpoint, dest, msg, wire)
-            if twin is not None:
-                self._transmit(replica.endpoint, twin, msg, wire)
+            for endpoint in endpoints:
+                self._transmit(replica.endpoint, endpoint, msg, wire)
             return
-        for out in behaviour.filter(self._node_id(dest), msg):
-            self._transmit(replica.endpoint, dest, out, wire if out is msg else None)
-            if twin is not None:
-                self._transmit(replica.endpoint, twin, out, wire if out is msg else None)
+        for out in behaviour.filter(dest, msg):
+            for endpoint in endpoints:
+                self._transmit(replica.endpoint, endpoint, out, wire if out is msg else None)
 
     def _apply_client(self, client: _Client, effects: list[Any]) -> None:
         src = client.endpoint
@@ -758,18 +885,20 @@ class Simulation:
         for effect in effects:
             kind = type(effect)
             if kind is Send:
-                if not 0 <= effect.dest < self.n:
+                dest = effect.dest
+                copies = self._copies.get(
+                    Address(dest, self._front_role) if type(dest) is int else dest
+                )
+                if copies is None or not copies[0].front:
                     self.counters["sim.bad_destination"] += 1
                     continue
-                self._transmit(src, effect.dest, effect.msg, None)
-                if self._twins and TWIN_BASE + effect.dest in self._twins:
-                    self._transmit(src, TWIN_BASE + effect.dest, effect.msg, None)
+                for copy in copies:
+                    self._transmit(src, copy.endpoint, effect.msg, None)
             elif kind is Broadcast:
                 wire = self._encode(effect.msg)
-                for dest in range(self.n):
-                    self._transmit(src, dest, effect.msg, wire)
-                for twin in self._twins:
-                    self._transmit(src, twin, effect.msg, wire)
+                for replica_id in range(self.n):
+                    for copy in self._copies[Address(replica_id, self._front_role)]:
+                        self._transmit(src, copy.endpoint, effect.msg, wire)
             elif kind is SetTimer:
                 self._set_timer(src, client.timers, effect)
             elif kind is CancelTimer:
@@ -787,7 +916,8 @@ class Simulation:
                 raise TypeError(f"client {client.index} returned a non-effect {effect!r}")
 
     def _transmit(self, src: int, dst: int, msg: Any, wire: bytes | None) -> None:
-        if self.n <= src < TWIN_BASE and self.n <= dst < TWIN_BASE:
+        receiver = self._nodes[dst]
+        if type(receiver) is _Client and type(self._nodes[src]) is _Client:
             raise ValueError("clients talk to replicas only")
         if self._decoder is not None:
             payload: Any = wire if wire is not None else self._encode(msg)
@@ -798,7 +928,7 @@ class Simulation:
         stats = self._stats[src]
         stats.msgs_sent += 1
         stats.bytes_sent += size
-        incarnation = self._replicas[dst].incarnation if dst < self.n else 0  # twins: 0
+        incarnation = receiver.incarnation if type(receiver) is _Replica else 0
         sent_at = self.now
         if self.resources is not None:
             sent_at = self.resources.depart(self, src, dst, size, msg)

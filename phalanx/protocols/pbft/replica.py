@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from phalanx.core.address import REPLICA_ROLE, Address
 from phalanx.core.crypto import NodeCrypto
 from phalanx.core.effects import CancelTimer, Dropped, Send, SetTimer
 from phalanx.core.hashing import digest as sha256
@@ -117,13 +118,17 @@ class PbftReplica:
     def pending(self) -> dict[bytes, Request]:
         return self.host.pending
 
-    def on_message(self, src: int, msg: Any) -> list[Any]:
+    def on_message(self, src: Address, msg: Any) -> list[Any]:
+        replica = src.replica
+        if src.role != REPLICA_ROLE or src.partition:
+            # A PBFT replica is one process: no other process speaks for a replica.
+            return [Dropped("unknown_sender", replica)]
         if isinstance(msg, Request):
             # A backup forwards a client's request to the primary.
-            return self._on_request(msg, None, src)
+            return self._on_request(msg, None, replica)
         if isinstance(msg, HOST_MESSAGES):
-            return self._process(self.host.on_message(src, msg))
-        return self._process(self.instance.on_message(src, msg))
+            return self._process(self.host.on_message(replica, msg))
+        return self._process(self.instance.on_message(replica, msg))
 
     def on_client_message(self, client: bytes, msg: Any) -> list[Any]:
         """``client`` is the connection's identity: the request's client itself, or the
