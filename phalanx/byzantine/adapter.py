@@ -16,12 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from phalanx.byzantine.behaviours import Log
+from phalanx.byzantine.behaviours import Log, Switches
 from phalanx.byzantine.generate import Fixup
 from phalanx.protocols.registry import available, protocol
 from phalanx.sim.behaviour import Behaviour
 
-StrategyFactory = Callable[[int, int, frozenset[int], Log | None], Behaviour]
+StrategyFactory = Callable[[int, int, Switches, Log | None], Behaviour]
 """``factory(replica, seed, disabled_actions, log) -> Behaviour``."""
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from phalanx.byzantine.generate import Fixup, MessageGenerator, TrafficPool
@@ -41,13 +42,28 @@ def describe(msg: Any, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+Switches = Container[int]
+"""The numbers of a behaviour's actions that are switched off."""
+
+
+@dataclass(frozen=True)
+class AllBut:
+    """Every action switched off except those numbered in ``kept`` — also the ones a
+    run reaches beyond the numbers it was shrunk over (a shorter or longer run)."""
+
+    kept: frozenset[int]
+
+    def __contains__(self, action: object) -> bool:
+        return action not in self.kept
+
+
 class ActionBehaviour(Behaviour):
     """Base of behaviours whose deviations are numbered actions (for shrinking)."""
 
     name = "byzantine"
 
     def __init__(
-        self, replica: int, seed: int, *, disabled: frozenset[int] = frozenset(),
+        self, replica: int, seed: int, *, disabled: Switches = frozenset(),
         log: Log | None = None,
     ) -> None:
         self.replica = replica
@@ -107,7 +123,7 @@ class Borgesian(ActionBehaviour):
         tick: float = 0.05,
         burst_on_deliver: float = 0.1,
         until: float = math.inf,
-        disabled: frozenset[int] = frozenset(),
+        disabled: Switches = frozenset(),
         log: Log | None = None,
     ) -> None:
         super().__init__(replica, seed, disabled=disabled, log=log)
@@ -252,7 +268,7 @@ class Rewriter(ActionBehaviour):
         targets: tuple[type, ...],
         *,
         name: str,
-        disabled: frozenset[int] = frozenset(),
+        disabled: Switches = frozenset(),
         log: Log | None = None,
     ) -> None:
         self.name = name
@@ -282,7 +298,7 @@ class Voter(ActionBehaviour):
         votes: Callable[[Simulation, int, Any], list[tuple[NodeId, Any]]],
         *,
         name: str,
-        disabled: frozenset[int] = frozenset(),
+        disabled: Switches = frozenset(),
         log: Log | None = None,
     ) -> None:
         self.name = name

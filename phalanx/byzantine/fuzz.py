@@ -27,14 +27,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from phalanx.byzantine.adapter import fuzz_adapter
-from phalanx.byzantine.behaviours import ActionBehaviour, Borgesian, Log
+from phalanx.byzantine.behaviours import ActionBehaviour, AllBut, Borgesian, Log, Switches
 from phalanx.byzantine.checkers import LivenessChecker, LivenessViolation
 from phalanx.protocols.registry import protocol
 from phalanx.safety import SafetyViolation
 from phalanx.sim.behaviour import Behaviour
 from phalanx.sim.kv_cluster import kv_simulation
 from phalanx.sim.network import NetworkModel, UniformLatency
-from phalanx.sim.simulator import TWIN_BASE, Simulation, SimulationError
+from phalanx.sim.simulator import Simulation, SimulationError, Twin
 from phalanx.statemachine.kv import encode_put
 
 STRATEGY_WEIGHTS = {
@@ -141,7 +141,7 @@ class FuzzConfig:
 
 @dataclass(frozen=True)
 class Fault:
-    """A crash (``nodes`` = (replica,)) or a partition (``nodes`` = groups of endpoints)
+    """A crash (``nodes`` = (replica,)) or a partition (``nodes`` = groups of replicas and twins)
     from ``at`` until ``until``; every fault ends by GST."""
 
     kind: str
@@ -153,7 +153,7 @@ class Fault:
         if self.kind == "crash":
             return f"crash replica {self.nodes[0]} at {self.at:.3f}s, restart at {self.until:.3f}s"
         groups = " | ".join(
-            ",".join(_endpoint_name(e) for e in group) for group in self.nodes
+            ",".join(str(node) for node in group) for group in self.nodes
         )
         return f"partition [{groups}] from {self.at:.3f}s to {self.until:.3f}s"
 
@@ -216,7 +216,7 @@ def make_plan(config: FuzzConfig, seed: int) -> Plan:
                 until = min(gst, at + rng.uniform(0.3, 1.5))
                 shuffled = rng.sample(correct, len(correct))
                 cut = rng.randint(0, len(correct))
-                groups = ((r, *sorted(shuffled[:cut])), (TWIN_BASE + r, *sorted(shuffled[cut:])))
+                groups = ((r, *sorted(shuffled[:cut])), (Twin(r), *sorted(shuffled[cut:])))
                 faults.append(Fault("partition", at, until, groups))
                 at = until
                 if at >= gst:
@@ -297,7 +297,7 @@ class Outcome:
 def run_plan(
     plan: Plan,
     *,
-    disabled: dict[int, frozenset[int]] | None = None,
+    disabled: dict[int, Switches] | None = None,
     record: bool = False,
     log: Log | None = None,
 ) -> tuple[Outcome, Simulation]:
@@ -419,17 +419,13 @@ def _ops(client: int, i: int) -> bytes:
     return encode_put(f"k{client}:{i % 4}".encode(), f"v{client}:{i}".encode())
 
 
-def _endpoint_name(endpoint: int) -> str:
-    return f"{endpoint - TWIN_BASE}'" if endpoint >= TWIN_BASE else str(endpoint)
-
-
 # -- shrinking --------------------------------------------------------------------------
 
 
 @dataclass
 class Shrunk:
     plan: Plan
-    disabled: dict[int, frozenset[int]]
+    disabled: dict[int, Switches]
     outcome: Outcome
     runs: int
     kept_actions: int
@@ -444,7 +440,7 @@ def shrink(plan: Plan, failure: Outcome, *, max_runs: int = 120,
     runs = 0
     original = plan
 
-    def fails(candidate: Plan, disabled: dict[int, frozenset[int]]) -> bool:
+    def fails(candidate: Plan, disabled: dict[int, Switches]) -> bool:
         nonlocal runs
         if runs >= max_runs or time.monotonic() > deadline:
             return False
@@ -456,12 +452,8 @@ def shrink(plan: Plan, failure: Outcome, *, max_runs: int = 120,
     plan = replace(plan, faults=tuple(faults))
     universe = [(r, k) for r, count in sorted(failure.actions.items()) for k in range(count)]
 
-    def disabled_for(kept: Sequence[tuple[int, int]]) -> dict[int, frozenset[int]]:
-        keep = set(kept)
-        return {
-            r: frozenset(k for k in range(count) if (r, k) not in keep)
-            for r, count in failure.actions.items()
-        }
+    def disabled_for(kept: Sequence[tuple[int, int]]) -> dict[int, Switches]:
+        return {r: AllBut(frozenset(k for q, k in kept if q == r)) for r in failure.actions}
 
     kept = _ddmin(universe, lambda ks: fails(plan, disabled_for(ks)))
     disabled = disabled_for(kept)

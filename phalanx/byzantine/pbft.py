@@ -19,7 +19,14 @@ from typing import Any
 import msgspec
 
 from phalanx.byzantine.adapter import FuzzAdapter
-from phalanx.byzantine.behaviours import Borgesian, Log, Rewriter, SelectiveDelivery, Voter
+from phalanx.byzantine.behaviours import (
+    Borgesian,
+    Log,
+    Rewriter,
+    SelectiveDelivery,
+    Switches,
+    Voter,
+)
 from phalanx.byzantine.generate import MessageGenerator
 from phalanx.byzantine.pbft_attacks import ForgeNewView, HideCommit, SpliceNewView
 from phalanx.byzantine.pbft_planted import PLANTED_BUGS, planted_replica
@@ -166,20 +173,20 @@ FIXUPS = {
 # -- strategies -------------------------------------------------------------------------
 
 
-def borgesian(replica: int, seed: int, disabled: frozenset[int], log: Log | None) -> Behaviour:
+def borgesian(replica: int, seed: int, disabled: Switches, log: Log | None) -> Behaviour:
     return Borgesian(replica, seed, ALL_MESSAGES, fixups=FIXUPS, tick=0.1, disabled=disabled,
                      log=log)
 
 
-def silent(replica: int, seed: int, disabled: frozenset[int], log: Log | None) -> Behaviour:
+def silent(replica: int, seed: int, disabled: Switches, log: Log | None) -> Behaviour:
     return Silent()
 
 
-def selective(replica: int, seed: int, disabled: frozenset[int], log: Log | None) -> Behaviour:
+def selective(replica: int, seed: int, disabled: Switches, log: Log | None) -> Behaviour:
     return SelectiveDelivery(replica, seed, disabled=disabled, log=log)
 
 
-def equivocate(replica: int, seed: int, disabled: frozenset[int], log: Log | None) -> Behaviour:
+def equivocate(replica: int, seed: int, disabled: Switches, log: Log | None) -> Behaviour:
     history: list[bytes] = []
 
     def rewrite(rng: random.Random, dest: NodeId, pp: PrePrepare) -> list[Any] | None:
@@ -203,7 +210,7 @@ def equivocate(replica: int, seed: int, disabled: frozenset[int], log: Log | Non
                     disabled=disabled, log=log)
 
 
-def vote_all(replica: int, seed: int, disabled: frozenset[int], log: Log | None) -> Behaviour:
+def vote_all(replica: int, seed: int, disabled: Switches, log: Log | None) -> Behaviour:
     def votes(sim: Simulation, me: int, msg: Any) -> list[tuple[NodeId, Any]]:
         peers = [r for r in range(sim.n) if r != me]
         if isinstance(msg, PrePrepare | Prepare | Commit):
@@ -222,16 +229,16 @@ def vote_all(replica: int, seed: int, disabled: frozenset[int], log: Log | None)
     return Voter(replica, seed, votes, name="vote_all", disabled=disabled, log=log)
 
 
-def forge_view(replica: int, seed: int, disabled: frozenset[int], log: Log | None) -> Behaviour:
+def forge_view(replica: int, seed: int, disabled: Switches, log: Log | None) -> Behaviour:
     return ForgeNewView(replica, seed, disabled=disabled, log=log)
 
 
-def hide_commit(replica: int, seed: int, disabled: frozenset[int], log: Log | None) -> Behaviour:
+def hide_commit(replica: int, seed: int, disabled: Switches, log: Log | None) -> Behaviour:
     return HideCommit(replica, seed, disabled=disabled, log=log)
 
 
 def splice_new_view(
-    replica: int, seed: int, disabled: frozenset[int], log: Log | None
+    replica: int, seed: int, disabled: Switches, log: Log | None
 ) -> Behaviour:
     return SpliceNewView(replica, seed, disabled=disabled, log=log)
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import msgspec
 
-from phalanx.byzantine.behaviours import ActionBehaviour, Log
+from phalanx.byzantine.behaviours import ActionBehaviour, Log, Switches
 from phalanx.core.hashing import digest as sha256
 from phalanx.core.messages import decode_batch, encode_batch
 from phalanx.core.quorum import Quorums
@@ -100,7 +100,7 @@ class ForgeNewView(ActionBehaviour):
 
     def __init__(
         self, replica: int, seed: int, *, tick: float = 0.1, chance: float = 0.5,
-        disabled: frozenset[int] = frozenset(), log: Log | None = None,
+        disabled: Switches = frozenset(), log: Log | None = None,
     ) -> None:
         super().__init__(replica, seed, disabled=disabled, log=log)
         self.tick = tick
@@ -200,7 +200,7 @@ class HideCommit(ActionBehaviour):
     name = "hide_commit"
 
     def __init__(
-        self, replica: int, seed: int, *, disabled: frozenset[int] = frozenset(),
+        self, replica: int, seed: int, *, disabled: Switches = frozenset(),
         log: Log | None = None,
     ) -> None:
         super().__init__(replica, seed, disabled=disabled, log=log)
@@ -350,7 +350,7 @@ class SpliceNewView(ActionBehaviour):
     name = "splice_new_view"
 
     def __init__(
-        self, replica: int, seed: int, *, disabled: frozenset[int] = frozenset(),
+        self, replica: int, seed: int, *, disabled: Switches = frozenset(),
         log: Log | None = None,
     ) -> None:
         super().__init__(replica, seed, disabled=disabled, log=log)
