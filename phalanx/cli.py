@@ -58,6 +58,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
     from phalanx.launcher import serve_replica
 
     return serve_replica(args.config, args.id, args.key, args.data_dir, args.durability,
+                         role=args.role, partition=args.partition,
                          accounting=not args.no_accounting, wan_path=args.wan,
                          burn_us_per_op=args.burn_us_per_op)
 
@@ -212,13 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite existing key files")
     p.set_defaults(func=_cmd_keygen)
 
-    p = sub.add_parser("node", help="run one replica of a cluster")
+    p = sub.add_parser("node", help="run one replica (or one process of it) of a cluster")
     p.add_argument("--config", required=True, help="the cluster's cluster.toml")
     p.add_argument("--id", type=int, required=True,
                    help="this replica's id in the config (0..n-1)")
+    p.add_argument("--role", help="which of the replica's processes, for a protocol that "
+                                  "runs a replica as several (default: its front process)")
+    p.add_argument("--partition", type=int, default=0,
+                   help="the partition of --role (default: 0)")
     p.add_argument("--key", help="private key file (default: beside the config)")
     p.add_argument("--data-dir", help="LMDB data directory, locked while the replica runs "
-                                      "(default: data/replica-<id> beside the config)")
+                                      "(default: data/replica-<id> beside the config; "
+                                      "data/replica-<id>-<role>-<partition> for --role)")
     p.add_argument("--durability", choices=("fsync", "process"), default="fsync",
                    help="fsync: writes reach the disk before the replica answers (survives "
                         "power loss); process: they reach the OS page cache (survives the "

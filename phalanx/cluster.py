@@ -2,15 +2,19 @@
 (``phalanx demo`` runs one: :mod:`phalanx.demo`).
 
 Every replica is ``python -m phalanx.cli node --config DIR/cluster.toml --id I`` in its own
-process, exactly what an operator runs by hand, so whatever a test or a demo shows about
-a :class:`LocalCluster` holds for a real deployment on one host. Layout of a cluster
-directory::
+process (a protocol that runs a replica as several processes: one such command per
+process, with ``--role R --partition P``), exactly what an operator runs by hand, so
+whatever a test or a demo shows about a :class:`LocalCluster` holds for a real
+deployment on one host. Layout of a cluster directory::
 
     DIR/cluster.toml            protocol, f, replicas (see phalanx.config)
-    DIR/replica-<i>.key         private keys, mode 0600
-    DIR/data/replica-<i>/       each replica's LMDB store (survives restarts), locked by
-                                its running process (replica.lock)
-    DIR/logs/replica-<i>.log    each replica's stdout and stderr (appended across restarts)
+    DIR/replica-<i>.key         private keys, mode 0600 (one per replica, used by each of
+                                its processes)
+    DIR/data/replica-<i>/       each process's LMDB store (survives restarts), locked by
+                                its running process (replica.lock); another process of a
+                                replica: replica-<i>-<role>-<partition>/
+    DIR/logs/replica-<i>.log    each process's stdout and stderr (appended across
+                                restarts), named like its data directory
 """
 
 from __future__ import annotations
@@ -35,7 +39,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from phalanx.config import CLUSTER_FILE, ClusterConfig, generate_cluster, load, no_fault_warning
+from phalanx.config import (
+    CLUSTER_FILE,
+    ClusterConfig,
+    generate_cluster,
+    load,
+    no_fault_warning,
+    process_count,
+    process_name,
+)
+from phalanx.core.address import Address
 from phalanx.storage.lock import lock_holder
 
 PORT_RANGE = (20_000, 32_000)
@@ -108,24 +121,32 @@ def _child_setup() -> Callable[[], None] | None:
     return setup
 
 
-def replica_json(config: ClusterConfig, i: int, path: str, timeout: float = 5.0) -> Any:
-    """GET ``path`` from replica ``i``'s HTTP API and decode the JSON answer."""
-    info = config.replica(i)
+Node = int | Address
+"""A replica (by id: all its processes, or its front process where one answers), or one
+process of it."""
+
+
+def replica_json(config: ClusterConfig, i: Node, path: str, timeout: float = 5.0) -> Any:
+    """GET ``path`` from the HTTP API of replica ``i``'s front process (or of process
+    ``i``) and decode the JSON answer."""
+    info = config.process(Address(i, config.front_role) if isinstance(i, int) else i)
     with _http.open(f"http://{info.host}:{info.http_port}{path}", timeout=timeout) as response:
         return json.loads(response.read())
 
 
 def identity_mismatch(
-    status: dict[str, Any], config: ClusterConfig, i: int, pid: int | None = None
+    status: dict[str, Any], config: ClusterConfig, i: Node, pid: int | None = None
 ) -> str | None:
-    """Why a ``GET /status`` body is not replica ``i`` of ``config`` (run by process
-    ``pid``, if given), or None if it is. Another cluster's replica ``i`` on the same
-    port answers with the same id, so the public key and the pid are what tell."""
-    answered = f"replica {status.get('replica')} (pid {status.get('pid')})"
-    if status.get("public_key") != config.replica(i).public_key.hex():
+    """Why a ``GET /status`` body is not replica ``i``'s front process (or process
+    ``i``) of ``config`` (run by process ``pid``, if given), or None if it is. Another
+    cluster's replica ``i`` on the same port answers with the same id, so the public key
+    and the pid are what tell."""
+    address = Address(i, config.front_role) if isinstance(i, int) else i
+    answered = f"replica {status.get('process', status.get('replica'))} (pid {status.get('pid')})"
+    if status.get("public_key") != config.replica(address.replica).public_key.hex():
         return f"{answered} of another cluster answers on its HTTP port"
-    if status.get("replica") != i:
-        return f"{answered} answers on replica {i}'s HTTP port"
+    if status.get("replica") != address.replica or status.get("process") != str(address):
+        return f"{answered} answers on replica {address}'s HTTP port"
     if pid is not None and status.get("pid") != pid:
         return f"another process, {answered}, answers on its HTTP port"
     return None
@@ -174,12 +195,15 @@ class LocalCluster:
     ``fresh`` (the default) it gets new keys and empty data directories; without it an
     existing ``cluster.toml`` and the replicas' data are reused (``n``, ``protocol`` and
     the ports then come from that file). Ports default to a free block: replica ports
-    ``base_port..base_port+n-1``, HTTP ports ``base_http_port..`` (default right after
-    the replica ports). ``options`` sets protocol tunables (``checkpoint_interval``, ...).
+    ``base_port..`` (one per process: ``n`` for a single-process protocol), HTTP ports
+    ``base_http_port..`` (default right after the replica ports). ``options`` sets
+    protocol tunables (``checkpoint_interval``, ...).
 
-    Replicas are referred to by id. :meth:`close` (also run at interpreter exit, and by
-    ``with``) stops every replica; on Linux the replicas also get SIGTERM if this process
-    dies without closing.
+    Replicas are referred to by id: killing, stopping or restarting replica ``i`` acts on
+    every process of it (a replica is faulty if any of its processes is); an
+    :class:`~phalanx.core.address.Address` names one process. :meth:`close` (also run at
+    interpreter exit, and by ``with``) stops every process; on Linux the processes also
+    get SIGTERM if this one dies without closing.
     """
 
     def __init__(
@@ -207,8 +231,8 @@ class LocalCluster:
         self.host = host
         self.config_path = self.dir / CLUSTER_FILE
         self._config: ClusterConfig | None = None
-        self._procs: dict[int, subprocess.Popen[bytes]] = {}
-        self._log_start: dict[int, int] = {}  # where each replica's latest run begins
+        self._procs: dict[Address, subprocess.Popen[bytes]] = {}
+        self._log_start: dict[Address, int] = {}  # where each process's latest run begins
         self._closed = False
         atexit.register(self.close)
 
@@ -224,24 +248,27 @@ class LocalCluster:
     def _prepare(self) -> ClusterConfig:
         """Keygen (if fresh or there is no cluster file yet), then apply ``options``."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        if self.fresh or not self.config_path.exists():
+        new = self.fresh or not self.config_path.exists()
+        if new:
             base = self.base_port
             http = self.base_http_port
+            ports = process_count(self.protocol, self.n, self.options)
             if base is None:
-                base = free_port_block(self.n if http is not None else 2 * self.n, self.host)
+                base = free_port_block(ports if http is not None else 2 * ports, self.host)
             if http is None:
-                http = base + self.n
+                http = base + ports
             config = generate_cluster(
                 self.dir, self.n, protocol=self.protocol, host=self.host,
                 base_port=base, base_http_port=http, overwrite=self.fresh,
-                app=self.app, genesis=self.genesis,
+                app=self.app, genesis=self.genesis, options=self.options,
             )
             # New keys make old data meaningless (and its signatures unverifiable).
             shutil.rmtree(self.dir / "data", ignore_errors=True)
             shutil.rmtree(self.dir / "logs", ignore_errors=True)
         else:
             config = load(self.config_path)
-        if self.options:
+        if self.options and not new:
+            # A kept cluster file takes new tunables (new processes need a new cluster).
             config = replace(config, options={**config.options, **self.options})
             config.dump(self.config_path)
         (self.dir / "logs").mkdir(exist_ok=True)
@@ -264,9 +291,19 @@ class LocalCluster:
             raise RuntimeError("start() runs once; use restart(i) for a single replica")
         self._refuse_if_running()
         self._config = self._prepare()
-        for i in range(self.n):
-            self._spawn(i)
-        self._wait_ready(list(range(self.n)), timeout, cancel)
+        addresses = [p.address for p in self._config.processes]
+        for address in addresses:
+            self._spawn(address)
+        self._wait_ready(addresses, timeout, cancel)
+
+    def addresses(self, node: Node) -> list[Address]:
+        """The processes ``node`` names: every one of a replica, or one."""
+        if isinstance(node, Address):
+            return [node]
+        return [p.address for p in self.config.processes if p.address.replica == node]
+
+    def _front(self, node: Node) -> Address:
+        return Address(node, self.config.front_role) if isinstance(node, int) else node
 
     def _refuse_if_running(self) -> None:
         """ClusterError if a replica process holds one of this directory's data
@@ -284,7 +321,7 @@ class LocalCluster:
                 f"(Ctrl-C in its 'phalanx up'), or use another --dir."
             )
 
-    def _spawn(self, i: int) -> None:
+    def _spawn(self, i: Address) -> None:
         log_path = self.log_path(i)
         with open(log_path, "ab") as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -301,11 +338,11 @@ class LocalCluster:
             )
 
     def _wait_ready(
-        self, ids: list[int], timeout: float, cancel: threading.Event | None = None
+        self, ids: list[Address], timeout: float, cancel: threading.Event | None = None
     ) -> None:
         deadline = time.monotonic() + timeout
         waiting = set(ids)
-        why: dict[int, str] = {}
+        why: dict[Address, str] = {}
         failing_since: float | None = None
         while waiting:
             failed = [i for i in sorted(waiting) if self._procs[i].poll() is not None]
@@ -332,54 +369,62 @@ class LocalCluster:
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"replicas {sorted(waiting)} were not ready within {timeout} s: "
+                    f"replicas {[str(i) for i in sorted(waiting)]} were not ready within "
+                    f"{timeout} s: "
                     + "; ".join(f"replica {i}: {why.get(i, 'not asked')}" for i in sorted(waiting))
                 )
             time.sleep(0.1)
 
-    def _start_failure(self, i: int) -> str:
+    def _start_failure(self, i: Address) -> str:
         code = self._procs[i].poll()
         reason = _exit_reason(code) if code is not None else "is running"
         return (f"replica {i} {reason} during start-up; its output "
                 f"({self.log_path(i)}):\n{_indent(self.log_tail(i, this_run=True))}")
 
-    def node_command(self, i: int) -> list[str]:
-        """The command that runs replica ``i`` (a harness may wrap it, e.g. to run a
+    def node_command(self, i: Address) -> list[str]:
+        """The command that runs process ``i`` (a harness may wrap it, e.g. to run a
         deliberately faulty replica)."""
-        return [sys.executable, "-m", "phalanx.cli", "node",
-                "--config", str(self.config_path), "--id", str(i)]
+        command = [sys.executable, "-m", "phalanx.cli", "node",
+                   "--config", str(self.config_path), "--id", str(i.replica)]
+        if i != self._front(i.replica):
+            command += ["--role", i.role, "--partition", str(i.partition)]
+        return command
 
-    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to replica ``i`` (a crash by default); after SIGKILL, waits until
-        the process is gone."""
-        proc = self._procs.get(i)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        if sig == signal.SIGKILL:
-            proc.wait()
-
-    def stop(self, i: int, timeout: float = STOP_TIMEOUT) -> int | None:
-        """Stop replica ``i`` cleanly (SIGTERM; SIGKILL after ``timeout`` s). Returns its
-        exit code (None if it was not started)."""
-        proc = self._procs.get(i)
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    def kill(self, i: Node, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to replica ``i``'s processes, or to process ``i`` (a crash by
+        default); after SIGKILL, waits until they are gone."""
+        for address in self.addresses(i):
+            proc = self._procs.get(address)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(sig)
+            if sig == signal.SIGKILL:
                 proc.wait()
-        return proc.returncode
 
-    def restart(self, i: int, timeout: float = 60.0) -> None:
-        """Stop replica ``i`` if it runs, start it again on its data directory (it
-        recovers from its store and catches up), and wait until it answers /status."""
+    def stop(self, i: Node, timeout: float = STOP_TIMEOUT) -> int | None:
+        """Stop replica ``i`` (every process of it) or process ``i`` cleanly (SIGTERM;
+        SIGKILL after ``timeout`` s). Returns the exit code of its front process (None
+        if it was not started)."""
+        for address in self.addresses(i):
+            proc = self._procs.get(address)
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        return self.returncode(i)
+
+    def restart(self, i: Node, timeout: float = 60.0) -> None:
+        """Stop replica ``i`` (or process ``i``) if it runs, start it again on its data
+        directory (it recovers from its store and catches up), and wait until it answers
+        /status."""
         self.stop(i)
-        self._spawn(i)
-        self._wait_ready([i], timeout)
+        addresses = self.addresses(i)
+        for address in addresses:
+            self._spawn(address)
+        self._wait_ready(addresses, timeout)
 
     def close(self) -> None:
         """Stop every replica: SIGTERM to all, wait, SIGKILL whatever is left.
@@ -408,29 +453,37 @@ class LocalCluster:
 
     @property
     def pids(self) -> dict[int, int]:
-        """Process ids of the replicas that are running, by replica id."""
-        return {i: p.pid for i, p in sorted(self._procs.items()) if p.poll() is None}
+        """Process ids of the replicas' front processes that are running, by replica id."""
+        return {a.replica: p.pid for a, p in sorted(self._procs.items())
+                if p.poll() is None and a == self._front(a.replica)}
 
-    def alive(self, i: int) -> bool:
-        """Whether replica ``i``'s process is running."""
-        proc = self._procs.get(i)
-        return proc is not None and proc.poll() is None
+    @property
+    def process_pids(self) -> dict[Address, int]:
+        """Process ids of every running process, by address."""
+        return {a: p.pid for a, p in sorted(self._procs.items()) if p.poll() is None}
 
-    def returncode(self, i: int) -> int | None:
-        """Exit code of replica ``i``'s latest process; None while it runs (or before it
-        was ever started). A negative code -N means it was killed by signal N."""
-        proc = self._procs.get(i)
+    def alive(self, i: Node) -> bool:
+        """Whether replica ``i``'s processes (or process ``i``) are all running."""
+        procs = [self._procs.get(a) for a in self.addresses(i)]
+        return bool(procs) and all(p is not None and p.poll() is None for p in procs)
+
+    def returncode(self, i: Node) -> int | None:
+        """Exit code of the latest run of replica ``i``'s front process (or of process
+        ``i``); None while it runs (or before it was ever started). A negative code -N
+        means it was killed by signal N."""
+        proc = self._procs.get(self._front(i))
         return None if proc is None else proc.poll()
 
     # -- observing ---------------------------------------------------------------------
 
-    def get_json(self, i: int, path: str, timeout: float = 5.0) -> Any:
-        """GET ``path`` (e.g. ``/log?first=1&last=100``) from replica ``i``'s HTTP API."""
+    def get_json(self, i: Node, path: str, timeout: float = 5.0) -> Any:
+        """GET ``path`` (e.g. ``/log?first=1&last=100``) from replica ``i``'s HTTP API
+        (its front process's, or process ``i``'s)."""
         return replica_json(self.config, i, path, timeout)
 
-    def status(self, i: int, timeout: float = 5.0) -> dict[str, Any]:
-        """Replica ``i``'s ``GET /status`` (view, executed_seq, state_root, dropped
-        counters, cpu_s, ...). Raises OSError if it does not answer."""
+    def status(self, i: Node, timeout: float = 5.0) -> dict[str, Any]:
+        """Replica ``i``'s (or process ``i``'s) ``GET /status`` (view, executed_seq,
+        state_root, dropped counters, cpu_s, ...). Raises OSError if it does not answer."""
         body: dict[str, Any] = replica_json(self.config, i, "/status", timeout)
         return body
 
@@ -444,14 +497,15 @@ class LocalCluster:
         each replica last reported."""
         return wait_converged(self.config, list(self.pids) if ids is None else ids, timeout)
 
-    def log_path(self, i: int) -> Path:
-        """Where replica ``i``'s output goes."""
-        return self.dir / "logs" / f"replica-{i}.log"
+    def log_path(self, i: Node) -> Path:
+        """Where the output of replica ``i``'s front process (or of process ``i``) goes."""
+        return self.dir / "logs" / f"{process_name(self._front(i), self.config.front_role)}.log"
 
-    def log_tail(self, i: int, lines: int = 20, this_run: bool = False) -> str:
-        """The last ``lines`` lines of replica ``i``'s log (``this_run``: only of the
-        latest process this cluster started, not of earlier runs)."""
-        start = self._log_start.get(i, 0) if this_run else 0
+    def log_tail(self, i: Node, lines: int = 20, this_run: bool = False) -> str:
+        """The last ``lines`` lines of replica ``i``'s (or process ``i``'s) log
+        (``this_run``: only of the latest process this cluster started, not of earlier
+        runs)."""
+        start = self._log_start.get(self._front(i), 0) if this_run else 0
         try:
             with open(self.log_path(i), "rb") as log:
                 log.seek(max(start, log.seek(0, os.SEEK_END) - 64 * 1024))
@@ -540,11 +594,11 @@ def _print_up(console: Any, cluster: LocalCluster) -> None:
     table = Table(title=f"{config.protocol} cluster, n={config.n}, f={config.f}")
     for column in ("id", "port", "http port", "pid", "log"):
         table.add_column(column)
-    pids = cluster.pids
-    for r in config.replicas:
+    pids = cluster.process_pids
+    for p in config.processes:
         table.add_row(
-            str(r.id), str(r.port), str(r.http_port), str(pids.get(r.id, "-")),
-            str(cluster.log_path(r.id)),
+            str(p.address), str(p.port), str(p.http_port), str(pids.get(p.address, "-")),
+            str(cluster.log_path(p.address)),
         )
     console.print(table)
     warning = no_fault_warning(config.protocol, config.n, config.f)
@@ -570,10 +624,11 @@ def _print_up(console: Any, cluster: LocalCluster) -> None:
 def _watch(console: Any, cluster: LocalCluster, stop: threading.Event) -> bool:
     """Until ``stop``: report replicas that die (with their log's tail), keep the rest.
     Returns whether any replica exited."""
-    reported: set[int] = set()
+    reported: set[Address] = set()
+    processes = [p.address for p in cluster.config.processes]
     while not stop.is_set():
         time.sleep(0.2)  # a signal interrupts the sleep; the handler sets ``stop``
-        for i in range(cluster.n):
+        for i in processes:
             code = cluster.returncode(i)
             if i in reported or code is None:
                 continue
@@ -585,7 +640,7 @@ def _watch(console: Any, cluster: LocalCluster, stop: threading.Event) -> bool:
             )
             print(cluster.log_tail(i, this_run=True))
             sys.stdout.flush()
-        if len(reported) == cluster.n:
+        if len(reported) == len(processes):
             console.print("[red]every replica has exited[/red]")
             return True
     return bool(reported)

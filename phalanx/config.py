@@ -14,6 +14,18 @@ protocol) and every replica's addresses and Ed25519 public key::
     http_port = 8000
     public_key = "<64 hex digits>"
 
+A replica's ``host``, ``port`` and ``http_port`` are those of its *front* process (the
+one that runs the application and that clients talk to). A protocol whose replicas run
+as several processes (:attr:`~phalanx.protocols.spec.ProtocolSpec.other_processes`) lists
+each further process, with the same key (every process of a replica speaks for it)::
+
+    [[replicas.processes]]
+    role = "preparer"
+    partition = 1
+    host = "10.0.0.7"
+    port = 7104
+    http_port = 8104
+
 Private keys live apart from it, as the hex of the 32-byte Ed25519 seed, in files that
 only their owner may read (mode 0600): the cluster file can be shared, the keys not.
 """
@@ -29,6 +41,7 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
+from phalanx.core.address import Address
 from phalanx.core.quorum import Quorums
 from phalanx.protocols import registry
 from phalanx.protocols.registry import available
@@ -42,6 +55,7 @@ APPS = ("kv", "ledger")
 """The replicated application: the key-value store or the ledger."""
 MAX_SUPPLY = (1 << 64) - 1
 _REPLICA_KEYS = ("id", "host", "port", "http_port", "public_key")
+_PROCESS_KEYS = ("role", "partition", "host", "port", "http_port")
 
 
 class ConfigError(ValueError):
@@ -64,14 +78,26 @@ def default_options(protocol: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """Where one process of a replica listens."""
+
+    address: Address
+    host: str
+    port: int  # replica-to-replica and client protocol traffic
+    http_port: int  # HTTP API and /metrics
+
+
+@dataclass(frozen=True, slots=True)
 class ReplicaInfo:
-    """What every node knows about replica ``id``."""
+    """What every node knows about replica ``id``: its key, where its front process
+    listens, and its other processes (if its protocol runs a replica as several)."""
 
     id: int
     host: str
     port: int  # replica-to-replica and client protocol traffic
     http_port: int  # HTTP API and /metrics
     public_key: bytes  # Ed25519 verify key, 32 bytes
+    processes: tuple[ProcessInfo, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +123,7 @@ class ClusterConfig:
             raise ConfigError(f"f must be a non-negative integer, got {self.f!r}")
         replicas = tuple(sorted(self.replicas, key=lambda r: r.id))
         object.__setattr__(self, "replicas", replicas)
-        _check_replicas(replicas)
+        _check_replicas(replicas, spec.front_role)
         n, need = len(replicas), spec.resilience.min_replicas(self.f)
         if n < need:
             raise ConfigError(
@@ -108,6 +134,7 @@ class ClusterConfig:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         object.__setattr__(self, "options", options)
+        _check_processes(replicas, spec, spec.options.from_table(options))
         _check_app(self.app, self.genesis)
 
     def protocol_options(self) -> Any:
@@ -134,6 +161,27 @@ class ClusterConfig:
         """Verify keys indexed by replica id."""
         return [r.public_key for r in self.replicas]
 
+    @property
+    def front_role(self) -> str:
+        """The role of every replica's front process (its protocol's)."""
+        return _spec(self.protocol).front_role
+
+    @property
+    def processes(self) -> list[ProcessInfo]:
+        """Every process of every replica: the front processes (by replica id), then the
+        others."""
+        role = self.front_role
+        fronts = [ProcessInfo(Address(r.id, role), r.host, r.port, r.http_port)
+                  for r in self.replicas]
+        return fronts + [p for r in self.replicas for p in r.processes]
+
+    def process(self, address: Address) -> ProcessInfo:
+        """The process at ``address``; KeyError if the cluster has none."""
+        for info in self.processes:
+            if info.address == address:
+                return info
+        raise KeyError(f"no process {address} in this cluster")
+
     def to_toml(self) -> str:
         """The configuration as TOML text that :func:`loads` reads back to an equal value."""
         lines = [f"protocol = {_toml_string(self.protocol)}", f"f = {self.f}",
@@ -153,6 +201,15 @@ class ClusterConfig:
                 f"http_port = {r.http_port}",
                 f'public_key = "{r.public_key.hex()}"',
             ]
+            for p in r.processes:
+                lines += [
+                    "[[replicas.processes]]",
+                    f"role = {_toml_string(p.address.role)}",
+                    f"partition = {p.address.partition}",
+                    f"host = {_toml_string(p.host)}",
+                    f"port = {p.port}",
+                    f"http_port = {p.http_port}",
+                ]
         return "\n".join(lines) + "\n"
 
     def dump(self, path: str | os.PathLike[str]) -> None:
@@ -193,26 +250,42 @@ def generate_cluster(
     overwrite: bool = False,
     app: str = "kv",
     genesis: dict[bytes, int] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> ClusterConfig:
     """Create keys and a cluster file for ``n`` replicas on one host.
 
     Writes ``out_dir/cluster.toml`` and ``out_dir/replica-<id>.key`` (mode 0600). ``f``
-    defaults to the most faults ``n`` replicas of ``protocol`` tolerate. Existing key
-    files are an error unless ``overwrite``: silently replacing a replica's identity is
-    rarely what anyone wants.
+    defaults to the most faults ``n`` replicas of ``protocol`` tolerate. Front processes
+    listen on ``base_port + id`` (HTTP: ``base_http_port + id``); a protocol's other
+    processes (:func:`process_count`) on the ports after those. Existing key files are an
+    error unless ``overwrite``: silently replacing a replica's identity is rarely what
+    anyone wants.
     """
     if n < 1:
         raise ConfigError(f"a cluster needs at least one replica, got n={n}")
+    spec = _spec(protocol)
     if f is None:
-        f = _spec(protocol).resilience.max_faults(n)
+        f = spec.resilience.max_faults(n)
+    try:
+        others = spec.other_processes(spec.options.from_table(options or {}))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     keys = [SigningKey.generate() for _ in range(n)]
+    replicas = []
+    for i, key in enumerate(keys):
+        first = n + i * len(others)  # the port offset of this replica's other processes
+        processes = tuple(
+            ProcessInfo(Address(i, role, partition), host, base_port + first + j,
+                        base_http_port + first + j)
+            for j, (role, partition) in enumerate(others)
+        )
+        replicas.append(ReplicaInfo(i, host, base_port + i, base_http_port + i,
+                                    bytes(key.verify_key), processes))
     config = ClusterConfig(
         protocol=protocol,
         f=f,
-        replicas=tuple(
-            ReplicaInfo(i, host, base_port + i, base_http_port + i, bytes(key.verify_key))
-            for i, key in enumerate(keys)
-        ),
+        replicas=tuple(replicas),
+        options=dict(options or {}),
         app=app,
         genesis=dict(genesis or {}),
     )
@@ -230,6 +303,25 @@ def generate_cluster(
         _write_private_key(key_path, bytes(key), overwrite)
     config.dump(out / CLUSTER_FILE)
     return config
+
+
+def process_name(address: Address, front_role: str) -> str:
+    """``replica-2`` for replica 2's front process, ``replica-2-preparer-1`` for its
+    process (preparer, 1): the name of a process's data directory and log file."""
+    if address.role == front_role and address.partition == 0:
+        return f"replica-{address.replica}"
+    return f"replica-{address.replica}-{address.role}-{address.partition}"
+
+
+def process_count(protocol: str, n: int, options: dict[str, Any] | None = None) -> int:
+    """How many processes ``n`` replicas of ``protocol`` run with ``options`` (``n`` for
+    a protocol whose replica is one process): the ports :func:`generate_cluster` uses
+    from each base port."""
+    spec = _spec(protocol)
+    try:
+        return n * (1 + len(spec.other_processes(spec.options.from_table(options or {}))))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_private_key(path: str | os.PathLike[str], public_key: bytes | None = None) -> bytes:
@@ -336,7 +428,7 @@ def _parse_replica(index: int, table: dict[str, Any]) -> ReplicaInfo:
     for name in _REPLICA_KEYS:
         if name not in table:
             raise ConfigError(f"{where}: missing field {name!r}")
-    unknown = sorted(set(table) - set(_REPLICA_KEYS))
+    unknown = sorted(set(table) - set(_REPLICA_KEYS) - {"processes"})
     if unknown:
         raise ConfigError(f"{where}: unknown field {unknown[0]!r}")
     for name in ("id", "port", "http_port"):
@@ -356,10 +448,36 @@ def _parse_replica(index: int, table: dict[str, Any]) -> ReplicaInfo:
             f"{where}: public_key must be {KEY_BYTES} bytes ({2 * KEY_BYTES} hex digits), "
             f"got {len(public_key)} bytes"
         )
-    return ReplicaInfo(table["id"], table["host"], table["port"], table["http_port"], public_key)
+    processes = table.get("processes", [])
+    if not isinstance(processes, list) or not all(isinstance(p, dict) for p in processes):
+        raise ConfigError(f"{where}: processes must be an array of tables "
+                          "([[replicas.processes]])")
+    return ReplicaInfo(table["id"], table["host"], table["port"], table["http_port"], public_key,
+                       tuple(_parse_process(f"{where}.processes[{j}]", table["id"], p)
+                             for j, p in enumerate(processes)))
 
 
-def _check_replicas(replicas: tuple[ReplicaInfo, ...]) -> None:
+def _parse_process(where: str, replica: int, table: dict[str, Any]) -> ProcessInfo:
+    for name in _PROCESS_KEYS:
+        if name not in table:
+            raise ConfigError(f"{where}: missing field {name!r}")
+    unknown = sorted(set(table) - set(_PROCESS_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r}")
+    for name in ("partition", "port", "http_port"):
+        if not _is_int(table[name]):
+            raise ConfigError(f"{where}: {name} must be an integer, got {table[name]!r}")
+    for name in ("role", "host"):
+        if not isinstance(table[name], str):
+            raise ConfigError(f"{where}: {name} must be a string, got {table[name]!r}")
+    try:
+        address = Address(replica, table["role"], table["partition"]).check()
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return ProcessInfo(address, table["host"], table["port"], table["http_port"])
+
+
+def _check_replicas(replicas: tuple[ReplicaInfo, ...], front_role: str) -> None:
     ids = [r.id for r in replicas]
     if ids != list(range(len(replicas))):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -368,22 +486,39 @@ def _check_replicas(replicas: tuple[ReplicaInfo, ...]) -> None:
     endpoints: dict[tuple[str, int], str] = {}
     keys: dict[bytes, int] = {}
     for r in replicas:
-        if not r.host:
-            raise ConfigError(f"replica {r.id}: host is empty")
         if len(r.public_key) != KEY_BYTES:
             raise ConfigError(f"replica {r.id}: public_key must be {KEY_BYTES} bytes")
-        for name, port in (("port", r.port), ("http_port", r.http_port)):
-            if not 1 <= port <= 65535:
-                raise ConfigError(f"replica {r.id}: {name} {port} is not in 1..65535")
-            owner = endpoints.setdefault((r.host, port), f"replica {r.id} {name}")
-            if owner != f"replica {r.id} {name}":
-                raise ConfigError(
-                    f"duplicate port {r.host}:{port}: replica {r.id} {name} and {owner}"
-                )
+        front = ProcessInfo(Address(r.id, front_role), r.host, r.port, r.http_port)
+        for p in (front, *r.processes):
+            what = f"replica {r.id}" if p is front else f"process {p.address}"
+            if p.address.replica != r.id:
+                raise ConfigError(f"{what} is listed under replica {r.id}")
+            if not p.host:
+                raise ConfigError(f"{what}: host is empty")
+            for name, port in (("port", p.port), ("http_port", p.http_port)):
+                if not 1 <= port <= 65535:
+                    raise ConfigError(f"{what}: {name} {port} is not in 1..65535")
+                owner = endpoints.setdefault((p.host, port), f"{what} {name}")
+                if owner != f"{what} {name}":
+                    raise ConfigError(f"duplicate port {p.host}:{port}: {what} {name} and {owner}")
         # Quorums count distinct signers; two replicas with one key would count twice.
         if r.public_key in keys:
             raise ConfigError(f"replicas {keys[r.public_key]} and {r.id} share the same public_key")
         keys[r.public_key] = r.id
+
+
+def _check_processes(replicas: tuple[ReplicaInfo, ...], spec: ProtocolSpec, options: Any) -> None:
+    """Each replica lists exactly the processes its protocol runs."""
+    wanted = sorted(spec.other_processes(options))
+    for r in replicas:
+        listed = sorted((p.address.role, p.address.partition) for p in r.processes)
+        if listed != wanted:
+            def names(ps: list[tuple[str, int]]) -> str:
+                return ", ".join(f"{role}/{part}" for role, part in ps) or "none"
+            raise ConfigError(
+                f"replica {r.id}: {spec.name} runs the processes [{names(wanted)}] besides "
+                f"the front one; the cluster file lists [{names(listed)}]"
+            )
 
 
 def _spec(protocol: str) -> ProtocolSpec:

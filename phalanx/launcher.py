@@ -1,5 +1,9 @@
 """One replica process: config + key -> crypto, core, store, transport, driver, HTTP API.
 
+A replica's front process (the only one, for most protocols) runs the replica host —
+the application, its certificates and snapshots — and the full API; a protocol's other
+processes (ScalablePBFT's roles, say) run their core with ``/status`` and ``/metrics``.
+
 The composition root of a replica: it chooses the application (key-value store or
 ledger) and the API, and wires them to the asyncio runtime, so it sits above both
 :mod:`phalanx.runtime` and :mod:`phalanx.api`. ``phalanx node`` calls
@@ -29,9 +33,12 @@ from aiohttp import web
 
 from phalanx.api.http import make_app
 from phalanx.api.ledger import Gateway, LedgerApi
-from phalanx.config import ClusterConfig, load, load_private_key
+from phalanx.config import ClusterConfig, load, load_private_key, process_name
+from phalanx.core.address import Address
+from phalanx.core.node import ReplicaCore
 from phalanx.crypto.ed25519 import Ed25519NodeCrypto
 from phalanx.crypto.keys import KeyPair
+from phalanx.host import ReplicaHost
 from phalanx.ledger.state import make_ledger_factory
 from phalanx.measure.accounting import Accounting, timed_factory
 from phalanx.protocols.registry import protocol
@@ -73,7 +80,8 @@ def bind_listener(host: str, port: int, what: str) -> socket.socket:
 
 
 class ReplicaServer:
-    """Everything one replica runs, started and stopped together.
+    """Everything one replica process runs, started and stopped together: ``process``
+    names it (a replica id: its front process).
 
     ``listeners`` are the replica and HTTP sockets, already bound (see
     :func:`serve_replica`); without them :meth:`start` binds the configured ports."""
@@ -81,7 +89,7 @@ class ReplicaServer:
     def __init__(
         self,
         config: ClusterConfig,
-        replica_id: int,
+        process: int | Address,
         seed: bytes,
         data_dir: str | None,
         durability: str = "fsync",
@@ -93,14 +101,16 @@ class ReplicaServer:
     ):
         self.config = config
         self.listeners = listeners
-        self.replica_id = replica_id
-        info = config.replica(replica_id)
-        self.info = info
+        address = Address(process, config.front_role) if isinstance(process, int) else process
+        self.address = address
+        self.replica_id = replica_id = address.replica
+        self.info = config.process(address)
+        self.front = address.role == config.front_role
         keypair = KeyPair.from_seed(seed)
         public_keys = list(config.public_keys)
         spec = self.spec = protocol(config.protocol)
         quorums = config.quorums
-        self.metrics = Metrics(replica=str(replica_id))
+        self.metrics = Metrics(replica=str(address))
         crypto = Ed25519NodeCrypto(replica_id, keypair, public_keys)
         make_app = kv_factory(burn_us_per_op)
         if config.app == "ledger":
@@ -110,13 +120,20 @@ class ReplicaServer:
         self.accounting = Accounting(spec.phases) if accounting else None
         if self.accounting is not None:
             make_app = timed_factory(make_app, self.accounting)
-        self.core = spec.make_replica(replica_id, quorums, crypto, make_app, config.options)
+        self.host: ReplicaHost | None = None
+        self.core: ReplicaCore
+        if self.front:
+            hosted = spec.make_replica(replica_id, quorums, crypto, make_app, config.options)
+            self.core, self.host = hosted, hosted.host
+        else:
+            assert spec.make_process is not None  # the config lists no process without it
+            self.core = spec.make_process(address, quorums, crypto, config.protocol_options())
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
         self.store = Store(data_dir, durable=durability == "fsync") if data_dir else None
-        addrs = {r.id: (r.host, r.port) for r in config.replicas}
+        addrs = {p.address: (p.host, p.port) for p in config.processes}
         self.transport = Transport(
-            replica_id, keypair, addrs, public_keys, spec.decoder(),
+            address, keypair, addrs, public_keys, spec.decoder(),
             None, None, self.metrics,
         )
         self.transport.accounting = self.accounting
@@ -139,17 +156,20 @@ class ReplicaServer:
         the application state; a block state machine (the ledger) also reports its head
         block's ``height`` and ``block_hash``.
         """
-        app = self.core.host.app  # replaced when a snapshot is installed: look it up each time
         body: dict[str, Any] = {
             "protocol": self.config.protocol,
             "app": self.config.app,
             "n": self.config.n,
             "f": self.config.f,
+            "process": str(self.address),
             "pid": os.getpid(),
-            "public_key": self.info.public_key.hex(),
+            "public_key": self.config.replica(self.replica_id).public_key.hex(),
             **self.spec.status(self.core),
-            "state_root": app.state_root().hex(),
         }
+        if self.host is None:
+            return body
+        app = self.host.app  # replaced when a snapshot is installed: look it up each time
+        body["state_root"] = app.state_root().hex()
         if isinstance(app, BlockStateMachine):
             height, block_hash = app.last_block()
             body["height"] = height
@@ -161,7 +181,7 @@ class ReplicaServer:
         await self.transport.start(self.info.host, self.info.port, sock=replica_sock)
         self.driver.start()
         app = make_app(self.driver, self.metrics, self.describe)
-        if self.config.app == "ledger":
+        if self.config.app == "ledger" and self.host is not None:
             # POST /tx, GET /tx, /account, /block; admitted txs enter ordering through
             # this process's gateway clients.
             self.gateway = Gateway(self.config)
@@ -169,7 +189,7 @@ class ReplicaServer:
             from phalanx.api.block_fetch import BlockFetcher
 
             self.blocks = BlockFetcher(self.config, self.replica_id)
-            LedgerApi(self.core.host, self.store, self.gateway, self.metrics,
+            LedgerApi(self.host, self.store, self.gateway, self.metrics,
                       blocks=self.blocks).install(app)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
@@ -177,7 +197,7 @@ class ReplicaServer:
             await web.SockSite(self._http, http_sock).start()
         else:
             await web.TCPSite(self._http, self.info.host, self.info.http_port).start()
-        log.info("replica %d serving on %s:%d (HTTP %d)", self.replica_id, self.info.host,
+        log.info("replica %s serving on %s:%d (HTTP %d)", self.address, self.info.host,
                  self.info.port, self.info.http_port)
 
     async def close(self) -> None:
@@ -193,7 +213,7 @@ class ReplicaServer:
             self.store.close()
 
     def _fatal(self, error: BaseException) -> None:
-        log.critical("replica %d stopping: %r", self.replica_id, error)
+        log.critical("replica %s stopping: %r", self.address, error)
         self.stopped.set()
 
 
@@ -216,39 +236,49 @@ def serve_replica(
     data_dir: str | None = None,
     durability: str = "fsync",
     *,
+    role: str | None = None,
+    partition: int = 0,
     accounting: bool = True,
     wan_path: str | None = None,
     burn_us_per_op: float = 0.0,
 ) -> int:
-    """Run replica ``replica_id`` until SIGINT/SIGTERM. Returns the exit code.
+    """Run process (``role``, ``partition``) of replica ``replica_id`` — by default its
+    front process — until SIGINT/SIGTERM. Returns the exit code.
 
     Raises ValueError or OSError (with a message for the operator) when it cannot start:
-    an unknown id, a bad key, the data directory locked by a running replica
+    an unknown id or process, a bad key, the data directory locked by a running process
     (:class:`~phalanx.storage.lock.DataDirInUse`), a port in use."""
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s r{replica_id} %(levelname)s %(message)s"
-    )
     config = load(config_path)
+    address = Address(replica_id, config.front_role if role is None else role, partition)
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s r{address} %(levelname)s %(message)s"
+    )
     if not 0 <= replica_id < config.n:
         raise ValueError(f"{config_path} has no replica {replica_id}: its {config.n} "
                          f"replicas have ids 0..{config.n - 1}")
+    try:
+        info = config.process(address)
+    except KeyError:
+        known = ", ".join(str(p.address) for p in config.processes if p.address.replica
+                          == replica_id)
+        raise ValueError(f"{config_path} has no process {address}: replica {replica_id} "
+                         f"runs {known}") from None
     if durability not in DURABILITY:
         raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
     base = Path(config_path).parent
     key = Path(key_path) if key_path else base / f"replica-{replica_id}.key"
-    info = config.replica(replica_id)
-    seed = load_private_key(key, info.public_key)
-    data = data_dir or str(base / "data" / f"replica-{replica_id}")
+    seed = load_private_key(key, config.replica(replica_id).public_key)
+    data = data_dir or str(base / "data" / process_name(address, config.front_role))
     wan = WanPlan.load(wan_path) if wan_path else None
+    what = f"replica {address}"
     with contextlib.ExitStack() as held:
         # Lock, then ports, then the store (see the module docstring).
-        held.enter_context(DataDirLock(data, f"replica {replica_id}"))
+        held.enter_context(DataDirLock(data, what))
         listeners = (
-            held.enter_context(bind_listener(info.host, info.port, f"replica {replica_id}")),
-            held.enter_context(bind_listener(info.host, info.http_port,
-                                             f"replica {replica_id}'s HTTP API")),
+            held.enter_context(bind_listener(info.host, info.port, what)),
+            held.enter_context(bind_listener(info.host, info.http_port, f"{what}'s HTTP API")),
         )
-        server = ReplicaServer(config, replica_id, seed, data, durability,
+        server = ReplicaServer(config, address, seed, data, durability,
                                accounting=accounting, wan=wan,
                                burn_us_per_op=burn_us_per_op, listeners=listeners)
         run(_serve(server))

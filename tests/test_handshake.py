@@ -9,6 +9,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
+from phalanx.core.address import Address
 from phalanx.crypto import KeyPair, pairwise_key
 from phalanx.runtime.framing import TO_ACCEPTOR, TO_CONNECTOR
 from phalanx.runtime.handshake import (
@@ -35,17 +36,18 @@ def vet_for(me: int) -> Callable[[Hello], tuple[PeerId, bytes]]:
     """Replica ``me``'s admission policy: replicas of the cluster and any client."""
 
     def vet(hello: Hello) -> tuple[PeerId, bytes]:
-        if hello.role == "client":
+        if hello.kind == "client":
             return hello.client, pairwise_key(REPLICAS[me], hello.client)
-        if not 0 <= hello.replica < len(REPLICAS) or hello.replica == me:
-            raise HandshakeError("unknown_replica", f"replica id {hello.replica}")
-        return hello.replica, pairwise_key(REPLICAS[me], REPLICAS[hello.replica].public_key)
+        sender = hello.sender
+        if sender is None or not 0 <= sender.replica < len(REPLICAS) or sender.replica == me:
+            raise HandshakeError("unknown_replica", f"sender {sender}")
+        return sender, pairwise_key(REPLICAS[me], REPLICAS[sender.replica].public_key)
 
     return vet
 
 
 def replica_hello(me: int, target: int, nonce: bytes = NONCE_C) -> Hello:
-    return Hello(PROTOCOL_VERSION, "replica", me, b"", target, nonce)
+    return Hello(PROTOCOL_VERSION, "replica", Address(me), b"", Address(target), nonce)
 
 
 def connector(me: int, target: int, key_pair: KeyPair | None = None) -> ConnectorHandshake:
@@ -67,7 +69,7 @@ def test_two_replicas_authenticate_each_other_and_share_one_session_key() -> Non
     opened = acceptor.receive(confirm.reply)
     assert opened.reply is None and opened.established is not None
     at_dialer, at_acceptor = confirm.established, opened.established
-    assert (at_dialer.peer, at_acceptor.peer) == (0, 1)
+    assert (at_dialer.peer, at_acceptor.peer) == (Address(0), Address(1))
     assert not at_dialer.peer_is_client and not at_acceptor.peer_is_client
     assert at_dialer.key == at_acceptor.key and len(at_dialer.key) == 32
     # Each end sends in the direction the other receives.
@@ -77,7 +79,7 @@ def test_two_replicas_authenticate_each_other_and_share_one_session_key() -> Non
 
 def test_a_client_is_named_by_its_public_key() -> None:
     client = KeyPair.from_seed(b"k" * 32)
-    hello = Hello(PROTOCOL_VERSION, "client", -1, client.public_key, 0, NONCE_C)
+    hello = Hello(PROTOCOL_VERSION, "client", None, client.public_key, Address(0), NONCE_C)
     dialer = ConnectorHandshake(hello, pairwise_key(client, REPLICAS[0].public_key))
     acceptor = AcceptorHandshake(vet_for(0), NONCE_A)
     confirm = dialer.receive(acceptor.receive(dialer.hello_bytes).reply or b"")
@@ -126,7 +128,7 @@ def test_a_connector_without_the_claimed_identitys_key_is_refused() -> None:
 def test_a_confirm_made_for_another_hello_cannot_be_spliced_on() -> None:
     # A man in the middle claims "client with replica 1's key" to replica 0 and relays
     # the Confirm replica 1 made for its own, honest Hello with the same nonce.
-    claim = Hello(PROTOCOL_VERSION, "client", -1, REPLICAS[1].public_key, 0, NONCE_C)
+    claim = Hello(PROTOCOL_VERSION, "client", None, REPLICAS[1].public_key, Address(0), NONCE_C)
     acceptor = AcceptorHandshake(vet_for(0), NONCE_A)
     accept = acceptor.receive(msgspec.msgpack.encode(claim))
     assert accept.reply is not None
@@ -143,9 +145,10 @@ def test_a_confirm_made_for_another_hello_cannot_be_spliced_on() -> None:
 @pytest.mark.parametrize(
     ("hello", "expected"),
     [
-        (Hello(9, "replica", 1, b"", 0, NONCE_C), "bad_version"),
-        (Hello(PROTOCOL_VERSION, "replica", 1, b"", 0, b"short"), "malformed"),
-        (Hello(PROTOCOL_VERSION, "replica", 7, b"", 0, NONCE_C), "unknown_replica"),
+        (Hello(9, "replica", Address(1), b"", Address(0), NONCE_C), "bad_version"),
+        (Hello(PROTOCOL_VERSION, "replica", Address(1), b"", Address(0), b"short"), "malformed"),
+        (Hello(PROTOCOL_VERSION, "replica", Address(7), b"",
+               Address(0), NONCE_C), "unknown_replica"),
     ],
 )
 def test_a_hello_the_acceptor_cannot_admit_is_refused(hello: Hello, expected: str) -> None:

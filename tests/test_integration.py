@@ -24,6 +24,7 @@ import pytest
 
 from phalanx.cluster import LocalCluster, free_port_block, replica_json, wait_converged
 from phalanx.config import ClusterConfig, load
+from phalanx.core.address import Address
 from phalanx.crypto.keys import KeyPair, pairwise_key
 from phalanx.runtime import run
 from phalanx.runtime.client import ClientRunner
@@ -364,7 +365,7 @@ def _client_session(cluster: LocalCluster, i: int) -> tuple[socket.socket, Frame
     sock = _connect(cluster, i)
     nonce_c = os.urandom(NONCE_SIZE)
     hello = msgspec.msgpack.encode(
-        Hello(PROTOCOL_VERSION, "client", -1, keypair.public_key, i, nonce_c)
+        Hello(PROTOCOL_VERSION, "client", None, keypair.public_key, Address(i), nonce_c)
     )
     sock.sendall(FrameEncoder().encode(hello))
     accept = msgspec.msgpack.decode(_read_frame(sock), type=Accept)
@@ -396,7 +397,8 @@ def test_bad_input_is_dropped_and_counted_and_the_replica_keeps_serving(
         sock.sendall(struct.pack(">I", 0xFFFF_FFFF) + b"x" * 64)
         assert _closed_by_peer(sock)
     with _connect(cluster, target) as sock:
-        hello = Hello(PROTOCOL_VERSION, "replica", 99, b"", target, os.urandom(NONCE_SIZE))
+        hello = Hello(PROTOCOL_VERSION, "replica", Address(99), b"",
+                      Address(target), os.urandom(NONCE_SIZE))
         sock.sendall(FrameEncoder().encode(msgspec.msgpack.encode(hello)))
         assert _closed_by_peer(sock)
 

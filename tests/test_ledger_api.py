@@ -16,6 +16,7 @@ from phalanx.api.ledger import MAX_TX_BODY, Gateway, LedgerApi
 from phalanx.client.ledger import LedgerClient, ProofError
 from phalanx.client.wallet import Wallet
 from phalanx.config import generate_cluster
+from phalanx.core.address import Address
 from phalanx.core.quorum import Quorums
 from phalanx.crypto.ed25519 import Ed25519NodeCrypto
 from phalanx.crypto.keys import KeyPair
@@ -252,7 +253,7 @@ def test_unknown_endpoints_and_methods_answer_json_refusals_with_a_reason(world)
 
     _config, core, store, gateway = world
     metrics = Metrics("0")
-    driver = ReplicaDriver(core, SimpleNamespace(), store, metrics)  # type: ignore[arg-type]
+    driver = ReplicaDriver(core, SimpleNamespace(me=Address(0)), store, metrics)  # type: ignore[arg-type]
 
     async def main() -> None:
         app = make_app(driver, metrics, lambda: {})

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from phalanx.core.address import Address
 from phalanx.core.effects import (
     Broadcast,
     CancelTimer,
@@ -64,6 +65,7 @@ class FakeStore:
 
 class FakeTransport:
     peer_count = N - 1
+    me = Address(0)
 
     def __init__(self, log: Log) -> None:
         self.log = log

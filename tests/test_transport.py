@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from phalanx.core.address import Address
 from phalanx.core.effects import Broadcast, Completed, Send, SetTimer
 from phalanx.core.messages import Reply, Request, encode, message_decoder
 from phalanx.crypto import KeyPair, pairwise_key
@@ -90,7 +91,7 @@ class Cluster:
             self.addrs,
             self.public_keys,
             decoder(),
-            lambda src, msg: inbox.append((src, msg)),
+            lambda src, msg: inbox.append((src.replica, msg)),
             lambda client, msg: inbox.append((client, msg)),
             self.metrics[i],
             **self.transport_kw,
@@ -200,7 +201,8 @@ async def handshake_as_client(
     """A hand-rolled client handshake: returns the stream and its session key."""
     reader, writer = await asyncio.open_connection(HOST, port)
     nonce_c = os.urandom(32)
-    hello = msgspec.msgpack.encode(Hello(PV, "client", -1, keypair.public_key, target, nonce_c))
+    hello = msgspec.msgpack.encode(Hello(PV, "client", None, keypair.public_key,
+                                         Address(target), nonce_c))
     writer.write(FrameEncoder().encode(hello))
     accept = msgspec.msgpack.decode(await read_frame(reader), type=Accept)
     k = pairwise_key(keypair, replica_pk)
@@ -232,16 +234,23 @@ def test_garbage_connection_is_dropped_and_counted(garbage: bytes) -> None:
     run(main())
 
 
-@pytest.mark.parametrize("claimed", [7, -1, 0])  # unknown, invalid, the acceptor itself
-def test_hello_for_unknown_replica_id_is_dropped_and_counted(claimed: int) -> None:
+@pytest.mark.parametrize(("claimed", "reason"), [
+    (Address(7), "unknown_replica"),  # no such replica
+    (Address(-1), "unknown_replica"),  # no replica id at all
+    (Address(0), "unknown_process"),  # the acceptor itself
+    (Address(1, "preparer", 0), "unknown_process"),  # a process replica 1 does not run
+])
+def test_hello_from_an_unknown_replica_or_process_is_dropped_and_counted(
+    claimed: Address, reason: str
+) -> None:
     async def main() -> None:
         async with Cluster() as c:
             reader, writer = await asyncio.open_connection(HOST, c.ports[0])
-            hello = Hello(PV, "replica", claimed, b"", 0, os.urandom(32))
+            hello = Hello(PV, "replica", claimed, b"", Address(0), os.urandom(32))
             writer.write(FrameEncoder().encode(msgspec.msgpack.encode(hello)))
             assert await closed_by_peer(reader)
             writer.close()
-            await until(lambda: c.metrics[0].get("dropped_hs_unknown_replica") == 1)
+            await until(lambda: c.metrics[0].get(f"dropped_hs_{reason}") == 1)
             await still_healthy(c, 2)
 
     run(main())
@@ -252,7 +261,8 @@ def test_impostor_without_the_replica_key_fails_the_handshake() -> None:
         async with Cluster() as c:
             reader, writer = await asyncio.open_connection(HOST, c.ports[0])
             nonce_c = os.urandom(32)
-            hello = msgspec.msgpack.encode(Hello(PV, "replica", 1, b"", 0, nonce_c))
+            hello = msgspec.msgpack.encode(Hello(PV, "replica", Address(1), b"",
+                                                 Address(0), nonce_c))
             writer.write(FrameEncoder().encode(hello))
             accept = msgspec.msgpack.decode(await read_frame(reader), type=Accept)
             # The impostor knows everything but replica 1's private key.
@@ -276,10 +286,12 @@ def test_replica_handshake_cannot_be_spliced_onto_a_client_claim() -> None:
         async with Cluster() as c:
             reader, writer = await asyncio.open_connection(HOST, c.ports[0])
             nonce_c = os.urandom(32)
-            claim = msgspec.msgpack.encode(Hello(PV, "client", -1, c.public_keys[1], 0, nonce_c))
+            claim = msgspec.msgpack.encode(Hello(PV, "client", None, c.public_keys[1],
+                                                 Address(0), nonce_c))
             writer.write(FrameEncoder().encode(claim))
             accept = msgspec.msgpack.decode(await read_frame(reader), type=Accept)
-            honest = msgspec.msgpack.encode(Hello(PV, "replica", 1, b"", 0, nonce_c))
+            honest = msgspec.msgpack.encode(Hello(PV, "replica", Address(1), b"",
+                                                  Address(0), nonce_c))
             k = pairwise_key(c.keys[1], c.public_keys[0])
             relayed = Confirm(confirm_tag(k, hello_digest(honest), accept.nonce))
             writer.write(FrameEncoder().encode(msgspec.msgpack.encode(relayed)))
@@ -295,7 +307,7 @@ def test_invalid_client_key_is_rejected_at_hello() -> None:
     async def main() -> None:
         async with Cluster() as c:
             reader, writer = await asyncio.open_connection(HOST, c.ports[0])
-            hello = Hello(PV, "client", -1, b"\x00" * 32, 0, os.urandom(32))
+            hello = Hello(PV, "client", None, b"\x00" * 32, Address(0), os.urandom(32))
             writer.write(FrameEncoder().encode(msgspec.msgpack.encode(hello)))
             assert await closed_by_peer(reader)
             writer.close()
@@ -415,7 +427,7 @@ def test_send_queue_to_an_unreachable_peer_is_bounded() -> None:
         t0 = await c.start(0)  # replicas 1 and 2 never come up
         for seq in range(1000):
             t0.send(1, encode(prepare(seq)))
-        assert t0.dialers[1].queue.nbytes <= 10_000
+        assert t0.dialers[Address(1)].queue.nbytes <= 10_000
         assert c.metrics[0].get("dropped_send_queue_full") > 0
         t0.send(1, b"x" * 2000)
         t0.send(9, b"x")
@@ -433,7 +445,7 @@ def test_links_come_back_after_a_peer_restarts() -> None:
     async def main() -> None:
         async with Cluster() as c:
             await c[1].close()
-            await until(lambda: 1 not in c[0].connected_replicas)
+            await until(lambda: Address(1) not in c[0].connected_replicas)
             c[0].send(1, encode(prepare(100)))  # queued while 1 is down
             restarted = await c.start(1)
             await restarted.wait_connected()

@@ -40,8 +40,11 @@ def digest_tree(directory: Path) -> dict[str, str]:
 def test_status_of_another_clusters_replica_or_process_is_not_ready(tmp_path: Path) -> None:
     ours = generate_cluster(tmp_path / "a", 4)
     theirs = generate_cluster(tmp_path / "b", 4)
-    status = {"replica": 1, "pid": 42, "public_key": ours.replica(1).public_key.hex()}
+    status = {"replica": 1, "process": "1", "pid": 42,
+              "public_key": ours.replica(1).public_key.hex()}
     assert identity_mismatch(status, ours, 1, pid=42) is None
+    witness = {**status, "process": "1/witness/0"}
+    assert "answers on replica 1's HTTP port" in identity_mismatch(witness, ours, 1)
     assert identity_mismatch(status, ours, 1) is None
     assert "another cluster" in identity_mismatch(status, theirs, 1)
     assert "another process" in identity_mismatch(status, ours, 1, pid=43)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from phalanx.api.http import make_app
 from phalanx.byzantine.generate import MessageGenerator, TrafficPool
+from phalanx.core.address import Address
 from phalanx.core.messages import Request, decode_batch, encode
 from phalanx.core.quorum import Quorums
 from phalanx.protocols.pbft.config import PbftConfig
@@ -144,7 +145,7 @@ def test_mutated_messages_never_crash_a_replica(seed: int, flips: list[tuple[int
             msg = _DECODER.decode(bytes(data))
         except (msgspec.DecodeError, UnicodeDecodeError):
             continue  # invalid UTF-8 in a str field raises UnicodeDecodeError, not DecodeError
-        assert isinstance(replica.on_message(seed % 4, msg), list)
+        assert isinstance(replica.on_message(Address(seed % 4), msg), list)
         assert isinstance(replica.on_client_message(b"c" * 32, msg), list)
 
 
@@ -155,6 +156,7 @@ class _Wire:
     """The transport seen by the driver: records what it would send."""
 
     peer_count = 3
+    me = Address(0)
 
     def __init__(self) -> None:
         self.on_replica_message: Any = None
@@ -222,7 +224,8 @@ def test_hello_with_invalid_utf8_is_a_counted_malformed_handshake() -> None:
 
     from phalanx.runtime.handshake import Hello
 
-    hello = bytearray(msgspec.msgpack.encode(Hello(1, "client", -1, b"k" * 32, 0, b"n" * 32)))
+    hello = bytearray(msgspec.msgpack.encode(Hello(1, "client", None, b"k" * 32,
+                                                   Address(0), b"n" * 32)))
     hello[hello.index(b"client")] = 0xFF
 
     async def main() -> None:

@@ -59,11 +59,11 @@ from phalanx.measure.accounting import unwrap
 from phalanx.protocols.registry import protocol
 from phalanx.runtime.client import (
     ClientMux,
-    ClientTransport,
     RequestFailed,
     RequestNotAccepted,
     RequestRefused,
 )
+from phalanx.runtime.cluster_client import client_transport
 from phalanx.runtime.metrics import Metrics
 
 MAX_TX_BODY = 2048
@@ -208,9 +208,7 @@ class Gateway:
         keys = list(config.public_keys)
         quorums = config.quorums
         spec = protocol(config.protocol)
-        addrs = {r.id: (r.host, r.port) for r in config.replicas}
-        transport = ClientTransport(KeyPair.generate(), addrs, keys, spec.decoder(), None,
-                                    self.metrics)
+        transport = client_transport(config, KeyPair.generate(), self.metrics)
         self._mux = mux = ClientMux(transport)
         first = time.time_ns() // 1000
         for _ in range(self.clients):

@@ -42,6 +42,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from phalanx.core.address import Address
 from phalanx.core.effects import Broadcast, CancelTimer, Completed, Send, SetTimer, ToClient
 from phalanx.core.messages import encode
 from phalanx.crypto.ed25519 import Ed25519ClientCrypto, Ed25519NodeCrypto
@@ -83,6 +84,8 @@ class _Harness:
             crypto = Ed25519ClientCrypto(KeyPair.generate(), public)
             self.clients.append(spec.make_client(crypto, quorums, 5.0))
         self.by_id = {c.client_id: c for c in self.clients}
+        # The harness runs one process per replica (a protocol's front processes).
+        self.addresses = [Address(i, spec.front_role) for i in range(n)]
         self.decoder = spec.decoder()
         self.queue: deque[tuple[Any, Any, bytes]] = deque()  # (dst, src, wire)
         self.value = os.urandom(payload)
@@ -135,7 +138,7 @@ class _Harness:
         start = time.perf_counter_ns()
         msg = self.decoder.decode(wire)
         if isinstance(src, int):
-            effects = core.on_message(src, msg)
+            effects = core.on_message(self.addresses[src], msg)
         else:
             effects = core.on_client_message(src, msg)
         spent = time.perf_counter_ns() - start - (acct.exec_ns - exec_before)
@@ -179,7 +182,8 @@ class _Harness:
         for e in effects:
             kind = type(e)
             if kind is Send:
-                self.queue.append((e.dest, src, self._encode(e.msg)))
+                dest = e.dest if isinstance(e.dest, int) else e.dest.replica
+                self.queue.append((dest, src, self._encode(e.msg)))
             elif kind is Broadcast:
                 wire = self._encode(e.msg)
                 for dst in range(self.n):
@@ -196,7 +200,8 @@ class _Harness:
         for e in effects:
             kind = type(e)
             if kind is Send:
-                self.queue.append((e.dest, client.client_id, self._encode(e.msg)))
+                dest = e.dest if isinstance(e.dest, int) else e.dest.replica
+                self.queue.append((dest, client.client_id, self._encode(e.msg)))
             elif kind is Broadcast:
                 wire = self._encode(e.msg)
                 for dst in range(self.n):
@@ -306,12 +311,12 @@ def _cpu() -> float:
 
 
 def _transport(me: int, keys: list[KeyPair], ports: list[int],
-               on_message: Callable[[int, Any], None] | None) -> Any:
+               on_message: Callable[[Address, Any], None] | None) -> Any:
     from phalanx.runtime.metrics import Metrics
     from phalanx.runtime.transport import Transport
 
-    addrs = {i: ("127.0.0.1", p) for i, p in enumerate(ports)}
-    return Transport(me, keys[me], addrs, [k.public_key for k in keys],
+    addrs = {Address(i): ("127.0.0.1", p) for i, p in enumerate(ports)}
+    return Transport(Address(me), keys[me], addrs, [k.public_key for k in keys],
                      msgspec.msgpack.Decoder(bytes), on_message, None, Metrics(me))
 
 
@@ -323,7 +328,7 @@ def _receiver(seeds: list[bytes], ports: list[int], frames: int, out: Any) -> No
         state = {"count": 0, "cpu0": 0.0}
         done = asyncio.Event()
 
-        def on_message(src: int, msg: Any) -> None:
+        def on_message(src: Address, msg: Any) -> None:
             if state["count"] == 0:
                 state["cpu0"] = _cpu()
             state["count"] += 1
@@ -350,18 +355,19 @@ def _send_frames(seeds: list[bytes], ports: list[int], frames: int, size: int) -
         keys = [KeyPair.from_seed(s) for s in seeds]
         transport = _transport(0, keys, ports, None)
         await transport.start("127.0.0.1", ports[0])
-        await transport.wait_connected({1}, timeout=10)
+        receiver = Address(1)
+        await transport.wait_connected({receiver}, timeout=10)
         data = encode(os.urandom(size))  # type: ignore[arg-type]
         cpu0 = _cpu()
         sent = 0
         while sent < frames:
             for _ in range(min(BURST, frames - sent)):
-                transport.send(1, data)
+                transport.send(receiver, data)
                 sent += 1
             await asyncio.sleep(0)  # one loop turn: the burst goes out in one write
         # Everything queued (the link may have paused on a full socket) must be written
         # before the CPU is read, or the cost of the tail is missed.
-        dialer = transport.dialers[1]
+        dialer = transport.dialers[receiver]
         while dialer.queue or (dialer.link is not None and dialer.link.transport is not None
                                and dialer.link.transport.get_write_buffer_size()):
             await asyncio.sleep(0.001)

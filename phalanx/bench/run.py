@@ -3,8 +3,9 @@
 The run, in order:
 
 1. a working directory with a fresh cluster config, keys and empty data directories;
-   replica ``i`` listens on ``base_port + i`` and serves HTTP on ``base_port + n + i``;
-2. ``n`` replica processes (``phalanx node``), logs in ``logs/``; every ``/status`` up;
+   replica ``i`` listens on ``base_port + i`` and serves HTTP on ``base_port + P + i``
+   (``P`` processes: ``n`` unless the protocol runs a replica as several);
+2. the ``P`` replica processes (``phalanx node``), logs in ``logs/``; every ``/status`` up;
 3. ``client_procs`` load generators (:mod:`phalanx.bench.loadgen`) sharing the clients;
    once all are connected they get one wall-clock window: ``warmup`` seconds of load,
    then ``duration`` measured seconds; the load stays on past the end of the window;
@@ -58,7 +59,16 @@ from phalanx.bench.results import (
 )
 from phalanx.bench.summary import render_summary
 from phalanx.cluster import identity_mismatch
-from phalanx.config import CLUSTER_FILE, ClusterConfig, default_options, generate_cluster
+from phalanx.config import (
+    CLUSTER_FILE,
+    ClusterConfig,
+    ReplicaInfo,
+    default_options,
+    generate_cluster,
+    process_count,
+    process_name,
+)
+from phalanx.core.address import Address
 from phalanx.protocols.registry import protocol
 from phalanx.runtime import run
 from phalanx.runtime.linkfaults import LINK_FAULTS_ENV
@@ -183,22 +193,22 @@ def make_cluster(
     genesis: dict[bytes, int] | None = None,
 ) -> ClusterConfig:
     """A fresh cluster in ``workdir``: new keys, the given options, no old data."""
+    options = _options(args, args.protocol)
     config = generate_cluster(
         workdir, args.n, f=getattr(args, "f", None), protocol=args.protocol,
-        base_port=args.base_port, base_http_port=args.base_port + args.n, overwrite=True,
-        app=app, genesis=genesis,
+        base_port=args.base_port,
+        base_http_port=args.base_port + process_count(args.protocol, args.n, options),
+        overwrite=True, app=app, genesis=genesis, options=options,
     )
-    options = _options(args, args.protocol)
-    if options:
-        config = dataclasses.replace(config, options={**config.options, **options})
-        config.dump(workdir / CLUSTER_FILE)
     shutil.rmtree(workdir / "data", ignore_errors=True)
     (workdir / "logs").mkdir(exist_ok=True)
     return config
 
 
 class Cluster:
-    """The replicas of one bench run, as seen through their HTTP API."""
+    """The replicas of one bench run, as seen through their HTTP API. Replica ids name
+    every process of a replica (killed and restarted together) or, for its API, its
+    front process."""
 
     def __init__(self, config: ClusterConfig, workdir: Path, children: Children,
                  session: aiohttp.ClientSession, durability: str = "fsync",
@@ -215,50 +225,63 @@ class Cluster:
     def live(self) -> list[int]:
         return [r.id for r in self.config.replicas if r.id not in self.killed]
 
-    def url(self, replica_id: int, path: str) -> str:
-        info = self.config.replica(replica_id)
+    def url(self, node: int | Address, path: str) -> str:
+        address = Address(node, self.config.front_role) if isinstance(node, int) else node
+        info = self.config.process(address)
         return f"http://{info.host}:{info.http_port}{path}"
 
-    def _argv(self, replica_id: int) -> list[str]:
-        return [sys.executable, "-m", "phalanx.cli", "node",
-                "--config", str(self.workdir / CLUSTER_FILE), "--id", str(replica_id),
+    def _name(self, address: Address) -> str:
+        return process_name(address, self.config.front_role)
+
+    def _processes(self, replica_id: int) -> list[Address]:
+        return [p.address for p in self.config.processes if p.address.replica == replica_id]
+
+    def _argv(self, address: Address) -> list[str]:
+        argv = [sys.executable, "-m", "phalanx.cli", "node",
+                "--config", str(self.workdir / CLUSTER_FILE), "--id", str(address.replica),
                 "--durability", self.durability, *self.node_flags]
+        if address.role != self.config.front_role or address.partition:
+            argv += ["--role", address.role, "--partition", str(address.partition)]
+        return argv
 
     async def restart(self, replica_id: int) -> None:
-        """Start a killed replica again on its data directory (the nemesis)."""
-        name = f"replica-{replica_id}"
-        old = self.children.procs.get(name)
-        if old is not None:
-            # The killed process holds its data directory's lock until it is gone.
-            await asyncio.wait_for(old.wait(), READY_TIMEOUT_S)
-        await self.children.start(name, self._argv(replica_id),
-                                  self.workdir / "logs" / f"{name}.log")
+        """Start a killed replica again on its data directories (the nemesis)."""
+        for address in self._processes(replica_id):
+            name = self._name(address)
+            old = self.children.procs.get(name)
+            if old is not None:
+                # The killed process holds its data directory's lock until it is gone.
+                await asyncio.wait_for(old.wait(), READY_TIMEOUT_S)
+            await self.children.start(name, self._argv(address),
+                                      self.workdir / "logs" / f"{name}.log")
         self.killed.discard(replica_id)
 
     async def start(self) -> None:
-        for r in self.config.replicas:
-            await self.children.start(f"replica-{r.id}", self._argv(r.id),
-                                      self.workdir / "logs" / f"replica-{r.id}.log")
+        processes = [p.address for p in self.config.processes]
+        for address in processes:
+            name = self._name(address)
+            await self.children.start(name, self._argv(address),
+                                      self.workdir / "logs" / f"{name}.log")
         deadline = time.monotonic() + READY_TIMEOUT_S
-        for r in self.config.replicas:
+        for address in processes:
+            name = self._name(address)
             why = "no answer"
             while True:
-                proc = self.children.procs[f"replica-{r.id}"]
+                proc = self.children.procs[name]
                 if proc.returncode is not None:
-                    raise BenchError(f"replica {r.id} exited with status {proc.returncode}:\n"
-                                     + self.log_tail(f"replica-{r.id}"))
-                status = await self.status(r.id, timeout=1.0)
+                    raise BenchError(f"replica {address} exited with status "
+                                     f"{proc.returncode}:\n" + self.log_tail(name))
+                status = await self.get_json(address, "/status", timeout=1.0)
                 if status is not None:
                     # The key tells this run's replica from another's on the same port
                     # (the pid does not: --netns wraps the process).
-                    mismatch = identity_mismatch(status, self.config, r.id)
+                    mismatch = identity_mismatch(status, self.config, address)
                     if mismatch is None:
                         break
                     why = mismatch
                 if time.monotonic() > deadline:
-                    raise BenchError(f"replica {r.id} was not ready within "
-                                     f"{READY_TIMEOUT_S:g} s ({why}):\n"
-                                     + self.log_tail(f"replica-{r.id}"))
+                    raise BenchError(f"replica {address} was not ready within "
+                                     f"{READY_TIMEOUT_S:g} s ({why}):\n" + self.log_tail(name))
                 await asyncio.sleep(0.1)
 
     def log_tail(self, name: str, lines: int = 15) -> str:
@@ -268,10 +291,10 @@ class Cluster:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    async def get_json(self, replica_id: int, path: str, timeout: float) -> Any:
+    async def get_json(self, node: int | Address, path: str, timeout: float) -> Any:
         try:
             async with self.session.get(
-                self.url(replica_id, path), timeout=aiohttp.ClientTimeout(total=timeout)
+                self.url(node, path), timeout=aiohttp.ClientTimeout(total=timeout)
             ) as response:
                 if response.status != 200:
                     return None
@@ -289,7 +312,8 @@ class Cluster:
 
     def kill(self, replica_id: int) -> None:
         self.killed.add(replica_id)
-        self.children.kill(f"replica-{replica_id}")
+        for address in self._processes(replica_id):
+            self.children.kill(self._name(address))
 
     async def converge(self, timeout: float = CONVERGE_TIMEOUT_S) -> dict[int, dict[str, Any]]:
         """Poll the live replicas until they report one executed_seq (or time runs out);
@@ -593,9 +617,15 @@ def _netns_testbed(args: argparse.Namespace, wan: WanPlan | None, n: int,
 
 
 def testbed_config(workdir: Path, config: ClusterConfig, testbed: Testbed) -> ClusterConfig:
-    """``config`` with each replica at its namespace's address (same ports), rewritten."""
-    replicas = tuple(dataclasses.replace(r, host=testbed.topology.replicas[r.id].address)
-                     for r in config.replicas)
+    """``config`` with each replica (every process of it) at its namespace's address
+    (same ports), rewritten."""
+
+    def moved(r: ReplicaInfo) -> ReplicaInfo:
+        host = testbed.topology.replicas[r.id].address
+        return dataclasses.replace(r, host=host, processes=tuple(
+            dataclasses.replace(p, host=host) for p in r.processes))
+
+    replicas = tuple(moved(r) for r in config.replicas)
     config = dataclasses.replace(config, replicas=replicas)
     config.dump(workdir / CLUSTER_FILE)
     return config
@@ -642,8 +672,9 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError("--duration must be > 0 and --warmup >= 0")
     if args.kill_primary_at is not None and not 0 <= args.kill_primary_at < args.duration:
         raise ValueError("--kill-primary-at must be within the measured window [0, duration)")
-    if not 1 <= args.base_port <= 65535 - 2 * args.n:
-        raise ValueError(f"--base-port leaves no room for {2 * args.n} ports")
+    ports = 2 * process_count(args.protocol, args.n, _options(args, args.protocol))
+    if not 1 <= args.base_port <= 65535 - ports:
+        raise ValueError(f"--base-port leaves no room for {ports} ports")
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ from typing import Any
 
 from phalanx.cluster import ClusterError, LocalCluster
 from phalanx.config import default_options
+from phalanx.core.address import Address
 from phalanx.reliability import wallets as wallet_plan
 from phalanx.reliability.checks import (
     BlockAudit,
@@ -123,9 +124,9 @@ class TortureCluster(LocalCluster):
 
     faulty: int | None = None
 
-    def node_command(self, i: int) -> list[str]:
+    def node_command(self, i: Address) -> list[str]:
         command = super().node_command(i)
-        if i == self.faulty:
+        if i.replica == self.faulty:
             # python -m phalanx.reliability.faulty_node diverge node --config ... --id i
             return [command[0], "-m", "phalanx.reliability.faulty_node", "diverge",
                     *command[3:]]

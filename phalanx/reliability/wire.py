@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from phalanx.config import ClusterConfig
+from phalanx.core.address import Address
 from phalanx.core.messages import Request, encode
 from phalanx.crypto.ed25519 import Ed25519ClientCrypto
 from phalanx.crypto.keys import KeyPair, pairwise_key
@@ -133,7 +134,7 @@ async def _read_frame(reader: asyncio.StreamReader) -> bytes:
 
 def _hello(ctx: WireContext, replica: int, keypair: KeyPair, nonce: bytes) -> bytes:
     return msgspec.msgpack.encode(
-        Hello(PROTOCOL_VERSION, "client", -1, keypair.public_key, replica, nonce))
+        Hello(PROTOCOL_VERSION, "client", None, keypair.public_key, Address(replica), nonce))
 
 
 class Session:
@@ -242,15 +243,19 @@ def _bad_hello(ctx: WireContext, replica: int) -> bytes:
     """A Hello that must be refused: a wrong field, or grammar-generated garbage."""
     rng, n = ctx.rng, ctx.config.n
     nonce = os.urandom(NONCE_SIZE)
-    good = Hello(PROTOCOL_VERSION, "client", -1, KeyPair.generate().public_key, replica, nonce)
+    good = Hello(PROTOCOL_VERSION, "client", None, KeyPair.generate().public_key,
+                 Address(replica), nonce)
     choice = rng.randrange(7)
     if choice == 0:
-        hello = msgspec.structs.replace(good, version=rng.choice((0, 1, 3, 1 << 40)))
+        hello = msgspec.structs.replace(good, version=rng.choice(
+            (0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, 1 << 40)))
     elif choice == 1:
-        hello = msgspec.structs.replace(good, role="replica", client=b"",
-                                        replica=rng.choice((n, n + 7, -2, replica)))
+        sender = rng.choice((Address(n), Address(n + 7), Address(replica),
+                             Address(replica, "witness"), Address(0, "replica", 9)))
+        hello = msgspec.structs.replace(good, kind="replica", client=b"", sender=sender)
     elif choice == 2:
-        hello = msgspec.structs.replace(good, target=(replica + 1 + rng.randrange(n)) % (n + 3))
+        hello = msgspec.structs.replace(
+            good, target=Address((replica + 1 + rng.randrange(n)) % (n + 3)))
     elif choice == 3:
         hello = msgspec.structs.replace(good, client=rng.randbytes(rng.choice((0, 31, 33))))
     elif choice == 4:
@@ -259,7 +264,7 @@ def _bad_hello(ctx: WireContext, replica: int) -> bytes:
         data = msgspec.msgpack.encode(good)
         return mutate(data, rng) if choice == 5 else ctx.corpus.draw()
     if hello.target == replica and choice == 2:
-        hello = msgspec.structs.replace(hello, target=replica + n)
+        hello = msgspec.structs.replace(hello, target=Address(replica + n))
     return msgspec.msgpack.encode(hello)
 
 
@@ -295,7 +300,7 @@ async def bad_confirm(ctx: WireContext, units: int) -> Sent:
         else:  # an impostor: another replica's id, without its key
             claimed = (replica + 1 + ctx.rng.randrange(ctx.config.n - 1)) % ctx.config.n
             hello = msgspec.msgpack.encode(
-                Hello(PROTOCOL_VERSION, "replica", claimed, b"", replica, nonce))
+                Hello(PROTOCOL_VERSION, "replica", Address(claimed), b"", Address(replica), nonce))
         plain = FrameEncoder()
         writer.write(plain.encode(hello))
         try:

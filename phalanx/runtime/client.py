@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from phalanx.core.address import REPLICA_ROLE, Address
 from phalanx.core.effects import (
     Broadcast,
     CancelTimer,
@@ -43,12 +44,13 @@ SWEEP_INTERVAL = 0.05
 
 
 class ClientTransport(Endpoint):
-    """Authenticated links from one client to every replica (redialed when lost).
+    """Authenticated links from one client to every replica's front process (redialed
+    when lost): ``replica_addrs`` says where each listens, ``front_role`` is its role.
 
     ``on_message(replica, msg)`` receives every decoded message a replica sends back.
     """
 
-    role: Literal["replica", "client"] = "client"
+    kind: Literal["replica", "client"] = "client"
 
     def __init__(
         self,
@@ -62,10 +64,12 @@ class ClientTransport(Endpoint):
         max_frame: int = DEFAULT_MAX_FRAME,
         send_queue_limit: int = DEFAULT_SEND_QUEUE_LIMIT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        front_role: str = REPLICA_ROLE,
     ) -> None:
+        self.fronts = [Address(r, front_role) for r in range(len(replica_public_keys))]
         super().__init__(
             keypair,
-            replica_addrs,
+            {Address(r, front_role): addr for r, addr in replica_addrs.items()},
             replica_public_keys,
             decoder,
             metrics if metrics is not None else Metrics("client"),
@@ -74,16 +78,25 @@ class ClientTransport(Endpoint):
             handshake_timeout=handshake_timeout,
         )
         self.on_message = on_message
-        self._make_dialers(list(range(len(replica_public_keys))))
+        self._make_dialers(self.fronts)
 
     async def start(self) -> None:
         """Dial every replica (returns at once; see :meth:`wait_connected`)."""
-        for dialer in self.dialers.values():
-            dialer.start()
+        self.start_dialing()
+
+    def send(self, dest: Address | int, data: bytes) -> None:
+        """Send one encoded message to replica ``dest``'s front process."""
+        if isinstance(dest, int):
+            if not 0 <= dest < len(self.fronts):
+                self.metrics.inc("dropped_unknown_dest")
+                return
+            dest = self.fronts[dest]
+        super().send(dest, data)
 
     def deliver(self, link: Link, msg: Any) -> None:
-        if self.on_message is not None:
-            self.on_message(link.peer, msg)  # type: ignore[arg-type]
+        peer = link.peer
+        if self.on_message is not None and isinstance(peer, Address):
+            self.on_message(peer.replica, msg)
 
 
 NOT_ACCEPTED_GRACE_S = 1.0

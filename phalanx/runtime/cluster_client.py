@@ -35,10 +35,7 @@ async def open_client(
     spec = protocol(config.protocol)
     core = spec.make_client(crypto, config.quorums, retransmit_timeout)
     core.next_timestamp = time.time_ns() // 1000  # type: ignore[attr-defined]
-    addrs = {r.id: (r.host, r.port) for r in config.replicas}
-    transport = ClientTransport(
-        keypair, addrs, public_keys, spec.decoder(), None, metrics
-    )
+    transport = client_transport(config, keypair, metrics)
     runner = ClientRunner(core, transport)
     await transport.start()
     await _wait_for_quorum(transport, config.quorums.strong, connect_timeout, config.n)
@@ -60,9 +57,7 @@ async def open_clients(
     public_keys = list(config.public_keys)
     quorums = config.quorums
     spec = protocol(config.protocol)
-    addrs = {r.id: (r.host, r.port) for r in config.replicas}
-    transport = ClientTransport(KeyPair.generate(), addrs, public_keys, spec.decoder(), None,
-                                metrics)
+    transport = client_transport(config, KeyPair.generate(), metrics)
     mux = ClientMux(transport)
     runners = []
     first_timestamp = time.time_ns() // 1000
@@ -77,6 +72,16 @@ async def open_clients(
     await transport.start()
     await _wait_for_quorum(transport, quorums.strong, connect_timeout, config.n)
     return mux, runners
+
+
+def client_transport(config: ClusterConfig, keypair: KeyPair,
+                     metrics: Metrics | None = None) -> ClientTransport:
+    """Links from ``keypair``'s client to every replica's front process of ``config``
+    (not dialing yet: ``await transport.start()``)."""
+    return ClientTransport(
+        keypair, {r.id: (r.host, r.port) for r in config.replicas}, list(config.public_keys),
+        protocol(config.protocol).decoder(), None, metrics, front_role=config.front_role,
+    )
 
 
 async def _wait_for_quorum(

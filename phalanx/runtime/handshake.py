@@ -4,10 +4,14 @@ passes the fresh nonces in), so the tests drive both ends directly.
 
 Before any data, on the framing of :mod:`phalanx.runtime.framing` (untagged frames):
 
-1. connector -> acceptor  ``Hello``: role, replica id or client public key, target id,
-   ``nonce_c``.
+1. connector -> acceptor  ``Hello``: kind, the sending process's address (a replica's
+   process: replica id, role, partition) or client public key, the target process's
+   address, ``nonce_c``.
 2. The acceptor looks up the claimed identity's public key (a replica's from the
-   cluster's key list; a client's is its id: clients are self-certifying), derives the
+   cluster's key list — every process of a replica holds its key, so a process proves
+   it belongs to the replica it names, and an internal channel between two processes
+   of one replica is authenticated like any other; a client's is its id: clients are
+   self-certifying), derives the
    static pairwise key ``k`` and answers ``Accept``: ``nonce_a``,
    ``MAC_k("acc" || H(hello) || nonce_a)``.
 3. The connector derives ``k`` for the replica it meant to reach and checks that MAC: it
@@ -16,7 +20,7 @@ Before any data, on the framing of :mod:`phalanx.runtime.framing` (untagged fram
 
 Both then key their frames with ``HMAC-SHA256(k, nonce_c || nonce_a)``. The labels stop
 reflection of one side's MAC as the other's; the fresh nonces stop replayed handshakes.
-``H(hello)`` (the Hello's bytes, ``nonce_c`` included) binds the claimed role, identity
+``H(hello)`` (the Hello's bytes, ``nonce_c`` included) binds the claimed kind, identity
 and target into both MACs: a man in the middle cannot splice replica 1's handshake with
 replica 0 onto a connection where it claims to be "client with replica 1's key".
 
@@ -24,7 +28,8 @@ What is checked, and the :class:`HandshakeError` reason (the ``dropped_hs_<reaso
 metric) each failure is counted under: an undecodable message or a nonce of the wrong
 size (``malformed``), another protocol version (``bad_version``), an identity the
 acceptor does not admit (the acceptor's own reasons: ``wrong_target``,
-``unknown_replica``, ``bad_client_key``), a MAC that does not verify (``bad_mac``). Which
+``unknown_replica``, ``unknown_process``, ``bad_client_key``), a MAC that does not verify
+(``bad_mac``). Which
 identities an acceptor admits, and with which pairwise key, is its owner's policy
 (:meth:`phalanx.runtime.transport.Endpoint.accept_hello`), passed in as ``vet``.
 """
@@ -39,27 +44,29 @@ from typing import Literal, TypeVar
 
 import msgspec
 
+from phalanx.core.address import Address
 from phalanx.crypto.mac import mac
 from phalanx.runtime.framing import TO_ACCEPTOR, TO_CONNECTOR
 
-PROTOCOL_VERSION = 2  # 2: frames carry bundles of messages
+PROTOCOL_VERSION = 3  # 2: frames carry bundles of messages; 3: processes have addresses
 NONCE_SIZE = 32
 
-PeerId = int | bytes
-"""A replica id, or a client's public key."""
+PeerId = Address | bytes
+"""A replica's process, or a client's public key."""
 
 M = TypeVar("M")
 
 
 class Hello(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
-    """The connector's claim of identity. ``replica`` is -1 and ``client`` its public key
-    for a client; ``client`` is empty for a replica."""
+    """The connector's claim of identity: a replica's process at ``sender`` (``client``
+    empty), or a client (``sender`` None, ``client`` its public key); ``target`` is the
+    process it means to reach."""
 
     version: int
-    role: Literal["replica", "client"]
-    replica: int
+    kind: Literal["replica", "client"]
+    sender: Address | None
     client: bytes
-    target: int
+    target: Address
     nonce: bytes
 
 
@@ -135,7 +142,7 @@ def _decode(decoder: msgspec.msgpack.Decoder[M], payload: bytes | memoryview, wa
     try:
         return decoder.decode(payload)
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
-        # Invalid UTF-8 in a str field (Hello.role) raises UnicodeDecodeError.
+        # Invalid UTF-8 in a str field (Hello.kind, an address's role) raises UnicodeDecodeError.
         raise HandshakeError("malformed", f"{waiting}: {e}") from None
 
 
@@ -209,7 +216,7 @@ class AcceptorHandshake:
         if hello.version != PROTOCOL_VERSION:
             raise HandshakeError("bad_version", f"version {hello.version}")
         self._peer, self._k = self._vet(hello)
-        self._peer_is_client = hello.role == "client"
+        self._peer_is_client = hello.kind == "client"
         self._nonce_c = hello.nonce
         accept = Accept(nonce=self._nonce_a, tag=accept_tag(self._k, self._hello_hash,
                                                             self._nonce_a))

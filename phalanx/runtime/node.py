@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from time import perf_counter_ns
 from typing import Any, Protocol
 
+from phalanx.core.address import Address
 from phalanx.core.effects import (
     Broadcast,
     CancelTimer,
@@ -100,6 +101,9 @@ class ReplicaDriver:
         self._view: int | None = getattr(core, "view", None)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
+        me = transport.me
+        assert me is not None
+        self.me = me
         transport.on_replica_message = self.on_replica_message
         transport.on_client_message = self.on_client_message
 
@@ -147,7 +151,8 @@ class ReplicaDriver:
         executed since the process started (the executed seq and state root come from
         the core, which knows them across restarts)."""
         return {
-            "replica": self.core.replica_id,
+            "replica": self.me.replica,
+            "process": str(self.me),
             "running": self._running,
             "requests_executed": self.metrics.get("requests_executed"),
             "batches_executed": self.metrics.get("batches_executed"),
@@ -161,8 +166,8 @@ class ReplicaDriver:
 
     # inputs -------------------------------------------------------------------------
 
-    def on_replica_message(self, src: int, msg: Any) -> None:
-        """A message from replica ``src`` (authenticated by its link)."""
+    def on_replica_message(self, src: Address, msg: Any) -> None:
+        """A message from the process at ``src`` (authenticated by its link)."""
         if self._running:
             if self.accounting is None:
                 self._step("message", self.core.on_message, src, msg)
@@ -212,7 +217,7 @@ class ReplicaDriver:
             self._collect(effects)
         view = getattr(self.core, "view", None)
         if view != self._view:
-            log.info("replica %s: view %s -> %s (after %s)", self.core.replica_id, self._view,
+            log.info("replica %s: view %s -> %s (after %s)", self.me, self._view,
                      view, what)
             self._view = view
             self.metrics.set("view", view or 0)
@@ -335,8 +340,7 @@ class ReplicaDriver:
                 transport.send(effect.dest, data)  # type: ignore[union-attr]
                 copies = 1
             elif kind is Broadcast:
-                transport.broadcast(data)
-                copies = transport.peer_count
+                copies = self._broadcast(effect, data)  # type: ignore[arg-type]
             elif kind is ToClient:
                 transport.send_client(effect.client, data)  # type: ignore[union-attr]
                 copies = 1
@@ -361,10 +365,26 @@ class ReplicaDriver:
         if acct is not None and replies:
             acct.sending(Reply, perf_counter_ns() - mark)
 
+    def _broadcast(self, effect: Broadcast, data: bytes) -> int:
+        """Send a Broadcast's ``data``; returns to how many processes."""
+        me = self.me
+        role = me.role if effect.role is None else effect.role
+        partition = me.partition if effect.partition is None else effect.partition
+        if role == me.role and partition == me.partition:
+            self.transport.broadcast(data)  # to the links made for this at start
+            return self.transport.peer_count
+        copies = 0
+        for replica in range(len(self.transport.replica_public_keys)):
+            dest = Address(replica, role, partition)
+            if dest != me:
+                self.transport.send(dest, data)
+                copies += 1
+        return copies
+
     def _fail(self, error: BaseException) -> None:
         self.metrics.inc("store_errors")
         self.fatal_error = error
-        log.critical("store write failed; stopping replica %s: %r", self.core.replica_id, error)
+        log.critical("store write failed; stopping replica %s: %r", self.me, error)
         self._running = False
         for handle in self._timers.values():
             handle.cancel()

@@ -1,10 +1,13 @@
 """Authenticated TCP links between replicas, and from clients to replicas.
 
-Topology: every replica keeps one *outgoing* connection to each other replica, used only
-for sending, and accepts *incoming* connections, used only for receiving (clients'
-connections excepted: replies go back on them). So there is no dial race and no
-tie-breaking: replica i's messages to j always travel on the connection i dialed, and j
-learns the sender from that connection's handshake. A lost connection is redialed by its
+Topology: every replica process keeps one *outgoing* connection to each process it sends
+to, used only for sending, and accepts *incoming* connections, used only for receiving
+(clients' connections excepted: replies go back on them). So there is no dial race and
+no tie-breaking: process a's messages to b always travel on the connection a dialed, and
+b learns the sender's :class:`~phalanx.core.address.Address` from that connection's
+handshake. A process dials its peers of the same role and partition (every other
+replica, for a single-process replica) at start, any other process the first time it
+sends to it. A lost connection is redialed by its
 owner with exponential backoff (50 ms doubling to 2 s); messages sent meanwhile wait in
 a bounded queue (PBFT retransmits whatever that queue drops).
 
@@ -35,6 +38,7 @@ from typing import Any, Literal, cast
 
 import msgspec
 
+from phalanx.core.address import Address
 from phalanx.crypto.keys import KeyPair, PairwiseKeys, pairwise_key
 from phalanx.measure.accounting import Accounting
 from phalanx.runtime.framing import (
@@ -133,7 +137,7 @@ class Link(asyncio.Protocol):
         self,
         owner: Endpoint,
         *,
-        target: int | None = None,
+        target: Address | None = None,
         queue: SendQueue | None = None,
     ) -> None:
         self.owner = owner
@@ -190,7 +194,7 @@ class Link(asyncio.Protocol):
         if self.initiator:
             assert self.target is not None
             hello = owner.hello(self.target, os.urandom(NONCE_SIZE))
-            connector = ConnectorHandshake(hello, owner.key_for_replica(self.target))
+            connector = ConnectorHandshake(hello, owner.key_for_replica(self.target.replica))
             self._handshake = connector
             transport.write(self._encoder.encode(connector.hello_bytes))
         else:
@@ -370,10 +374,10 @@ class Link(asyncio.Protocol):
 
 
 class Dialer:
-    """Keeps one outgoing link to replica ``target`` up, redialing with backoff. Its
-    queue outlives the individual connections."""
+    """Keeps one outgoing link to the process at ``target`` up, redialing with backoff.
+    Its queue outlives the individual connections."""
 
-    def __init__(self, owner: Endpoint, target: int) -> None:
+    def __init__(self, owner: Endpoint, target: Address) -> None:
         self.owner = owner
         self.target = target
         self.queue = SendQueue(owner.send_queue_limit, owner.metrics)
@@ -397,7 +401,7 @@ class Dialer:
         owner = self.owner
         delay = RECONNECT_MIN
         while True:
-            host, port = owner.replica_addrs[self.target]
+            host, port = owner.peer_addrs[self.target]
             link = Link(owner, target=self.target, queue=self.queue)
             self._current = link
             try:
@@ -428,20 +432,20 @@ class Dialer:
 
 
 class Endpoint:
-    """What replicas' and clients' transports share: identity, the dialers to the
-    replicas, payload decoding, metrics."""
+    """What replicas' and clients' transports share: identity, the dialers to replica
+    processes (``peer_addrs``: where each listens), payload decoding, metrics."""
 
-    role: Literal["replica", "client"] = "replica"
+    kind: Literal["replica", "client"] = "replica"
 
     def __init__(
         self,
         keypair: KeyPair,
-        replica_addrs: dict[int, tuple[str, int]],
+        peer_addrs: dict[Address, tuple[str, int]],
         replica_public_keys: list[bytes],
         decoder: msgspec.msgpack.Decoder[Any],
         metrics: Metrics,
         *,
-        me: int = -1,
+        me: Address | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
         send_queue_limit: int = DEFAULT_SEND_QUEUE_LIMIT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
@@ -449,7 +453,7 @@ class Endpoint:
     ) -> None:
         self.me = me
         self.keypair = keypair
-        self.replica_addrs = replica_addrs
+        self.peer_addrs = peer_addrs
         self.replica_public_keys = replica_public_keys
         self.decoder = decoder
         self.metrics = metrics
@@ -461,7 +465,10 @@ class Endpoint:
         self.links: set[Link] = set()
         self._replica_keys: dict[int, bytes] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.dialers: dict[int, Dialer] = {}
+        self.dialers: dict[Address, Dialer] = {}
+        # What a Broadcast reaches: the dialers made at construction.
+        self._broadcast: list[tuple[int, Dialer]] = []
+        self.started = False
         self.closing = False
         self.pending_handshakes = 0
         self.max_pending_handshakes = max_pending_handshakes
@@ -492,18 +499,34 @@ class Endpoint:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    def _make_dialers(self, targets: list[int]) -> None:
-        missing = [t for t in targets if t not in self.replica_addrs]
+    def _make_dialers(self, targets: list[Address]) -> None:
+        missing = [str(t) for t in targets if t not in self.peer_addrs]
         if missing:
-            raise ValueError(f"no address for replicas {missing}")
+            raise ValueError(f"no address for processes {missing}")
         self.dialers = {t: Dialer(self, t) for t in targets}
+        self._broadcast = [(t.replica, d) for t, d in self.dialers.items()]
+
+    def _dial(self, target: Address) -> Dialer | None:
+        """A dialer for ``target`` made on first use (None if no such process, or us)."""
+        if target not in self.peer_addrs or target == self.me or self.closing:
+            return None
+        dialer = self.dialers[target] = Dialer(self, target)
+        if self.started:
+            dialer.start()
+        return dialer
+
+    def start_dialing(self) -> None:
+        """Start every dialer, and each one made later as it is made."""
+        self.started = True
+        for dialer in self.dialers.values():
+            dialer.start()
 
     # link callbacks -----------------------------------------------------------------
 
-    def hello(self, target: int, nonce: bytes) -> Hello:
+    def hello(self, target: Address, nonce: bytes) -> Hello:
         """Our identity claim when we dial ``target``."""
-        if self.role == "client":
-            return Hello(PROTOCOL_VERSION, "client", -1, self.keypair.public_key, target, nonce)
+        if self.kind == "client":
+            return Hello(PROTOCOL_VERSION, "client", None, self.keypair.public_key, target, nonce)
         return Hello(PROTOCOL_VERSION, "replica", self.me, b"", target, nonce)
 
     def key_for_replica(self, replica: int) -> bytes:
@@ -521,8 +544,8 @@ class Endpoint:
 
     def link_open(self, link: Link) -> None:
         """``link`` finished its handshake; ``link.peer`` is authenticated."""
-        if link.initiator:
-            dialer = self.dialers.get(link.target)  # type: ignore[arg-type]
+        if link.target is not None:
+            dialer = self.dialers.get(link.target)
             if dialer is not None:
                 dialer.link = link
         self._update_gauges()
@@ -530,8 +553,8 @@ class Endpoint:
     def link_closed(self, link: Link) -> None:
         """A link that had been open is gone."""
         self.metrics.inc("connections_closed")
-        if link.initiator:
-            dialer = self.dialers.get(link.target)  # type: ignore[arg-type]
+        if link.target is not None:
+            dialer = self.dialers.get(link.target)
             if dialer is not None and dialer.link is link:
                 dialer.link = None
         self._update_gauges()
@@ -570,9 +593,10 @@ class Endpoint:
 
     # sending ------------------------------------------------------------------------
 
-    def send(self, dest: int, data: bytes) -> None:
-        """Send one encoded message to replica ``dest`` (never blocks, never raises)."""
-        dialer = self.dialers.get(dest)
+    def send(self, dest: Address, data: bytes) -> None:
+        """Send one encoded message to the process at ``dest`` (never blocks, never
+        raises)."""
+        dialer = self.dialers.get(dest) or self._dial(dest)
         if dialer is None:
             self.metrics.inc("dropped_unknown_dest")
             return
@@ -582,36 +606,39 @@ class Endpoint:
             return
         shaper = self._shaper
         if shaper is not None:
-            shaper.send(dest, len(data), dialer.send, data)
+            # A replica's processes share its place in the WAN plan.
+            shaper.send(dest.replica, len(data), dialer.send, data)
         else:
             dialer.send(data)
 
     def broadcast(self, data: bytes) -> None:
-        """Send one encoded message to every replica we dial (encoded once by the caller)."""
+        """Send one encoded message to our peers of our own role and partition: every
+        other replica for a single-process replica (encoded once by the caller)."""
         if len(data) > self.max_message:
             self.metrics.inc("dropped_oversize_send")
             return
         shaper = self._shaper
         if shaper is None:
-            for dialer in self.dialers.values():
+            for _, dialer in self._broadcast:
                 dialer.send(data)
         else:
             size = len(data)
-            for dest, dialer in self.dialers.items():
-                shaper.send(dest, size, dialer.send, data)
+            for replica, dialer in self._broadcast:
+                shaper.send(replica, size, dialer.send, data)
 
     @property
-    def connected_replicas(self) -> set[int]:
-        """Replicas to which we currently hold an open outgoing link."""
+    def connected_replicas(self) -> set[Address]:
+        """Processes to which we currently hold an open outgoing link."""
         return {t for t, d in self.dialers.items() if d.link is not None}
 
-    async def wait_connected(self, replicas: set[int] | None = None, timeout: float = 5.0) -> None:
+    async def wait_connected(self, replicas: set[Address] | None = None,
+                             timeout: float = 5.0) -> None:
         """Wait until outgoing links to ``replicas`` (default: all dialed) are open."""
         wanted = set(self.dialers) if replicas is None else replicas
         deadline = self.loop.time() + timeout
         while not wanted <= self.connected_replicas:
             if self.loop.time() > deadline:
-                missing = sorted(wanted - self.connected_replicas)
+                missing = [str(a) for a in sorted(wanted - self.connected_replicas)]
                 raise TimeoutError(f"no link to replicas {missing} after {timeout} s")
             await asyncio.sleep(0.01)
 
@@ -629,22 +656,24 @@ class Endpoint:
 
 
 class Transport(Endpoint):
-    """A replica's network: authenticated links to the other replicas and to clients.
+    """A replica process's network: authenticated links to the other processes (of
+    other replicas, and of its own) and to clients.
 
-    ``on_replica_message(src, msg)`` and ``on_client_message(client, msg)`` receive
-    every decoded message with the sender authenticated by its link; they may be
-    reassigned before :meth:`start` (a :class:`~phalanx.runtime.node.ReplicaDriver`
-    does so).
+    ``me`` is this process's address; ``peer_addrs`` where every process of the cluster
+    listens. ``on_replica_message(src, msg)`` (``src`` the sender's address) and
+    ``on_client_message(client, msg)`` receive every decoded message with the sender
+    authenticated by its link; they may be reassigned before :meth:`start` (a
+    :class:`~phalanx.runtime.node.ReplicaDriver` does so).
     """
 
     def __init__(
         self,
-        me: int,
+        me: Address | int,
         keypair: KeyPair,
-        replica_addrs: dict[int, tuple[str, int]],
+        peer_addrs: dict[Address, tuple[str, int]] | dict[int, tuple[str, int]],
         replica_public_keys: list[bytes],
         decoder: msgspec.msgpack.Decoder[Any],
-        on_replica_message: Callable[[int, Any], None] | None,
+        on_replica_message: Callable[[Address, Any], None] | None,
         on_client_message: Callable[[bytes, Any], None] | None,
         metrics: Metrics,
         max_frame: int = DEFAULT_MAX_FRAME,
@@ -654,13 +683,18 @@ class Transport(Endpoint):
         max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
         client_key_cache_size: int = 65_536,
     ) -> None:
-        if not 0 <= me < len(replica_public_keys):
-            raise ValueError(f"replica id {me} outside 0..{len(replica_public_keys) - 1}")
-        if replica_public_keys[me] != keypair.public_key:
-            raise ValueError(f"key pair does not match the public key of replica {me}")
+        # A bare replica id (and addresses keyed by replica id) name single-process
+        # replicas: the form tests and single-role tools use.
+        me = Address(me) if isinstance(me, int) else me
+        addrs = {Address(k) if isinstance(k, int) else k: v for k, v in peer_addrs.items()}
+        if not 0 <= me.replica < len(replica_public_keys):
+            raise ValueError(f"replica id {me.replica} outside "
+                             f"0..{len(replica_public_keys) - 1}")
+        if replica_public_keys[me.replica] != keypair.public_key:
+            raise ValueError(f"key pair does not match the public key of replica {me.replica}")
         super().__init__(
             keypair,
-            replica_addrs,
+            addrs,
             replica_public_keys,
             decoder,
             metrics,
@@ -673,11 +707,14 @@ class Transport(Endpoint):
         self.on_replica_message = on_replica_message
         self.on_client_message = on_client_message
         self._client_keys = PairwiseKeys(keypair, client_key_cache_size)
-        self._incoming: dict[int, Link] = {}
+        self._incoming: dict[Address, Link] = {}
         self._clients: dict[bytes, Link] = {}
         self._server: asyncio.Server | None = None
+        # Where an int destination goes: that replica's process of our role and partition.
+        self._same_role = [Address(r, me.role, me.partition)
+                           for r in range(len(replica_public_keys))]
         # Created now so that sends before start() are queued, not lost.
-        self._make_dialers([r for r in range(len(replica_public_keys)) if r != me])
+        self._make_dialers([a for a in self._same_role if a != me and a in addrs])
 
     @property
     def port(self) -> int:
@@ -687,8 +724,17 @@ class Transport(Endpoint):
 
     @property
     def peer_count(self) -> int:
-        """How many replicas a broadcast goes to."""
-        return len(self.dialers)
+        """How many processes a broadcast goes to."""
+        return len(self._broadcast)
+
+    def send(self, dest: Address | int, data: bytes) -> None:
+        """Send one encoded message to the process at ``dest``; an int ``dest`` is that
+        replica's process of our own role and partition (as in
+        :class:`phalanx.core.effects.Send`)."""
+        if type(dest) is int:
+            same_role = self._same_role
+            dest = same_role[dest] if 0 <= dest < len(same_role) else Address(dest)
+        super().send(dest, data)
 
     async def start(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         """Listen on ``host:port`` (replicas and clients alike), or on ``sock`` if the
@@ -697,17 +743,19 @@ class Transport(Endpoint):
             self._server = await self.loop.create_server(lambda: Link(self), sock=sock)
         else:
             self._server = await self.loop.create_server(lambda: Link(self), host, port)
-        for dialer in self.dialers.values():
-            dialer.start()
+        self.start_dialing()
 
     def accept_hello(self, hello: Hello) -> tuple[PeerId, bytes]:
         if hello.target != self.me:
-            raise HandshakeError("wrong_target", f"meant for replica {hello.target}")
-        if hello.role == "replica":
-            replica = hello.replica
-            if not 0 <= replica < len(self.replica_public_keys) or replica == self.me:
-                raise HandshakeError("unknown_replica", f"replica id {replica}")
-            return replica, self.key_for_replica(replica)
+            raise HandshakeError("wrong_target", f"meant for process {hello.target}")
+        if hello.kind == "replica":
+            sender = hello.sender
+            if sender is None or not 0 <= sender.replica < len(self.replica_public_keys):
+                raise HandshakeError("unknown_replica", f"sender {sender}")
+            if sender not in self.peer_addrs or sender == self.me:
+                # Only the processes of the cluster file speak (for their replica).
+                raise HandshakeError("unknown_process", f"sender {sender}")
+            return sender, self.key_for_replica(sender.replica)
         try:
             return hello.client, self._client_keys.get(hello.client)
         except ValueError as e:
