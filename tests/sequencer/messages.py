@@ -55,4 +55,20 @@ class NewView(msgspec.Struct, tag=204, **_opts):
     entries: list[Entry]
 
 
-MESSAGES = (Order, Ack, Commit, StartView, NewView)
+class Witnessed(msgspec.Struct, tag=205, **_opts):
+    """Internal, from a replica's front process to its own witness process of partition
+    ``seq mod witnesses``: the replica executed the batch of digest ``digest`` at
+    ``seq``."""
+
+    seq: NonNegative
+    digest: bytes
+
+
+class WitnessAck(msgspec.Struct, tag=206, **_opts):
+    """Internal, from a witness to its front: it holds every position of its partition
+    below ``next`` (so the front re-sends from there)."""
+
+    next: NonNegative
+
+
+MESSAGES = (Order, Ack, Commit, StartView, NewView, Witnessed, WitnessAck)

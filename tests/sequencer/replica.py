@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from phalanx.core.address import Address
 from phalanx.core.crypto import NodeCrypto
 from phalanx.core.effects import Broadcast, CancelTimer, Dropped, Persist, Send, SetTimer
 from phalanx.core.hashing import digest
@@ -14,11 +15,21 @@ from phalanx.core.messages import Request, decode_batch, encode_batch
 from phalanx.core.quorum import Quorums
 from phalanx.host import HOST_MESSAGES, ReplicaHost
 from phalanx.statemachine.base import StateMachineFactory
-from sequencer.messages import Ack, Commit, Entry, NewView, Order, StartView
+from sequencer.messages import (
+    Ack,
+    Commit,
+    Entry,
+    NewView,
+    Order,
+    StartView,
+    WitnessAck,
+    Witnessed,
+)
 from sequencer.options import SequencerOptions
 
 PROGRESS = "seq.progress"  # a follower that sees no progress moves to the next view
 SYNC = "seq.sync"  # the leader re-sends what its followers lack
+WITNESS = "seq.witness"  # a front re-sends what its witnesses lack
 MAX_RESEND = 64
 _VIEW, _COMMITTED, _LOG = b"Qv", b"Qc", b"Ql"
 
@@ -36,6 +47,8 @@ class SequencerReplica:
         self.match: dict[int, int] = {}  # leader: replica -> entries it holds in order
         self.start_views: dict[int, StartView] = {}  # new leader: replica -> its log
         self.timer_armed = self.progressed = False
+        k = options.witnesses
+        self.witness_next = {p: p or k for p in range(k)}  # what each witness lacks
 
     # -- ReplicaCore ----------------------------------------------------------------------
 
@@ -66,6 +79,8 @@ class SequencerReplica:
             out += self._start_view(self.view, again=True)
         elif self.leader == self.replica_id:
             out.append(SetTimer(SYNC, self.options.timeout / 2))
+        if self.options.witnesses:
+            out.append(SetTimer(WITNESS, self.options.timeout / 2))
         return out + self._timers()
 
     def on_client_message(self, client: bytes, msg: Any) -> list[Any]:
@@ -73,7 +88,15 @@ class SequencerReplica:
             return [Dropped("unexpected_message", -1)]
         return self._on_request(msg, client, -1)
 
-    def on_message(self, src: int, msg: Any) -> list[Any]:
+    def on_message(self, sender: Address, msg: Any) -> list[Any]:
+        src = sender.replica
+        if sender.role != "replica":  # only our own witnesses, about what they hold
+            if src != self.replica_id or not isinstance(msg, WitnessAck) \
+                    or sender.partition not in self.witness_next:
+                return [Dropped("unknown_sender", src)]
+            p = sender.partition
+            self.witness_next[p] = max(self.witness_next[p], msg.next)
+            return []
         if isinstance(msg, Request):
             return self._on_request(msg, None, src)
         if isinstance(msg, HOST_MESSAGES):
@@ -90,6 +113,8 @@ class SequencerReplica:
             return self._start_view(self.view + 1) + self._timers()
         if name == SYNC and self.leader == self.replica_id and not self.changing:
             return [*self._resend(), SetTimer(SYNC, self.options.timeout / 2)]
+        if name == WITNESS:
+            return [*self._resend_witnessed(), SetTimer(WITNESS, self.options.timeout / 2)]
         return self.host.on_timer(name) or []
 
     # -- the host's view of our checkpoints: we take none -------------------------------
@@ -174,14 +199,29 @@ class SequencerReplica:
         while self.executed < self.committed and self.executed + 1 in self.log:
             entry = self.log[self.executed + 1]
             batch = decode_batch(entry.batch) if entry.batch else []
+            batch_digest = digest(entry.batch)
             fresh, effects = self.host.execute(
-                0, entry.seq, digest(entry.batch), batch, view=self.view,
+                0, entry.seq, batch_digest, batch, view=self.view,
                 state_digest=self.options.state_digest_every_batch)
             for req in fresh:
                 if req.client not in self.host.pending:
                     self.unproposed.pop(req.client, None)
             self.executed += 1
             out += effects
+            if self.options.witnesses:  # our own witness of this position's partition
+                out.append(self._witnessed(entry.seq, batch_digest))
+        return out
+
+    def _witnessed(self, seq: int, batch_digest: bytes) -> Send:
+        witness = Address(self.replica_id, "witness", seq % self.options.witnesses)
+        return Send(witness, Witnessed(seq, batch_digest))
+
+    def _resend_witnessed(self) -> list[Any]:
+        out: list[Any] = []
+        for first in self.witness_next.values():
+            top = min(self.executed, first + (MAX_RESEND - 1) * self.options.witnesses)
+            for seq in range(first, top + 1, self.options.witnesses):
+                out.append(self._witnessed(seq, digest(self.log[seq].batch)))
         return out
 
     def _resend(self) -> list[Any]:

@@ -14,6 +14,7 @@ from phalanx.safety import generic_checkers
 from sequencer.messages import MESSAGES
 from sequencer.options import SequencerOptions
 from sequencer.replica import PROGRESS, SequencerReplica
+from sequencer.witness import WITNESS_ROLE, WitnessProcess
 
 
 def make_replica(replica_id, quorums, crypto, make_state_machine, options,
@@ -23,7 +24,13 @@ def make_replica(replica_id, quorums, crypto, make_state_machine, options,
     return replica_class(replica_id, quorums, crypto, make_state_machine, options)
 
 
-def status(core: SequencerReplica) -> dict[str, Any]:
+def make_witness(address, quorums, crypto, options) -> WitnessProcess:
+    return WitnessProcess(address, options.witnesses)
+
+
+def status(core: SequencerReplica | WitnessProcess) -> dict[str, Any]:
+    if isinstance(core, WitnessProcess):
+        return core.status()
     return {"view": core.view, "primary": core.leader, "executed_seq": core.executed}
 
 
@@ -43,11 +50,13 @@ SPEC = ProtocolSpec(
                                                             retransmit_timeout=timeout),
     phases={"Request": "data", "Reply": "data", "Replies": "data", "Error": "data",
             "Order": "data", "Ack": "consensus", "Commit": "consensus",
-            "StartView": "consensus", "NewView": "consensus",
+            "StartView": "consensus", "NewView": "consensus", "Witnessed": "execution",
             "timer:" + PROGRESS: "consensus", **HOST_PHASES},
     status=status,
     leader=leader,
     checkers=lambda: generic_checkers(total_order=True),
     fuzz="sequencer.fuzz:ADAPTER",
     resilience=CRASH,
+    other_processes=lambda options: tuple((WITNESS_ROLE, p) for p in range(options.witnesses)),
+    make_process=make_witness,
 )
