@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from phalanx.byzantine.pbft_planted import PLANTED_BUGS
 from phalanx.core.effects import Broadcast, Dropped, Send
 from phalanx.core.hashing import digest
 from phalanx.core.quorum import Quorums
@@ -39,8 +40,10 @@ X = digest(b"x")
 Y = digest(b"y")
 
 
-def instance(me: int = 1, config: PbftConfig = CONFIG) -> PbftInstance:
-    return PbftInstance(0, me, Q, ORACLE.node_crypto(me), config, lambda p: True)
+def instance(me: int = 1, config: PbftConfig = CONFIG, bug: str | None = None) -> PbftInstance:
+    """Replica ``me``'s instance, with the planted ``bug`` if given."""
+    cls = PbftInstance if bug is None else PLANTED_BUGS[bug].replica_class.instance_class
+    return cls(0, me, Q, ORACLE.node_crypto(me), config, lambda p: True)
 
 
 def of(effects: list[Any], kind: type) -> list[Any]:
@@ -159,10 +162,8 @@ def test_a_refused_pre_prepare_is_counted_against_the_primary(messages, refusal)
 
 
 def test_with_the_planted_digest_bug_a_pre_prepare_whose_digest_lies_is_prepared():
-    config = PbftConfig(checkpoint_interval=4, window=8, view_change_timeout=1.0,
-                        planted_bug="preprepare_digest")
     lying = PrePrepare(0, 0, 1, digest(b"other"), b"x")
-    assert sent(instance(config=config).on_message(0, lying), Prepare)
+    assert sent(instance(bug="preprepare_digest").on_message(0, lying), Prepare)
     assert not sent(instance().on_message(0, lying), Prepare)
 
 
@@ -228,9 +229,7 @@ def test_a_checkpoint_is_counted_against_its_sender_and_ignored_at_or_below_the_
 
 
 def test_with_the_planted_checkpoint_bug_any_signature_counts_but_only_from_replicas():
-    config = PbftConfig(checkpoint_interval=4, window=8, view_change_timeout=1.0,
-                        planted_bug="checkpoint_signature")
-    inst = instance(config=config)
+    inst = instance(bug="checkpoint_signature")
     unsigned = [msgspec.structs.replace(checkpoint(0), replica=r, sig=b"") for r in (0, 2, 3, 4)]
     assert inst.checkpoint_proof_valid(4, digest(b"state at 4"), unsigned[:3])
     assert not inst.checkpoint_proof_valid(4, digest(b"state at 4"), unsigned[1:])
@@ -331,9 +330,7 @@ def test_a_new_view_with_too_few_view_changes_to_decide_is_refused():
 def test_with_the_planted_link_rule_only_the_primary_may_send_the_new_view_of_our_view():
     """The planted bug ``unsigned_new_view`` keeps the old rule: no signature, but a
     NEW-VIEW for the view we are changing to must come on the primary's link."""
-    inst = instance(me=2, config=PbftConfig(
-        checkpoint_interval=4, window=8, view_change_timeout=1.0,
-        planted_bug="unsigned_new_view"))
+    inst = instance(me=2, bug="unsigned_new_view")
     time_out(inst)  # to view 1
     unsigned = NewView(0, 1, [view_change(r, 1) for r in (0, 2, 3)])
     assert of(inst.on_message(3, unsigned), Dropped) == [Dropped("new_view_not_from_primary", 3)]
@@ -396,12 +393,10 @@ def test_a_view_change_naming_no_replica_is_refused():
 
 
 def test_with_the_planted_view_change_proof_bug_an_unsigned_view_change_is_taken():
-    config = PbftConfig(checkpoint_interval=4, window=8, view_change_timeout=1.0,
-                        planted_bug="view_change_proof")
     unsigned = msgspec.structs.replace(view_change(3, 1), sig=b"")
-    assert of(instance(me=2, config=config).on_message(3, unsigned), Dropped) == []
+    assert of(instance(me=2, bug="view_change_proof").on_message(3, unsigned), Dropped) == []
     assert not admitted(unsigned)
     nobody = msgspec.structs.replace(unsigned, replica=4)  # still only from replicas
-    assert of(instance(me=2, config=config).on_message(3, nobody), Dropped) == [
+    assert of(instance(me=2, bug="view_change_proof").on_message(3, nobody), Dropped) == [
         Dropped("bad_view_change", 3)
     ]
