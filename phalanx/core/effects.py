@@ -100,4 +100,4 @@ class NotAccepted(msgspec.Struct, frozen=True):
     reason: str
 
 
-ClientEffect = Send | Broadcast | SetTimer | CancelTimer | Completed | NotAccepted
+ClientEffect = Send | Broadcast | SetTimer | CancelTimer | Completed | NotAccepted | Dropped
