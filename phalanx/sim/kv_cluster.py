@@ -39,7 +39,7 @@ def kv_simulation(
     def make_client(crypto: Any) -> Any:
         core = proto.make_client(crypto, quorums, client_retransmit_s)
         if multicast:
-            core.multicast = True  # type: ignore[attr-defined]
+            core.multicast = True
         return core
 
     return Simulation(
