@@ -158,7 +158,7 @@ class Simulation:
         make_client: MakeClient,
         network: NetworkModel | None = None,
         *,
-        messages: Sequence[type] | msgspec.msgpack.Decoder | None = None,
+        messages: Sequence[type] | msgspec.msgpack.Decoder[Any] | None = None,
         wire: bool = True,
         checkers: Sequence[Checker] | None = None,
         record_trace: bool = False,
@@ -493,7 +493,7 @@ class Simulation:
             raise ValueError(f"time {at} is in the past (now={self.now})")
         return float(at)
 
-    def _check_replica(self, replica: int) -> None:
+    def _check_replica(self, replica: object) -> None:
         if not (isinstance(replica, int) and 0 <= replica < self.n):
             raise ValueError(f"no replica {replica!r} (n={self.n})")
 
@@ -848,8 +848,8 @@ class Simulation:
 
 
 def _make_decoder(
-    messages: Sequence[type] | msgspec.msgpack.Decoder | None,
-) -> msgspec.msgpack.Decoder | None:
+    messages: Sequence[type] | msgspec.msgpack.Decoder[Any] | None,
+) -> msgspec.msgpack.Decoder[Any] | None:
     if messages is None:
         return None
     if isinstance(messages, msgspec.msgpack.Decoder):
