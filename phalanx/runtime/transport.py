@@ -402,7 +402,7 @@ class Dialer:
             self._current = link
             try:
                 await asyncio.wait_for(
-                    owner.loop.create_connection(lambda link=link: link, host, port),
+                    owner.loop.create_connection(lambda link=link: link, host, port),  # type: ignore[misc]  # mypy cannot type a lambda's default
                     owner.handshake_timeout,
                 )
             except (OSError, TimeoutError):
@@ -522,7 +522,7 @@ class Endpoint:
     def link_open(self, link: Link) -> None:
         """``link`` finished its handshake; ``link.peer`` is authenticated."""
         if link.initiator:
-            dialer = self.dialers.get(link.target)  # type: ignore[arg-type]
+            dialer = self.dialers.get(link.target)  # type: ignore[arg-type]  # an initiator's target is set
             if dialer is not None:
                 dialer.link = link
         self._update_gauges()
@@ -531,7 +531,7 @@ class Endpoint:
         """A link that had been open is gone."""
         self.metrics.inc("connections_closed")
         if link.initiator:
-            dialer = self.dialers.get(link.target)  # type: ignore[arg-type]
+            dialer = self.dialers.get(link.target)  # type: ignore[arg-type]  # an initiator's target is set
             if dialer is not None and dialer.link is link:
                 dialer.link = None
         self._update_gauges()
@@ -683,7 +683,8 @@ class Transport(Endpoint):
     def port(self) -> int:
         """The port we listen on (useful after ``start(host, 0)``)."""
         assert self._server is not None and self._server.sockets
-        return self._server.sockets[0].getsockname()[1]
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
 
     @property
     def peer_count(self) -> int:
@@ -739,9 +740,9 @@ class Transport(Endpoint):
     def deliver(self, link: Link, msg: Any) -> None:
         if link.peer_is_client:
             if self.on_client_message is not None:
-                self.on_client_message(link.peer, msg)  # type: ignore[arg-type]
+                self.on_client_message(link.peer, msg)  # type: ignore[arg-type]  # a client's key
         elif self.on_replica_message is not None:
-            self.on_replica_message(link.peer, msg)  # type: ignore[arg-type]
+            self.on_replica_message(link.peer, msg)  # type: ignore[arg-type]  # a replica id
 
     def send_client(self, client: bytes, data: bytes) -> None:
         """Send to a connected client; counted as ``dropped_client_gone`` if it is not."""
