@@ -111,7 +111,6 @@ async def native_wallet(wallets: Wallets, index: int, runner: Any) -> None:
         begin, attempts = time.time(), 0
         while True:
             attempts += 1
-            reason = ""  # why the ledger refused it for good (when result is None)
             try:
                 result = decode_result(await asyncio.wait_for(runner.request(raw),
                                                               wallets.timeout))
