@@ -8,11 +8,15 @@ it is on disk.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, final
 
 import msgspec
 
+# Every effect class is final: drivers dispatch on ``type(effect) is Send`` (one pointer
+# compare), which a type checker narrows, both ways, only for final classes.
 
+
+@final
 class Send(msgspec.Struct, frozen=True):
     """Send ``msg`` to replica ``dest``."""
 
@@ -20,12 +24,14 @@ class Send(msgspec.Struct, frozen=True):
     msg: Any
 
 
+@final
 class Broadcast(msgspec.Struct, frozen=True):
     """Send ``msg`` to every other replica (encoded once by the driver)."""
 
     msg: Any
 
 
+@final
 class ToClient(msgspec.Struct, frozen=True):
     """Send ``msg`` to the client identified by its public key."""
 
@@ -33,6 +39,7 @@ class ToClient(msgspec.Struct, frozen=True):
     msg: Any
 
 
+@final
 class SetTimer(msgspec.Struct, frozen=True):
     """(Re)arm timer ``name`` to fire after ``delay`` seconds; re-arming replaces it."""
 
@@ -40,10 +47,12 @@ class SetTimer(msgspec.Struct, frozen=True):
     delay: float
 
 
+@final
 class CancelTimer(msgspec.Struct, frozen=True):
     name: str
 
 
+@final
 class Persist(msgspec.Struct, frozen=True):
     """Durably write ``value`` under ``key`` (``None`` deletes) before the step's sends.
 
@@ -56,6 +65,7 @@ class Persist(msgspec.Struct, frozen=True):
     lazy: bool = False
 
 
+@final
 class Executed(msgspec.Struct, frozen=True):
     """Observation: the batch at ``seq`` was executed. Checkers and metrics consume it."""
 
@@ -69,6 +79,7 @@ class Executed(msgspec.Struct, frozen=True):
     track it, for checkers of protocols without a total order); 0 when not tracked."""
 
 
+@final
 class Dropped(msgspec.Struct, frozen=True):
     """Observation: an input was rejected. ``reason`` names the metric it is counted in."""
 
@@ -79,6 +90,7 @@ class Dropped(msgspec.Struct, frozen=True):
 Effect = Send | Broadcast | ToClient | SetTimer | CancelTimer | Persist | Executed | Dropped
 
 
+@final
 class Completed(msgspec.Struct, frozen=True):
     """Client-side observation: request ``timestamp`` finished with ``result``
     (accepted on f+1 matching replies), or was refused for good with ``error`` (enough
@@ -89,6 +101,7 @@ class Completed(msgspec.Struct, frozen=True):
     error: str | None = None
 
 
+@final
 class NotAccepted(msgspec.Struct, frozen=True):
     """Client-side observation: f+1 replicas refused request ``timestamp``, but not in a
     way that proves it can never execute (``reason``: the one most of them gave). The
