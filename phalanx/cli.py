@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from phalanx.protocols.registry import available
 
@@ -27,9 +28,9 @@ class Parser(argparse.ArgumentParser):
     """The ``phalanx`` parser: its subcommands' parsers are of this class too, so all
     of them show the defaults (see :class:`DefaultsHelpFormatter`)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # ArgumentParser's own
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, **kwargs)
 
 
 def _pbft_default(option: str) -> str:

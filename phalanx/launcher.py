@@ -49,7 +49,7 @@ from phalanx.runtime.metrics import Metrics
 from phalanx.runtime.node import ReplicaDriver
 from phalanx.runtime.transport import Transport
 from phalanx.runtime.wan import WanPlan
-from phalanx.statemachine.base import BlockStateMachine
+from phalanx.statemachine.base import BlockStateMachine, StateMachineFactory
 from phalanx.statemachine.burn import kv_factory
 from phalanx.storage.lmdb_store import Store
 from phalanx.storage.lock import DataDirLock
@@ -112,7 +112,7 @@ class ReplicaServer:
         quorums = config.quorums
         self.metrics = Metrics(replica=str(address))
         crypto = Ed25519NodeCrypto(replica_id, keypair, public_keys)
-        make_app = kv_factory(burn_us_per_op)
+        make_app: StateMachineFactory = kv_factory(burn_us_per_op)
         if config.app == "ledger":
             make_app = make_ledger_factory(config.genesis)
         # The driver and transport measure per-type and per-phase costs; the core stays

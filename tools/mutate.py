@@ -40,6 +40,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".mutmut"
@@ -161,8 +162,10 @@ def workdir(target: Target) -> Path:
     return WORK / target.name
 
 
-def pytest_ini_options() -> dict:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+def pytest_ini_options() -> dict[str, Any]:
+    options: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"][
+        "pytest"]["ini_options"]
+    return options
 
 
 def _toml_value(value: object) -> str:

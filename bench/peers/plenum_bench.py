@@ -65,9 +65,10 @@ INFO_PERIOD_S = 2
 def read_info(pool: Path, name: str) -> dict[str, Any] | None:
     """A node's latest validator-info dump, or None."""
     try:
-        return json.loads((pool / "data" / f"{name.lower()}_info.json").read_text())
+        info: dict[str, Any] = json.loads((pool / "data" / f"{name.lower()}_info.json").read_text())
     except (OSError, ValueError):
         return None
+    return info
 
 
 def ledger_view(info: dict[str, Any]) -> tuple[int | None, str | None, str | None]:

@@ -213,8 +213,8 @@ class Gateway:
         first = time.time_ns() // 1000
         for _ in range(self.clients):
             core = spec.make_client(Ed25519ClientCrypto(KeyPair.generate(), keys), quorums, 1.0)
-            core.next_timestamp = first  # type: ignore[attr-defined]
-            core.endpoint = mux.endpoint  # type: ignore[attr-defined]
+            core.next_timestamp = first
+            core.endpoint = mux.endpoint
             runner = mux.add(core)
             self._workers.append(asyncio.create_task(self._work(runner)))
         await transport.start()

@@ -357,7 +357,7 @@ def _send_frames(seeds: list[bytes], ports: list[int], frames: int, size: int) -
         await transport.start("127.0.0.1", ports[0])
         receiver = Address(1)
         await transport.wait_connected({receiver}, timeout=10)
-        data = encode(os.urandom(size))  # type: ignore[arg-type]
+        data = msgspec.msgpack.encode(os.urandom(size))  # a msgpack bin of ``size`` bytes
         cpu0 = _cpu()
         sent = 0
         while sent < frames:

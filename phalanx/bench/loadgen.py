@@ -40,9 +40,10 @@ import resource
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from phalanx.bench.results import LatencyHistogram, LoadgenReport
 from phalanx.config import load
@@ -72,6 +73,15 @@ class Window:
     start: float  # when the clients begin (warm-up precedes the window)
     window_start: float
     window_end: float
+
+
+class Outcomes(Protocol):
+    """What a load client reports each request's end to: :class:`Recorder` here, the
+    soak's interval recorder there."""
+
+    def completed(self, done_wall: float, latency_s: float) -> None: ...
+
+    def failed(self, reason: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -114,7 +124,7 @@ class ClosedLoopClient:
         client_index: int,
         keys_per_client: int,
         payload: int,
-        recorder: Recorder,
+        recorder: Outcomes,
     ) -> None:
         self.runner = runner
         self.keys = [f"c{client_index:06d}-k{k:04d}".encode() for k in range(keys_per_client)]
@@ -190,7 +200,7 @@ class OpenLoop:
     TICK_S = 0.001
     MAX_BACKLOG = 1_000_000  # arrivals beyond this are counted, not kept
 
-    def __init__(self, clients: list[OpenLoopClient], rate: float, recorder: Recorder) -> None:
+    def __init__(self, clients: list[OpenLoopClient], rate: float, recorder: Outcomes) -> None:
         if not rate > 0:
             raise ValueError("rate must be > 0")
         self.clients = clients
@@ -315,12 +325,17 @@ async def generate(args: argparse.Namespace) -> int:
         )
         recorder = Recorder(window)
         cpu: dict[str, float] = {}
-        kind = OpenLoopClient if args.rate else ClosedLoopClient
-        clients = [
-            kind(r, args.first_client + i, args.keys_per_client, args.payload, recorder)
-            for i, r in enumerate(runners)
-        ]
-        open_loop = OpenLoop(clients, args.rate, recorder) if args.rate else None  # type: ignore[arg-type]
+        client_args = (args.keys_per_client, args.payload, recorder)
+        clients: Sequence[ClosedLoopClient]
+        open_loop: OpenLoop | None = None
+        if args.rate:
+            pool = [OpenLoopClient(r, args.first_client + i, *client_args)
+                    for i, r in enumerate(runners)]
+            open_loop = OpenLoop(pool, args.rate, recorder)
+            clients = pool
+        else:
+            clients = [ClosedLoopClient(r, args.first_client + i, *client_args)
+                       for i, r in enumerate(runners)]
         await asyncio.sleep(max(0.0, window.start - time.time()))
         if open_loop is not None:
             open_loop.start()

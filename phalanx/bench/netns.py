@@ -143,12 +143,13 @@ class Topology:
             if peer is endpoint:
                 continue
             delay = 0.0
-            if self.wan is not None and endpoint.region and peer.region:
+            here, there = endpoint.region, peer.region
+            if self.wan is not None and here and there:
                 # A load generator's cell serves both directions of its links, as in the
                 # transport (which delays replies on arrival at the client): matrices
                 # are not quite symmetric, and the two emulations must agree.
-                src, dst = (peer, endpoint) if peer in self.loadgens else (endpoint, peer)
-                delay = self.wan.one_way_s(src.region, dst.region)  # type: ignore[arg-type]
+                src, dst = (there, here) if peer in self.loadgens else (here, there)
+                delay = self.wan.one_way_s(src, dst)
             out[peer.address] = delay
         return out
 

@@ -302,8 +302,10 @@ class Cluster:
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
 
-    async def status(self, replica_id: int, timeout: float = STATUS_TIMEOUT_S) -> dict | None:
-        return await self.get_json(replica_id, "/status", timeout)
+    async def status(self, replica_id: int, timeout: float = STATUS_TIMEOUT_S
+                     ) -> dict[str, Any] | None:
+        status: dict[str, Any] | None = await self.get_json(replica_id, "/status", timeout)
+        return status
 
     async def statuses(self, ids: list[int]) -> dict[int, dict[str, Any] | None]:
         """``/status`` of ``ids``, asked all at once so the snapshots are simultaneous."""

@@ -71,6 +71,8 @@ TRACE_SENDER_WINDOW = MAX_NONCE_AHEAD // 2
 run_trace_bench). The 2017 trace's busiest sender has 14 % of its transfers; with 64 in
 flight its chain of round trips bound the replay, which ended ~5 % later than the rest."""
 MIN_REPLAY_S = 60.0
+Statuses = dict[int, dict[str, Any] | None]
+"""Replica id -> its ``/status`` answer (None: it gave none)."""
 
 
 def measure_verify_us(trace: Trace, chain_id: bytes, samples: int = VERIFY_SAMPLES) -> float:
@@ -88,8 +90,8 @@ def measure_verify_us(trace: Trace, chain_id: bytes, samples: int = VERIFY_SAMPL
     best = float("inf")
     for _ in range(3):  # the least disturbed of three passes (the machine is shared)
         begin = time.process_time()
-        for tx in txs:
-            signature_valid(tx, chain_id)
+        for transfer in txs:
+            signature_valid(transfer, chain_id)
         best = min(best, (time.process_time() - begin) / len(txs))
     return best * 1e6
 
@@ -169,8 +171,8 @@ async def measure_trace(args: argparse.Namespace, workdir: Path) -> dict[str, An
                     host_cpu_busy(host_start, host_end), all(d == "done" for d in done))
 
 
-def _results(args: argparse.Namespace, config: Any, trace: Trace, reports: list[dict],
-             starts: dict, ends: dict, safety: Any, verify_us: float,
+def _results(args: argparse.Namespace, config: Any, trace: Trace, reports: list[dict[str, Any]],
+             starts: Statuses, ends: Statuses, safety: Any, verify_us: float,
              host_busy: float | None, finished: bool) -> dict[str, Any]:
     histogram = LatencyHistogram()
     rejected: dict[str, int] = {}

@@ -213,7 +213,7 @@ class Borgesian(ActionBehaviour):
             if cls is focus:
                 count += rng.randint(1, len(self._replicas) + 1)
             for _ in range(count):
-                seen = pool.messages(cls)
+                seen: list[Any] = pool.messages(cls)
                 if seen and rng.random() < 0.4:
                     msg = gen.mutate(rng.choice(seen))
                 else:

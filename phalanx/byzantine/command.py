@@ -76,6 +76,7 @@ def run_fuzz(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return _replay(config, args.seed, out)
     if args.seeds < 1:
         raise ValueError("--seeds must be positive")
+    done = 0
 
     def on_result(plan: Plan, outcome: Outcome) -> None:
         nonlocal done
@@ -90,7 +91,6 @@ def run_fuzz(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if args.progress and done % args.progress == 0:
             print(f"... {done} seeds", file=out, flush=True)
 
-    done = 0
     seeds = range(args.first, args.first + args.seeds)
     summary = sweep(config, seeds, stop_at_first=args.stop, on_result=on_result)
     if summary.failing:

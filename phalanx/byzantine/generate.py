@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from hashlib import sha256
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import msgspec.inspect as mi
@@ -38,6 +38,7 @@ Sign = Callable[[int, bytes], bytes]
 Fixup = Callable[[Any, "MessageGenerator"], Any]
 """Protocol hint run on a freshly generated message (e.g. make a digest match its
 payload, so the message gets past the first check and reaches deeper code)."""
+M = TypeVar("M")
 
 
 class TrafficPool:
@@ -59,7 +60,8 @@ class TrafficPool:
         self.observed += 1
         self._walk(msg, 0)
 
-    def messages(self, cls: type) -> list[Any]:
+    def messages(self, cls: type[M]) -> list[M]:
+        """The observed messages of type ``cls`` (exactly: kept by their own type)."""
         return self.by_type.get(cls, [])
 
     def _walk(self, value: Any, depth: int) -> None:
@@ -259,7 +261,7 @@ class MessageGenerator:
     def _struct(self, cls: type, depth: int, fresh: bool) -> Any:
         rng = self.rng
         if not fresh:
-            seen = self.pool.messages(cls)
+            seen: list[Any] = self.pool.messages(cls)
             # Nested structs: forward a real one (its signature stays valid) or a mutant.
             if seen and rng.random() < 0.6:
                 msg = rng.choice(seen)
@@ -274,10 +276,10 @@ class MessageGenerator:
     def _struct_info(self, cls: type) -> mi.StructType:
         info = self._info.get(cls)
         if info is None:
-            info = mi.type_info(cls)
-            if not isinstance(info, mi.StructType):
+            found = mi.type_info(cls)
+            if not isinstance(found, mi.StructType):
                 raise TypeError(f"{cls!r} is not a msgspec Struct")
-            self._info[cls] = info
+            info = self._info[cls] = found
         return info
 
     def _is_sticky(self, key: tuple[str, str]) -> bool:

@@ -128,9 +128,10 @@ def parse_event(item: Any, index: int, n: int, duration: float) -> Event:
         if not isinstance(raw_link, list) or len(raw_link) != 2:
             raise NemesisError(f"{where}: 'link' must be two replica ids")
         link = (replica_id(raw_link[0]), replica_id(raw_link[1]))
-        delay = item.get("delay_ms")
-        if not isinstance(delay, int | float) or not 0 < delay <= 60_000:
+        raw_delay = item.get("delay_ms")
+        if not isinstance(raw_delay, int | float) or not 0 < raw_delay <= 60_000:
             raise NemesisError(f"{where}: 'delay_ms' must be in (0, 60000]")
+        delay = raw_delay
     return Event(float(at), action, replica, groups, link, float(delay))
 
 
@@ -147,7 +148,7 @@ class NemesisCluster(Protocol):
 
     async def statuses(self, ids: list[int]) -> dict[int, dict[str, Any] | None]: ...
 
-    async def status(self, replica_id: int, timeout: float = ...) -> dict | None: ...
+    async def status(self, replica_id: int, timeout: float = ...) -> dict[str, Any] | None: ...
 
 
 @dataclass

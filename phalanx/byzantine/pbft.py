@@ -14,7 +14,7 @@ Strategies (besides the generic Borgesian and selective-delivery ones):
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -27,7 +27,7 @@ from phalanx.byzantine.behaviours import (
     Switches,
     Voter,
 )
-from phalanx.byzantine.generate import MessageGenerator
+from phalanx.byzantine.generate import Fixup, MessageGenerator
 from phalanx.byzantine.pbft_attacks import ForgeNewView, HideCommit, SpliceNewView
 from phalanx.byzantine.pbft_planted import PLANTED_BUGS, planted_replica
 from phalanx.core.hashing import digest
@@ -118,7 +118,8 @@ def _fix_view_change(vc: ViewChange, gen: MessageGenerator) -> ViewChange:
     maybe of other slots) were prepared at recently observed seqs (one in ten at view
     -1, which only the decoder and the admission checks stand between)."""
     rng = gen.rng
-    low, low_digest, proof = 0, b"", []
+    low, low_digest = 0, b""
+    proof: list[Checkpoint] = []
     stable = _stable_checkpoints(gen)
     if stable and rng.random() < 0.8:
         low, low_digest, proof = rng.choice(stable)
@@ -157,11 +158,14 @@ def _stable_checkpoints(gen: MessageGenerator) -> list[tuple[int, bytes, list[Ch
     ]
 
 
-def replace_struct(msg: Any, **changes: Any) -> Any:
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def replace_struct(msg: S, **changes: Any) -> S:
     return msgspec.structs.replace(msg, **changes)
 
 
-FIXUPS = {
+FIXUPS: dict[type, Fixup] = {
     PrePrepare: _fix_preprepare,
     CommittedSlot: _fix_committed,
     PayloadData: _fix_payload,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from phalanx import exit_codes
 from phalanx.client.ledger import LedgerClient, LedgerError, TxNotAccepted, TxRefused
@@ -27,7 +28,8 @@ def amount(text: str) -> int:
     return value
 
 
-def add_wallet_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_wallet_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    # Any: the parsers are phalanx.cli's own class, which this module may not import.
     p = sub.add_parser("wallet", help="ledger wallets (Ed25519 keys; the address is the key)")
     wsub = p.add_subparsers(dest="wallet_command", required=True)
     w = wsub.add_parser("new", help="create a wallet file (mode 0600) and print its address")
@@ -38,7 +40,7 @@ def add_wallet_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.set_defaults(func=run_wallet)
 
 
-def add_client_commands(csub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_client_commands(csub: argparse._SubParsersAction[Any]) -> None:
     c = csub.add_parser("transfer", help="ledger: sign, submit and wait for f+1 confirmations")
     c.add_argument("--wallet", required=True, help="the sender's wallet file")
     c.add_argument("--to", required=True, help="recipient address (hex) or wallet file")

@@ -76,7 +76,7 @@ def judge_refusals(refusals: list[tuple[str, str]], quorums: Quorums) -> LedgerE
     :class:`TxRefused` if f+1 give the same final reason (one of them is correct),
     otherwise :class:`TxNotAccepted` with the reason most of them gave."""
     counts = Counter(reason for reason, _ in refusals)
-    details = {}
+    details: dict[str, str] = {}
     for reason, detail in refusals:
         details.setdefault(reason, detail)
     for reason, count in counts.items():

@@ -8,13 +8,17 @@ it is on disk.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, final
 
 import msgspec
 
 from phalanx.core.address import Address
 
+# Every effect class is final: drivers dispatch on ``type(effect) is Send`` (one pointer
+# compare), which a type checker narrows, both ways, only for final classes.
 
+
+@final
 class Send(msgspec.Struct, frozen=True):
     """Send ``msg`` to the process at ``dest``; an int ``dest`` is replica ``dest``'s
     process of the sender's own role and partition (the one process of a single-process
@@ -24,6 +28,7 @@ class Send(msgspec.Struct, frozen=True):
     msg: Any
 
 
+@final
 class Broadcast(msgspec.Struct, frozen=True):
     """Send ``msg`` to process (``role``, ``partition``) of every replica — by default the
     sender's own role and partition — except the sender itself: for a single-process
@@ -35,6 +40,7 @@ class Broadcast(msgspec.Struct, frozen=True):
     partition: int | None = None
 
 
+@final
 class ToClient(msgspec.Struct, frozen=True):
     """Send ``msg`` to the client identified by its public key."""
 
@@ -42,6 +48,7 @@ class ToClient(msgspec.Struct, frozen=True):
     msg: Any
 
 
+@final
 class SetTimer(msgspec.Struct, frozen=True):
     """(Re)arm timer ``name`` to fire after ``delay`` seconds; re-arming replaces it."""
 
@@ -49,10 +56,12 @@ class SetTimer(msgspec.Struct, frozen=True):
     delay: float
 
 
+@final
 class CancelTimer(msgspec.Struct, frozen=True):
     name: str
 
 
+@final
 class Persist(msgspec.Struct, frozen=True):
     """Durably write ``value`` under ``key`` (``None`` deletes) before the step's sends.
 
@@ -65,6 +74,7 @@ class Persist(msgspec.Struct, frozen=True):
     lazy: bool = False
 
 
+@final
 class Executed(msgspec.Struct, frozen=True):
     """Observation: the batch at ``seq`` was executed. Checkers and metrics consume it."""
 
@@ -78,6 +88,7 @@ class Executed(msgspec.Struct, frozen=True):
     track it, for checkers of protocols without a total order); 0 when not tracked."""
 
 
+@final
 class Dropped(msgspec.Struct, frozen=True):
     """Observation: an input was rejected. ``reason`` names the metric it is counted in."""
 
@@ -88,6 +99,7 @@ class Dropped(msgspec.Struct, frozen=True):
 Effect = Send | Broadcast | ToClient | SetTimer | CancelTimer | Persist | Executed | Dropped
 
 
+@final
 class Completed(msgspec.Struct, frozen=True):
     """Client-side observation: request ``timestamp`` finished with ``result``
     (accepted on f+1 matching replies), or was refused for good with ``error`` (enough
@@ -98,6 +110,7 @@ class Completed(msgspec.Struct, frozen=True):
     error: str | None = None
 
 
+@final
 class NotAccepted(msgspec.Struct, frozen=True):
     """Client-side observation: f+1 replicas refused request ``timestamp``, but not in a
     way that proves it can never execute (``reason``: the one most of them gave). The
@@ -109,4 +122,4 @@ class NotAccepted(msgspec.Struct, frozen=True):
     reason: str
 
 
-ClientEffect = Send | Broadcast | SetTimer | CancelTimer | Completed | NotAccepted
+ClientEffect = Send | Broadcast | SetTimer | CancelTimer | Completed | NotAccepted | Dropped

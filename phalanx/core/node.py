@@ -57,6 +57,13 @@ class ReplicaCore(Protocol):
 
 class ClientCore(Protocol):
     client_id: bytes
+    next_timestamp: int
+    """The timestamp of the next request: drivers start it at the wall clock in
+    microseconds, so a client that reuses its key keeps its timestamps increasing."""
+    endpoint: bytes
+    """The identity of the shared connection its replies go to (b"": its own)."""
+    multicast: bool
+    """Whether each request goes to every replica at once."""
 
     def submit(self, op: bytes) -> tuple[int, list[ClientEffect]]:
         """Start a request; returns its timestamp and the effects."""

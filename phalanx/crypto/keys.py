@@ -15,7 +15,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import nacl.bindings
 import nacl.exceptions
@@ -50,8 +50,9 @@ class KeyPair:
         return cls(SigningKey.generate())
 
     @classmethod
-    def from_seed(cls, seed: bytes) -> KeyPair:
-        """The key pair of a 32-byte seed (same seed, same keys)."""
+    def from_seed(cls, seed: object) -> KeyPair:
+        """The key pair of a 32-byte seed (same seed, same keys); ValueError for anything
+        else (a seed may come from a file or a config, so it is checked)."""
         if not isinstance(seed, bytes) or len(seed) != SEED_SIZE:
             raise ValueError(f"an Ed25519 seed is {SEED_SIZE} bytes")
         return cls(SigningKey(seed))
@@ -118,9 +119,10 @@ class KeyPair:
         return f"KeyPair(public_key={self.public_key.hex()})"
 
 
-def curve_public_key(public_key: bytes) -> bytes:
+def curve_public_key(public_key: object) -> bytes:
     """The X25519 public key of an Ed25519 public key; ValueError if it is not a valid,
-    canonical point of prime order (garbage, small-order points and wrong lengths)."""
+    canonical point of prime order (garbage, small-order points, wrong lengths and
+    types: a public key may come off the wire)."""
     if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_SIZE:
         raise ValueError(f"an Ed25519 public key is {PUBLIC_KEY_SIZE} bytes")
     try:
@@ -165,15 +167,31 @@ class PairwiseKeys(Generic[K]):
 
     __slots__ = ("_cache", "_keypair", "_prepare", "capacity")
 
+    # Without ``prepare`` the cache holds the raw keys: K is bytes.
+    @overload
+    def __init__(
+        self: PairwiseKeys[bytes], keypair: KeyPair, capacity: int = 65_536
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self, keypair: KeyPair, capacity: int, prepare: Callable[[bytes], K]
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self, keypair: KeyPair, *, capacity: int = 65_536, prepare: Callable[[bytes], K]
+    ) -> None: ...
+
     def __init__(
         self,
         keypair: KeyPair,
         capacity: int = 65_536,
-        prepare: Callable[[bytes], K] = _raw,  # type: ignore[assignment]
+        prepare: Callable[[bytes], Any] = _raw,
     ) -> None:
         self._keypair = keypair
         self.capacity = capacity
-        self._prepare = prepare
+        self._prepare: Callable[[bytes], K] = prepare
         self._cache: OrderedDict[bytes, K] = OrderedDict()
 
     def get(self, their_public_key: bytes) -> K:

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from phalanx.client.ledger import LedgerClient, LedgerError
+from phalanx.client.ledger import LedgerClient, LedgerError, VerifiedAccount
 from phalanx.client.wallet import Wallet
 from phalanx.cluster import ClusterError, LocalCluster
 from phalanx.config import ClusterConfig
@@ -118,7 +118,7 @@ async def _walkthrough(config: ClusterConfig, faucet: Wallet, console: Any) -> b
 
 
 async def _certified_account(client: LedgerClient, address: bytes, height: int,
-                             timeout: float = 20.0) -> Any:
+                             timeout: float = 20.0) -> VerifiedAccount:
     """The verified account at a certified height >= ``height`` (certificates form a
     moment after the block commits)."""
     deadline = time.monotonic() + timeout

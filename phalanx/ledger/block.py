@@ -19,6 +19,7 @@ matching signatures are the block's commit certificate.
 from __future__ import annotations
 
 import hashlib
+from typing import TypeGuard
 
 import msgspec
 
@@ -57,19 +58,30 @@ class BlockHeader(msgspec.Struct, **_opts):
     def from_json(cls, data: dict[str, object]) -> BlockHeader:
         """Parse :meth:`to_json` output; raises ValueError/TypeError/KeyError on garbage."""
         def h(name: str) -> bytes:
-            value = bytes.fromhex(data[name])  # type: ignore[arg-type]
+            value = _fromhex(data[name])
             if len(value) != 32:
                 raise ValueError(f"{name} must be 32 bytes")
             return value
 
         height, seq, count = data["height"], data["consensus_seq"], data["tx_count"]
-        if not all(isinstance(v, int) and v >= 0 for v in (height, seq, count)):
+        if not (_is_natural(height) and _is_natural(seq) and _is_natural(count)):
             raise ValueError("height, consensus_seq and tx_count must be integers >= 0")
         shards = data["shard_roots"]
         if not isinstance(shards, list):
             raise ValueError("shard_roots must be a list")
-        return cls(h("chain_id"), height, h("prev_hash"), h("tx_root"),  # type: ignore[arg-type]
-                   h("state_root"), [bytes.fromhex(s) for s in shards], seq, count)  # type: ignore[arg-type]
+        return cls(h("chain_id"), height, h("prev_hash"), h("tx_root"),
+                   h("state_root"), [_fromhex(s) for s in shards], seq, count)
+
+
+def _fromhex(value: object) -> bytes:
+    """``bytes.fromhex`` of a JSON value: TypeError unless it is a string, as fromhex."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a hex string, not {type(value).__name__}")
+    return bytes.fromhex(value)
+
+
+def _is_natural(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and value >= 0
 
 
 class TxOutcome(msgspec.Struct, **_opts):

@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Any
+from typing import final
 
 import msgspec
 
@@ -48,16 +48,20 @@ _sha256 = hashlib.sha256
 
 
 
+# Final, so that ``type(node) is _Leaf`` tells the type checker the rest is not one.
+@final
 class _Empty(msgspec.Struct, gc=False, frozen=True):
     hash: bytes
 
 
+@final
 class _Internal(msgspec.Struct, gc=False, frozen=True):
     hash: bytes
-    left: Any
-    right: Any
+    left: _Node
+    right: _Node
 
 
+@final
 class _Leaf(msgspec.Struct, gc=False, frozen=True):
     hash: bytes
     key: bytes
@@ -195,9 +199,9 @@ class SparseMerkleTree:
                 sibling, node = node.right, node.left
             siblings.append(sibling.hash)
             shift -= 1
-        if type(node) is _Empty:
-            return Proof(tuple(siblings))
-        return Proof(tuple(siblings), node.key, node.value)
+        if type(node) is _Leaf:
+            return Proof(tuple(siblings), node.key, node.value)
+        return Proof(tuple(siblings))
 
 
 # In the helpers below, ``leaves[lo:hi]`` (sorted by path, ``paths`` their integers) all
@@ -223,23 +227,22 @@ def _build(shift: int, leaves: list[_Leaf], paths: list[int], lo: int, hi: int) 
 
 def _update(node: _Node, shift: int, leaves: list[_Leaf], paths: list[int], lo: int,
             hi: int) -> _Node:
-    kind = type(node)
-    if kind is _Internal:
+    if type(node) is _Internal:
         # Inlined _split: this runs once per node on every updated path.
         mid = bisect_left(paths, ((paths[lo] >> shift) | 1) << shift, lo, hi)
-        left = node.left  # type: ignore[union-attr]
-        right = node.right  # type: ignore[union-attr]
+        left = node.left
+        right = node.right
         if mid > lo:
             left = _update(left, shift - 1, leaves, paths, lo, mid)
         if mid < hi:
             right = _update(right, shift - 1, leaves, paths, mid, hi)
         return _Internal(_sha256(_INTERNAL + left.hash + right.hash).digest(), left, right)
-    if kind is _Empty:
+    if type(node) is _Empty:
         return _build(shift, leaves, paths, lo, hi)
     # A leaf: rebuilt around the new leaves (replaced if its key is among them).
-    i = bisect_left(paths, node.path, lo, hi)  # type: ignore[union-attr]
-    if i == hi or paths[i] != node.path:  # type: ignore[union-attr]
-        leaves = [*leaves[lo:i], node, *leaves[i:hi]]  # type: ignore[list-item]
+    i = bisect_left(paths, node.path, lo, hi)
+    if i == hi or paths[i] != node.path:
+        leaves = [*leaves[lo:i], node, *leaves[i:hi]]
         paths = [leaf.path for leaf in leaves]
         lo, hi = 0, len(leaves)
     return _build(shift, leaves, paths, lo, hi)

@@ -347,12 +347,13 @@ class Ledger(BlockStateMachine):
     def _execute(self, op: bytes, tid: bytes) -> str | None:
         tx = self.signatures.take(op)  # decoded and verified at admission or validation
         if tx is None:
-            tx = decode_tx(op)
-            if isinstance(tx, str):
-                return tx
+            decoded = decode_tx(op)
+            if isinstance(decoded, str):
+                return decoded
             self.signatures.verifications += 1
-            if not txm.signature_valid(tx, self.chain_id):
+            if not txm.signature_valid(decoded, self.chain_id):
                 return txm.BAD_SIGNATURE
+            tx = decoded
         accounts = self.accounts
         sender = accounts.get(tx.sender)
         if sender is None:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, Final, Generic, TypeVar
 
 from phalanx.statemachine.base import (
     BlockStateMachine,
@@ -190,7 +190,7 @@ def phase_split(snap: Mapping[str, Any], cpu_s: float | None = None) -> dict[str
     ``cpu_s`` (the process's CPU over the same span), if given, adds ``other``: what
     the process used beyond the accounted work.
     """
-    phase_of = snap.get("phase_of", {})
+    phase_of: Mapping[str, str] = snap.get("phase_of", {})
 
     def phase(name: str) -> str:
         return phase_of.get(name, DEFAULT_PHASE)
@@ -234,14 +234,18 @@ def phase_split(snap: Mapping[str, Any], cpu_s: float | None = None) -> dict[str
     return out
 
 
-class TimedStateMachine(StateMachine):
+# Covariant (a timed ledger is a timed state machine): ``inner`` is never reassigned.
+Inner = TypeVar("Inner", bound=StateMachine, covariant=True)
+
+
+class TimedStateMachine(StateMachine, Generic[Inner]):
     """Wraps a :class:`~phalanx.statemachine.base.StateMachine` and charges the time of
     ``apply`` and ``snapshot`` to ``accounting`` as execution; everything else passes
     through, so the host cannot tell it apart from the wrapped machine. ``inner`` is the
     wrapped machine (the ledger's API reads its accounts)."""
 
-    def __init__(self, inner: StateMachine, accounting: Accounting) -> None:
-        self.inner = inner
+    def __init__(self, inner: Inner, accounting: Accounting) -> None:
+        self.inner: Final[Inner] = inner
         self._accounting = accounting
         self.recovery_skip = inner.recovery_skip
 
@@ -267,10 +271,8 @@ class TimedStateMachine(StateMachine):
         return self.inner.state_root()
 
 
-class TimedBlockStateMachine(TimedStateMachine, BlockStateMachine):
+class TimedBlockStateMachine(TimedStateMachine[BlockStateMachine], BlockStateMachine):
     """:class:`TimedStateMachine` of a block-making state machine (the ledger)."""
-
-    inner: BlockStateMachine
 
     def __init__(self, inner: BlockStateMachine, accounting: Accounting) -> None:
         super().__init__(inner, accounting)
@@ -289,7 +291,7 @@ class TimedBlockStateMachine(TimedStateMachine, BlockStateMachine):
         return self.inner.check_op(op)
 
 
-def timed(app: StateMachine, accounting: Accounting) -> TimedStateMachine:
+def timed(app: StateMachine, accounting: Accounting) -> TimedStateMachine[StateMachine]:
     """``app``, its execution time charged to ``accounting``."""
     if isinstance(app, BlockStateMachine):
         return TimedBlockStateMachine(app, accounting)
@@ -307,4 +309,7 @@ def timed_factory(make: StateMachineFactory, accounting: Accounting) -> StateMac
 
 def unwrap(app: StateMachine) -> StateMachine:
     """The state machine a timing wrapper wraps (or ``app`` itself)."""
-    return app.inner if isinstance(app, TimedStateMachine) else app
+    if isinstance(app, TimedStateMachine):
+        inner: StateMachine = app.inner
+        return inner
+    return app

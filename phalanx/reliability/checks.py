@@ -25,7 +25,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from phalanx.ledger import tx as txm
 from phalanx.ledger.block import APPLIED, Block, decode_block, decode_tx_record
@@ -66,9 +66,9 @@ class LoadRecord:
     millions of transfers)."""
 
     wallets: int
-    acked_height: list[array] = field(default_factory=list)  # nonce -> block, -1 if none
-    ack_times: array = field(default_factory=lambda: array("d"))
-    latencies: array = field(default_factory=lambda: array("d"))
+    acked_height: list[array[int]] = field(default_factory=list)  # nonce -> block, -1 if none
+    ack_times: array[float] = field(default_factory=lambda: array("d"))
+    latencies: array[float] = field(default_factory=lambda: array("d"))
     consumed: int = 0
     retries: int = 0
     anomalies: list[dict[str, Any]] = field(default_factory=list)
@@ -134,15 +134,19 @@ def read_journal(path: Path, wallets: int) -> LoadRecord:
 # -- the executed state -------------------------------------------------------------------
 
 
+def _all_read(wallets: list[tuple[int, int] | None]) -> TypeGuard[list[tuple[int, int]]]:
+    return all(a is not None for a in wallets)
+
+
 def check_state(findings: Findings, seed: int, load: LoadRecord,
                 accounts: dict[int, list[tuple[int, int] | None]]) -> None:
     """``accounts[replica][wallet]`` is (balance, next nonce), or None if unreadable."""
     for replica, wallets in sorted(accounts.items()):
-        if any(a is None for a in wallets):
+        if not _all_read(wallets):
             missing = sum(a is None for a in wallets)
             findings.add("state_unreadable", f"replica {replica}: {missing} accounts unread")
             continue
-        nonces = [nonce for _, nonce in wallets]  # type: ignore[misc]
+        nonces = [nonce for _, nonce in wallets]
         for wallet, nonce in enumerate(nonces):
             last = load.last_acked(wallet)
             if nonce <= last:
@@ -154,7 +158,7 @@ def check_state(findings: Findings, seed: int, load: LoadRecord,
                 findings.add("phantom", f"replica {replica}: wallet {wallet} at nonce {nonce}"
                              f" but only {load.sent[wallet]} were ever sent")
         expected = expected_balances(seed, load.wallets, nonces)
-        for wallet, ((balance, _), want) in enumerate(zip(wallets, expected, strict=True)):  # type: ignore[misc]
+        for wallet, ((balance, _), want) in enumerate(zip(wallets, expected, strict=True)):
             if balance != want:
                 findings.add("balance", f"replica {replica}: wallet {wallet} holds {balance},"
                              f" its transfers make {want}")

@@ -494,7 +494,8 @@ def _get_retrying(cluster: LocalCluster, replica: int, path: str,
     is retried until ``deadline`` (monotonic), then None."""
     while True:
         try:
-            return cluster.get_json(replica, path)  # type: ignore[no-any-return]
+            body: dict[str, Any] | None = cluster.get_json(replica, path)
+            return body
         except OSError:
             if time.monotonic() > deadline:
                 return None

@@ -28,7 +28,7 @@ def plant_divergence() -> None:
             self.accounts[tx.to][0] += 1
         return reason
 
-    Ledger._execute = diverging_execute  # type: ignore[method-assign]
+    Ledger._execute = diverging_execute  # type: ignore[method-assign]  # the planted bug
 
 
 def main(argv: list[str] | None = None) -> int:

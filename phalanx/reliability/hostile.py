@@ -28,6 +28,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,7 +306,7 @@ class HostileInput:
         return committed
 
     async def _phase(self, cluster: LocalCluster, name: str, kind: str, words: str,
-                     counters: set[str] | frozenset[str],
+                     counters: AbstractSet[str],
                      attack: Callable[[int], Awaitable[Any]], units: int,
                      split: bool = True) -> Phase:
         phase = Phase(name, kind, words)

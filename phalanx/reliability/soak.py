@@ -315,7 +315,8 @@ class Soak:
         others = [r for r in range(cluster.n) if r != primary]
         deadline = time.time() + max(self.spec.stop_s, 30.0)
         while time.time() < deadline:
-            views = [s.get("view") for s in statuses(cluster, others).values() if s]
+            views = [v for s in statuses(cluster, others).values()
+                     if s and isinstance(v := s.get("view"), int)]
             if len(views) >= len(others) - 1 and min(views) > view:
                 change.view_after = min(views)
                 change.took_s = round(time.time() - change.at, 3)

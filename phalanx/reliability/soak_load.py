@@ -66,9 +66,9 @@ async def generate(args: argparse.Namespace) -> int:
     try:
         recorder = IntervalRecorder()
         clients = [OpenLoopClient(r, args.first_client + i, args.keys_per_client,
-                                  args.payload, recorder)  # type: ignore[arg-type]
+                                  args.payload, recorder)
                    for i, r in enumerate(runners)]
-        open_loop = OpenLoop(clients, args.rate, recorder)  # type: ignore[arg-type]
+        open_loop = OpenLoop(clients, args.rate, recorder)
         print(f"ready {len(runners)}", flush=True)
         if await read_line(reader) != "go":
             return 0

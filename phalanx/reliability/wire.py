@@ -23,7 +23,7 @@ import contextlib
 import os
 import random
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -142,7 +142,7 @@ class Session:
 
     def __init__(self, replica: int, keypair: KeyPair, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, encoder: FrameEncoder,
-                 replica_keys: tuple[bytes, ...]) -> None:
+                 replica_keys: Sequence[bytes]) -> None:
         self.replica = replica
         self.keypair = keypair
         self.reader = reader
@@ -263,7 +263,7 @@ def _bad_hello(ctx: WireContext, replica: int) -> bytes:
     else:
         data = msgspec.msgpack.encode(good)
         return mutate(data, rng) if choice == 5 else ctx.corpus.draw()
-    if hello.target == replica and choice == 2:
+    if hello.target == Address(replica) and choice == 2:
         hello = msgspec.structs.replace(hello, target=Address(replica + n))
     return msgspec.msgpack.encode(hello)
 
@@ -462,9 +462,9 @@ async def break_link(ctx: WireContext, units: int) -> Sent:
             session.send_bundle([ctx.corpus.draw()])
         kind = index % 4
         if kind == 0:
-            frame = bytearray(session.encoder.encode_bundle([ctx.corpus.draw()]))
-            frame[-1 - rng.randrange(16)] ^= 1 << rng.randrange(8)
-            session.send_raw(bytes(frame))
+            flipped = bytearray(session.encoder.encode_bundle([ctx.corpus.draw()]))
+            flipped[-1 - rng.randrange(16)] ^= 1 << rng.randrange(8)
+            session.send_raw(bytes(flipped))
         elif kind == 1:
             session.send_raw(session.last_frame)  # its counter is spent
         elif kind == 2:

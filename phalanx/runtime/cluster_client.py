@@ -34,7 +34,7 @@ async def open_client(
     crypto = Ed25519ClientCrypto(keypair, public_keys)
     spec = protocol(config.protocol)
     core = spec.make_client(crypto, config.quorums, retransmit_timeout)
-    core.next_timestamp = time.time_ns() // 1000  # type: ignore[attr-defined]
+    core.next_timestamp = time.time_ns() // 1000
     transport = client_transport(config, keypair, metrics)
     runner = ClientRunner(core, transport)
     await transport.start()
@@ -64,10 +64,10 @@ async def open_clients(
     for _ in range(count):
         crypto = Ed25519ClientCrypto(KeyPair.generate(), public_keys)
         core = spec.make_client(crypto, quorums, retransmit_timeout)
-        core.next_timestamp = first_timestamp  # type: ignore[attr-defined]
-        core.endpoint = mux.endpoint  # type: ignore[attr-defined]
+        core.next_timestamp = first_timestamp
+        core.endpoint = mux.endpoint
         if multicast:
-            core.multicast = True  # type: ignore[attr-defined]
+            core.multicast = True
         runners.append(mux.add(core))
     await transport.start()
     await _wait_for_quorum(transport, quorums.strong, connect_timeout, config.n)

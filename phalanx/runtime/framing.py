@@ -131,7 +131,7 @@ class FrameEncoder:
 def split_bundle(payload: memoryview) -> list[memoryview]:
     """The messages of a bundle frame's payload (views, no copies); raises
     :class:`BadBundle` if the lengths do not add up (the sender is faulty)."""
-    messages = []
+    messages: list[memoryview] = []
     pos = 0
     end = len(payload)
     unpack_from = _LENGTH.unpack_from

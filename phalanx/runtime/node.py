@@ -51,6 +51,9 @@ DEFERRED_WRITE_DELAY = 0.02
 RECENT_DIGESTS = 10_000
 """Executed digests kept for /log (its largest range); older ones are forgotten."""
 
+Outgoing = Persist | Send | Broadcast | ToClient
+"""The effects a step leaves for the flush (the rest are carried out at once)."""
+
 
 class Store(Protocol):
     """What the driver needs of :class:`phalanx.storage.lmdb_store.Store`."""
@@ -93,7 +96,7 @@ class ReplicaDriver:
         self.last_executed_seq: int | None = None
         # Digests of recently executed seqs (instance 0), for cross-replica log checks.
         self._recent_digests: dict[int, bytes] = {}
-        self._pending: list[Effect] = []
+        self._pending: list[Outgoing] = []
         self._flush_scheduled = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._deferred: list[tuple[bytes, bytes | None]] = []  # lazy records not yet written
@@ -208,7 +211,7 @@ class ReplicaDriver:
         except Exception:
             # A core bug triggered by one input must not take the replica down: the input
             # is lost (as if dropped by the network), the replica carries on.
-            n = self.metrics.get("core_exceptions") + 1
+            n = int(self.metrics.get("core_exceptions")) + 1  # a count (int & int below)
             self.metrics.inc("core_exceptions")
             if n & (n - 1) == 0:  # log the 1st, 2nd, 4th, 8th... so a flood cannot fill disks
                 log.exception("replica core raised on %s (%d so far)", what, n)
@@ -227,17 +230,17 @@ class ReplicaDriver:
     def _collect(self, effects: list[Effect]) -> None:
         pending = self._pending
         for effect in effects:
-            kind = type(effect)
-            if kind is SetTimer:
-                self._set_timer(effect.name, effect.delay)  # type: ignore[union-attr]
-            elif kind is CancelTimer:
-                handle = self._timers.pop(effect.name, None)  # type: ignore[union-attr]
+            # ``type(effect) is``: one pointer compare, and (effects are final) mypy narrows it.
+            if type(effect) is SetTimer:
+                self._set_timer(effect.name, effect.delay)
+            elif type(effect) is CancelTimer:
+                handle = self._timers.pop(effect.name, None)
                 if handle is not None:
                     handle.cancel()
-            elif kind is Dropped:
-                self.metrics.inc("dropped_" + effect.reason)  # type: ignore[union-attr]
-            elif kind is Executed:
-                self._executed(effect)  # type: ignore[arg-type]
+            elif type(effect) is Dropped:
+                self.metrics.inc("dropped_" + effect.reason)
+            elif type(effect) is Executed:
+                self._executed(effect)
             else:
                 pending.append(effect)
         if pending and not self._flush_scheduled:
@@ -276,8 +279,8 @@ class ReplicaDriver:
         records: list[tuple[bytes, bytes | None]] = []
         for e in effects:
             if type(e) is Persist:
-                records.append((e.key, e.value))  # type: ignore[union-attr]
-                gating = gating or not e.lazy  # type: ignore[union-attr]
+                records.append((e.key, e.value))
+                gating = gating or not e.lazy
         if records and self.store is not None:
             if gating:
                 if not self._write(records):
@@ -317,7 +320,7 @@ class ReplicaDriver:
         if self._deferred and self._running:
             self._write([])
 
-    def _send(self, effects: list[Effect]) -> None:
+    def _send(self, effects: list[Outgoing]) -> None:
         metrics = self.metrics
         transport = self.transport
         acct = self.accounting
@@ -326,26 +329,23 @@ class ReplicaDriver:
         encoded: dict[int, bytes] = {}
         replies: dict[bytes, list[Reply]] = {}
         for effect in effects:
-            if type(effect) is ToClient and type(effect.msg) is Reply:  # type: ignore[union-attr]
-                replies.setdefault(effect.client, []).append(effect.msg)  # type: ignore[union-attr]
+            if type(effect) is ToClient and type(effect.msg) is Reply:
+                replies.setdefault(effect.client, []).append(effect.msg)
                 continue
-            kind = type(effect)
-            if kind is Persist:
+            if type(effect) is Persist:
                 continue
-            msg = effect.msg  # type: ignore[union-attr]
+            msg = effect.msg
             data = encoded.get(id(msg))
             if data is None:
                 data = encoded[id(msg)] = encode(msg)
-            if kind is Send:
-                transport.send(effect.dest, data)  # type: ignore[union-attr]
+            if type(effect) is Send:
+                transport.send(effect.dest, data)
                 copies = 1
-            elif kind is Broadcast:
-                copies = self._broadcast(effect, data)  # type: ignore[arg-type]
-            elif kind is ToClient:
-                transport.send_client(effect.client, data)  # type: ignore[union-attr]
+            elif type(effect) is Broadcast:
+                copies = self._broadcast(effect, data)
+            else:  # ToClient
+                transport.send_client(effect.client, data)
                 copies = 1
-            else:
-                continue
             metrics.inc("msgs_sent", copies)
             metrics.inc("msgs_sent:" + type(msg).__name__, copies)
             if acct is not None:

@@ -406,7 +406,7 @@ class Dialer:
             self._current = link
             try:
                 await asyncio.wait_for(
-                    owner.loop.create_connection(lambda link=link: link, host, port),
+                    owner.loop.create_connection(lambda link=link: link, host, port),  # type: ignore[misc]  # mypy cannot type a lambda's default
                     owner.handshake_timeout,
                 )
             except (OSError, TimeoutError):
@@ -720,7 +720,8 @@ class Transport(Endpoint):
     def port(self) -> int:
         """The port we listen on (useful after ``start(host, 0)``)."""
         assert self._server is not None and self._server.sockets
-        return self._server.sockets[0].getsockname()[1]
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
 
     @property
     def peer_count(self) -> int:
@@ -731,7 +732,7 @@ class Transport(Endpoint):
         """Send one encoded message to the process at ``dest``; an int ``dest`` is that
         replica's process of our own role and partition (as in
         :class:`phalanx.core.effects.Send`)."""
-        if type(dest) is int:
+        if isinstance(dest, int):
             same_role = self._same_role
             dest = same_role[dest] if 0 <= dest < len(same_role) else Address(dest)
         super().send(dest, data)
@@ -787,9 +788,9 @@ class Transport(Endpoint):
     def deliver(self, link: Link, msg: Any) -> None:
         if link.peer_is_client:
             if self.on_client_message is not None:
-                self.on_client_message(link.peer, msg)  # type: ignore[arg-type]
+                self.on_client_message(link.peer, msg)  # type: ignore[arg-type]  # a client's key
         elif self.on_replica_message is not None:
-            self.on_replica_message(link.peer, msg)  # type: ignore[arg-type]
+            self.on_replica_message(link.peer, msg)  # type: ignore[arg-type]  # a replica id
 
     def send_client(self, client: bytes, data: bytes) -> None:
         """Send to a connected client; counted as ``dropped_client_gone`` if it is not."""

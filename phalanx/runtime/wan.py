@@ -32,7 +32,7 @@ import math
 import re
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ class WanPlan:
     regions: tuple[str, ...]
     n: int
     bandwidth_bps: float | None = None
+    _matrix: LatencyMatrix = field(init=False, repr=False, compare=False)  # read from ``matrix``
 
     def __post_init__(self) -> None:
         if not self.regions:
@@ -90,18 +91,22 @@ class WanPlan:
 
     def one_way_s(self, a: str, b: str) -> float:
         """Half the RTT between regions ``a`` and ``b``, in seconds."""
-        return self._matrix.one_way_s(a, b)  # type: ignore[attr-defined]
+        return self._matrix.one_way_s(a, b)
 
     def replica_shaper(self, replica: int) -> Shaper:
         """The shaper of replica ``replica``: delays to the other replicas, its cap."""
         me = self.replica_region(replica)
-        delays = {r: self.one_way_s(me, self.replica_region(r)) for r in range(self.n)}
+        delays: dict[Hashable, float] = {
+            r: self.one_way_s(me, self.replica_region(r)) for r in range(self.n)
+        }
         return Shaper(delays, {}, self.bandwidth_bps)
 
     def loadgen_shaper(self, index: int) -> Shaper:
         """The shaper of load generator ``index``: one-way delays both ways, no cap."""
         me = self.loadgen_region(index)
-        delays = {r: self.one_way_s(me, self.replica_region(r)) for r in range(self.n)}
+        delays: dict[Hashable, float] = {
+            r: self.one_way_s(me, self.replica_region(r)) for r in range(self.n)
+        }
         return Shaper(delays, dict(delays), None)
 
     def to_json(self) -> dict[str, Any]:
@@ -146,7 +151,7 @@ class _DelayLine:
     __slots__ = ("_handle", "_items", "_limit", "_loop", "_on_drop", "_on_empty", "nbytes")
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 on_empty: Callable[[], None] | None = None, *,
+                 on_empty: Callable[[], object] | None = None, *,
                  limit: int = _NO_LIMIT, on_drop: Callable[[], None] | None = None) -> None:
         self._loop = loop
         self._items: deque[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = deque()

@@ -101,7 +101,7 @@ class SymbolicOracle:
     def _sign(self, signer: int, data: bytes) -> bytes:
         return _mac(self._replica_secrets[signer], _SIGN_DOMAIN + data)
 
-    def _verify(self, signer: int, data: bytes, sig: bytes) -> bool:
+    def _verify(self, signer: object, data: object, sig: object) -> bool:
         if not (isinstance(signer, int) and 0 <= signer < self.n and isinstance(sig, bytes)):
             return False
         if not isinstance(data, bytes | bytearray | memoryview):
@@ -159,7 +159,7 @@ class SymbolicNodeCrypto:
             auth = request.auth
             if len(auth) <= self.replica_id:
                 return False
-            entry = auth[self.replica_id]
+            entry: object = auth[self.replica_id]  # a Byzantine client's may be anything
             client = request.client
             if not isinstance(entry, bytes) or not self._oracle.is_client(client):
                 return False
@@ -183,7 +183,7 @@ class SymbolicThresholdSigner:
     def sign_share(self, data: bytes) -> bytes:
         return self._oracle._share(self.replica_id, data)
 
-    def verify_share(self, signer: int, data: bytes, share: bytes) -> bool:
+    def verify_share(self, signer: object, data: bytes, share: object) -> bool:
         oracle = self._oracle
         if not (isinstance(signer, int) and 0 <= signer < oracle.n and isinstance(share, bytes)):
             return False
@@ -194,7 +194,7 @@ class SymbolicThresholdSigner:
                     if self.verify_share(signer, data, share))
         return self._oracle._group(bytes(data)) if valid >= self.threshold else None
 
-    def verify(self, data: bytes, signature: bytes) -> bool:
+    def verify(self, data: bytes, signature: object) -> bool:
         if not isinstance(signature, bytes):
             return False
         return hmac.compare_digest(self._oracle._group(bytes(data)), signature)

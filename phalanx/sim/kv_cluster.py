@@ -42,7 +42,7 @@ def kv_simulation(
     def make_client(crypto: Any) -> Any:
         core = proto.make_client(crypto, quorums, client_retransmit_s)
         if multicast:
-            core.multicast = True  # type: ignore[attr-defined]
+            core.multicast = True
         return core
 
     typed = options if isinstance(options, proto.options) else proto.options.from_table(options)

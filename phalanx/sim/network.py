@@ -205,6 +205,6 @@ class Network:
         return arrivals
 
 
-def _check_delay(name: str, value: float) -> None:
+def _check_delay(name: str, value: object) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")

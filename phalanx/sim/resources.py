@@ -27,6 +27,7 @@ the same per-phase figures, and gets the same bottleneck verdict, as a measured 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 from phalanx.core.effects import Executed
@@ -46,7 +47,7 @@ class Resources:
         host_cores: int | None = None,
         client_procs: int = 2,
         op_bytes: int = 0,
-        phase_of: dict[str, str] | None = None,
+        phase_of: Mapping[str, str] | None = None,
         cpu_share: float = 1.0,
     ) -> None:
         if host_cores is not None and host_cores < 1:

@@ -21,7 +21,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, final
 
 import msgspec
 
@@ -115,6 +115,7 @@ class ByzantineHooks(Protocol):
         ...
 
 
+@final  # the delivery loop tells nodes apart by ``type(x) is``
 @dataclass(slots=True)
 class _Replica:
     """One process of a replica (one copy of it: Twins run a second)."""
@@ -142,6 +143,7 @@ class _Replica:
     copy: int = 0  # 1 for a twin
 
 
+@final
 @dataclass(slots=True)
 class _Client:
     index: int
@@ -187,7 +189,7 @@ class Simulation:
         make_client: MakeClient,
         network: NetworkModel | None = None,
         *,
-        messages: Sequence[type] | msgspec.msgpack.Decoder | None = None,
+        messages: Sequence[type] | msgspec.msgpack.Decoder[Any] | None = None,
         wire: bool = True,
         checkers: Sequence[Checker] | None = None,
         record_trace: bool = False,
@@ -562,7 +564,7 @@ class Simulation:
             raise ValueError(f"time {at} is in the past (now={self.now})")
         return float(at)
 
-    def _check_replica(self, replica: int) -> None:
+    def _check_replica(self, replica: object) -> None:
         if not (isinstance(replica, int) and 0 <= replica < self.n):
             raise ValueError(f"no replica {replica!r} (n={self.n})")
 
@@ -978,8 +980,8 @@ class Simulation:
 
 
 def _make_decoder(
-    messages: Sequence[type] | msgspec.msgpack.Decoder | None,
-) -> msgspec.msgpack.Decoder | None:
+    messages: Sequence[type] | msgspec.msgpack.Decoder[Any] | None,
+) -> msgspec.msgpack.Decoder[Any] | None:
     if messages is None:
         return None
     if isinstance(messages, msgspec.msgpack.Decoder):

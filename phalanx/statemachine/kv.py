@@ -72,8 +72,9 @@ class _Snapshot(msgspec.Struct, tag=20, **_struct_opts):
 
 
 _encoder = msgspec.msgpack.Encoder()
-_op_decoder = msgspec.msgpack.Decoder(Op)
-_result_decoder = msgspec.msgpack.Decoder(Result)
+# Op and Result are unions, which mypy cannot infer a Decoder's type from.
+_op_decoder: msgspec.msgpack.Decoder[Op] = msgspec.msgpack.Decoder(Op)
+_result_decoder: msgspec.msgpack.Decoder[Result] = msgspec.msgpack.Decoder(Result)
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
 
 _OK_NONE = _encoder.encode(Ok(None))

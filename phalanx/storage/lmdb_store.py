@@ -23,7 +23,9 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from enum import Enum
 from types import TracebackType
+from typing import TypeGuard
 
 import lmdb
 import msgspec
@@ -38,7 +40,13 @@ held in memory, at most two files' worth."""
 
 _APPLIED_KEY = b"\xffphalanx/wal-applied"
 """LMDB's record of the last log generation it holds (hidden from readers)."""
-_MISSING = object()
+
+
+class _Missing(Enum):
+    """An overlay has no entry for a key (None there is a logged delete)."""
+
+    MISSING = "missing"
+
 
 Records = list[tuple[bytes, bytes | None]]
 _records_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, bytes | None]])
@@ -50,6 +58,11 @@ def _after_prefix(prefix: bytes) -> bytes | None:
     if not stripped:
         return None
     return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _all_puts(records: Records) -> TypeGuard[list[tuple[bytes, bytes]]]:
+    """True if no record is a delete (None value)."""
+    return all(value is not None for _, value in records)
 
 
 class Store:
@@ -154,9 +167,9 @@ class Store:
         # Newest first; each dict is read once (the applier swaps, never edits, them).
         for overlay in (self._active, self._frozen):
             if overlay is not None:
-                value = overlay.get(key, _MISSING)
-                if value is not _MISSING:
-                    return value  # type: ignore[return-value]
+                value = overlay.get(key, _Missing.MISSING)
+                if value is not _Missing.MISSING:
+                    return value
         with self._open().begin() as txn:
             value = txn.get(key)
         return None if value is None or key == _APPLIED_KEY else bytes(value)
@@ -271,9 +284,9 @@ class Store:
         while True:
             try:
                 with env.begin(write=True) as txn:
-                    if all(value is not None for _, value in records):
+                    if _all_puts(records):
                         # One C loop (later records still win: puts overwrite).
-                        txn.cursor().putmulti(records)  # type: ignore[arg-type]
+                        txn.cursor().putmulti(records)
                         return
                     for key, value in records:
                         if value is None:

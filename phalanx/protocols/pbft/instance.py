@@ -269,8 +269,9 @@ class PbftInstance:
 
     def on_message(self, src: int, msg: Any) -> list[Any]:
         handler = self._handlers.get(type(msg))
-        reason = "unexpected_message" if handler is None else self._admit(src, msg)
-        if reason is not None:
+        if handler is None:
+            self._drop("unexpected_message", src)
+        elif (reason := self._admit(src, msg)) is not None:
             self._drop(reason, src)
         else:
             handler(self, src, msg)
