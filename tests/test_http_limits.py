@@ -182,6 +182,29 @@ def test_the_head_deadline_is_per_request_not_per_connection_nor_the_handlers_ti
     assert counted == {} and idle == 0
 
 
+def test_the_rest_of_a_body_answered_before_it_arrived_is_not_taken_for_a_slow_head(
+) -> None:
+    limits = HttpLimits(header_timeout_s=0.5, idle_timeout_s=5.0)
+
+    async def scenario() -> tuple[list[int], dict[str, float]]:
+        async with serving(limits) as (port, metrics):
+            reader, writer = await connect(port)
+            # 405 comes before the body; the client sends it all the same, slowly.
+            writer.write(b"POST /status HTTP/1.1\r\nHost: replica\r\nContent-Length: 5000"
+                         b"\r\n\r\n")
+            statuses = [await status_of(reader)]
+            for _ in range(5):  # longer than the head deadline in all
+                writer.write(b"x" * 1000)
+                await asyncio.sleep(limits.header_timeout_s / 3)
+            await asyncio.sleep(limits.header_timeout_s / 3)
+            writer.write(HONEST)
+            statuses.append(await status_of(reader))
+            writer.close()
+            return statuses, rejected(metrics)
+
+    assert asyncio.run(scenario()) == ([405, 200], {"method_not_allowed": 1})
+
+
 def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_not_as_a_refusal(
 ) -> None:
     async def scenario() -> tuple[int, bytes, dict[str, float], float]:

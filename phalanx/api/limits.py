@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http import HttpProcessingError
 
@@ -113,6 +113,9 @@ class GuardedConnection(asyncio.Protocol):
         self.phase = _DONE
         self.head_bytes = 0  # bytes received since the head clock started
         self._clock: asyncio.TimerHandle | None = None
+        # The body of the last request, if it was answered before it all arrived (413,
+        # say): aiohttp reads the rest after the answer, and those bytes are no head.
+        self._unread_body: StreamReader | None = None
 
     # asyncio.Protocol -----------------------------------------------------------------
 
@@ -132,7 +135,8 @@ class GuardedConnection(asyncio.Protocol):
         inner = self.inner
         if inner is None:
             return  # refused: whatever it sends is ignored until it is gone
-        if self.phase is _IDLE:
+        body = self._unread_body
+        if self.phase is _IDLE and (body is None or body.is_eof()):
             self._wait(_HEAD, self.guard.limits.header_timeout_s)
         if self.phase is _HEAD:
             self.head_bytes += len(data)
@@ -166,9 +170,10 @@ class GuardedConnection(asyncio.Protocol):
         self._stop_clock()
         self.phase = _BUSY
 
-    def response_sent(self, keep_alive: bool) -> None:
+    def response_sent(self, keep_alive: bool, body: StreamReader) -> None:
         if self.phase is _DONE:
             return
+        self._unread_body = None if body.is_eof() else body
         if keep_alive:
             self._wait(_IDLE, self.guard.limits.idle_timeout_s)
         else:  # aiohttp closes it now (an error, or the client asked)
@@ -283,7 +288,7 @@ class HttpGuard:
             self.metrics.inc("api_rejected:malformed_http")
         connection = self.by_protocol.get(request.protocol)
         if connection is not None:
-            connection.response_sent(response.keep_alive is not False)
+            connection.response_sent(response.keep_alive is not False, request.content)
 
 
 class GuardedSite(web.BaseSite):
