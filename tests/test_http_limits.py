@@ -285,6 +285,31 @@ def test_an_honest_request_is_answered_while_slow_loris_connections_hold_their_h
     assert asyncio.run(scenario()) == [200] * 5
 
 
+def test_at_the_cap_a_new_connection_replaces_the_longest_idle_one() -> None:
+    limits = HttpLimits(max_connections=3, header_timeout_s=5.0, idle_timeout_s=5.0)
+
+    async def scenario() -> None:
+        async with serving(limits) as (port, metrics):
+            pooled = []
+            for _ in range(3):  # a client's pool: each served once, then kept open
+                reader, writer = await connect(port)
+                writer.write(HONEST)
+                assert await status_of(reader) == 200
+                pooled.append((reader, writer))
+            assert await ask(port, HONEST) == 200
+            assert metrics.get("http_idle_closed") == 1 and rejected(metrics) == {}
+            oldest = pooled[0][0]
+            assert await asyncio.wait_for(oldest.read(), BOUND) == b""  # closed
+            # The newer pooled connections still serve.
+            reader, writer = pooled[2]
+            writer.write(HONEST)
+            assert await status_of(reader) == 200
+            for _, writer in pooled:
+                writer.close()
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize("bad", [
     {"max_connections": 0}, {"header_timeout_s": 0}, {"idle_timeout_s": -1.0}])
 def test_limits_refuse_values_that_would_disable_the_port(bad) -> None:

@@ -14,7 +14,9 @@ The port is open to anyone, and aiohttp alone would let anyone
 
 - :class:`GuardedSite` (an ``aiohttp.web.BaseSite``) listens with a protocol factory
   that puts a :class:`GuardedConnection` in front of aiohttp's protocol for each
-  accepted connection. Beyond ``max_connections`` it answers 503 and closes
+  accepted connection. At ``max_connections`` a new connection takes the place of the
+  one idle the longest between requests (pooled keep-alive connections must not lock
+  other clients out); if none is idle, it gets 503 and is closed
   (``api_rejected{type=too_many_connections}``). A connection must send a complete
   request head within ``header_timeout_s`` of being accepted, or of its first byte
   after a response (else 408, ``header_timeout``); a keep-alive connection idle for
@@ -110,12 +112,24 @@ class GuardedConnection(asyncio.Protocol):
         self._make_inner = make_inner
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
-        self.phase = _DONE
+        self._phase = _DONE
         self.head_bytes = 0  # bytes received since the head clock started
         self._clock: asyncio.TimerHandle | None = None
         # The body of the last request, if it was answered before it all arrived (413,
         # say): aiohttp reads the rest after the answer, and those bytes are no head.
         self._unread_body: StreamReader | None = None
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, phase: str) -> None:
+        idle = self.guard.idle
+        idle.pop(self, None)
+        if phase is _IDLE:
+            idle[self] = None  # the longest idle first
+        self._phase = phase
 
     # asyncio.Protocol -----------------------------------------------------------------
 
@@ -201,12 +215,19 @@ class GuardedConnection(asyncio.Protocol):
         if self.phase is _HEAD:
             self.guard.metrics.inc("api_rejected:header_timeout")
             transport.write(self.guard.head_too_slow)
+            self.phase = _DONE
+            transport.close()
         elif self.phase is _IDLE:
-            self.guard.metrics.inc("http_idle_closed")
-        else:
-            return
+            self.close_idle()
+
+    def close_idle(self) -> None:
+        """Close this keep-alive connection between requests (its client reconnects
+        when it needs to): counted ``http_idle_closed``, not a refusal."""
+        self._stop_clock()
         self.phase = _DONE
-        transport.close()
+        self.guard.metrics.inc("http_idle_closed")
+        if self.transport is not None:
+            self.transport.close()
 
 
 class HttpGuard:
@@ -220,6 +241,7 @@ class HttpGuard:
         self.limits = limits = limits or HttpLimits()
         self.open = 0
         self.by_protocol: dict[asyncio.Protocol, GuardedConnection] = {}
+        self.idle: dict[GuardedConnection, None] = {}  # between requests, oldest first
         self.too_many = raw_refusal(
             503, "Service Unavailable", "too_many_connections",
             f"this replica serves at most {limits.max_connections} HTTP connections; "
@@ -232,9 +254,14 @@ class HttpGuard:
     # connections ----------------------------------------------------------------------
 
     def admit(self, connection: GuardedConnection) -> bool:
+        """Take a new connection: under the cap, or in place of the connection idle the
+        longest (clients that keep pooled connections open must not lock others out);
+        refused (503) if every connection is in use."""
         if self.open >= self.limits.max_connections:
-            self.metrics.inc("api_rejected:too_many_connections")
-            return False
+            if not self.idle:
+                self.metrics.inc("api_rejected:too_many_connections")
+                return False
+            next(iter(self.idle)).close_idle()  # its slot is free once it is gone
         self.open += 1
         self.metrics.set("http_connections", self.open)
         return True
