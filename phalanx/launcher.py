@@ -33,6 +33,7 @@ from aiohttp import web
 
 from phalanx.api.http import make_app
 from phalanx.api.ledger import Gateway, LedgerApi
+from phalanx.api.limits import GuardedSite, HttpGuard, HttpLimits
 from phalanx.config import ClusterConfig, load, load_private_key, process_name
 from phalanx.core.address import Address
 from phalanx.core.node import ReplicaCore
@@ -98,9 +99,11 @@ class ReplicaServer:
         wan: WanPlan | None = None,
         burn_us_per_op: float = 0.0,
         listeners: tuple[socket.socket, socket.socket] | None = None,
+        http_limits: HttpLimits | None = None,
     ):
         self.config = config
         self.listeners = listeners
+        self.http_limits = http_limits
         address = Address(process, config.front_role) if isinstance(process, int) else process
         self.address = address
         self.replica_id = replica_id = address.replica
@@ -191,12 +194,13 @@ class ReplicaServer:
             self.blocks = BlockFetcher(self.config, self.replica_id)
             LedgerApi(self.host, self.store, self.gateway, self.metrics,
                       blocks=self.blocks).install(app)
-        self._http = web.AppRunner(app, access_log=None)
+        # Connection cap, head deadline, and a count of what aiohttp refuses itself.
+        guard = HttpGuard(self.metrics, self.http_limits)
+        guard.install(app)
+        self._http = web.AppRunner(app, **guard.runner_options())
         await self._http.setup()
-        if http_sock is not None:
-            await web.SockSite(self._http, http_sock).start()
-        else:
-            await web.TCPSite(self._http, self.info.host, self.info.http_port).start()
+        await GuardedSite(self._http, guard, sock=http_sock, host=self.info.host,
+                          port=self.info.http_port).start()
         log.info("replica %s serving on %s:%d (HTTP %d)", self.address, self.info.host,
                  self.info.port, self.info.http_port)
 

@@ -205,3 +205,18 @@ def test_a_bundle_is_tagged_like_one_frame_of_its_bytes() -> None:
 def test_a_malformed_bundle_is_rejected(payload: bytes) -> None:
     with pytest.raises(BadBundle):
         split_bundle(memoryview(payload))
+
+
+def test_the_decoder_reports_the_frame_it_is_receiving_and_how_many_it_returned() -> None:
+    # What the client-link deadlines sample (runtime/client_links.py).
+    encoder, decoder = FrameEncoder(KEY, TO_ACCEPTOR), FrameDecoder(KEY, TO_ACCEPTOR)
+    first, second = encoder.encode(b"a" * 100), encoder.encode(b"b" * 5000)
+    assert (decoder.frames_decoded, decoder.pending_frame_size) == (0, None)
+    decoder.feed(first + second[:3])
+    assert drain(decoder) == [b"a" * 100]
+    assert (decoder.frames_decoded, decoder.pending_frame_size) == (1, None)  # no length yet
+    decoder.feed(second[3:10])
+    assert decoder.pending_frame_size == len(second) == 5000 + FRAME_OVERHEAD
+    decoder.feed(second[10:])
+    assert drain(decoder) == [b"b" * 5000]
+    assert (decoder.frames_decoded, decoder.buffered, decoder.pending_frame_size) == (2, 0, None)

@@ -5,7 +5,9 @@ exactly one transaction; GET endpoints answer from the replica's state and store
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 
 import msgspec
 import pytest
@@ -277,3 +279,99 @@ def test_unknown_endpoints_and_methods_answer_json_refusals_with_a_reason(world)
         assert metrics.get("api_rejected:method_not_allowed") == 1
 
     asyncio.run(main())
+
+
+
+@contextlib.asynccontextmanager
+async def serving_api(core, store, gateway, **options):
+    """The ledger API served as a replica serves it (error middleware, HTTP guard, an
+    AppRunner); yields its port and metrics."""
+    from phalanx.api.http import json_errors
+    from phalanx.api.limits import GuardedSite, HttpGuard
+
+    metrics = Metrics("0")
+    app = web.Application(middlewares=[json_errors(metrics)])
+    LedgerApi(core.host, store, gateway, metrics, **options).install(app)
+    guard = HttpGuard(metrics)
+    guard.install(app)
+    runner = web.AppRunner(app, **guard.runner_options())
+    await runner.setup()
+    site = GuardedSite(runner, guard, host="127.0.0.1", port=0)
+    await site.start()
+    try:
+        yield site.port, metrics
+    finally:
+        await runner.cleanup()
+
+
+def api_rejected(metrics: Metrics) -> dict[str, float]:
+    return {k: v for k, v in metrics.snapshot().items() if k.startswith("api_rejected:")}
+
+
+async def raw_post_tx(port: int, payload: bytes, parts: list[bytes], pause: float) -> bytes:
+    """POST /tx over a raw socket: the head announcing ``payload``'s length, then
+    ``parts`` of the body with ``pause`` seconds before each, until the server answers;
+    returns the status line (b"" if the server closed without one)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = asyncio.create_task(asyncio.wait_for(reader.readline(), 10))
+    try:
+        writer.write(b"POST /tx HTTP/1.1\r\nHost: replica\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: %d\r\n\r\n" % len(payload))
+        for part in parts:
+            await asyncio.sleep(pause)
+            if answer.done():
+                break
+            writer.write(part)
+        return await answer
+    finally:
+        writer.close()
+
+
+def test_post_tx_reads_a_body_that_arrives_in_several_packets_whole(world) -> None:
+    _config, core, store, gateway = world
+    payload = json.dumps(body(ALICE, core.app.chain_id, BOB.address, 10, 0)).encode()
+
+    async def scenario() -> tuple[bytes, dict[str, float]]:
+        async with serving_api(core, store, gateway) as (port, metrics):
+            halves = [payload[:100], payload[100:]]
+            return await raw_post_tx(port, payload, halves, pause=0.1), api_rejected(metrics)
+
+    line, refused = asyncio.run(scenario())
+    assert line.startswith(b"HTTP/1.1 202"), line
+    assert gateway.queue.qsize() == 1 and refused == {}
+
+
+def test_post_tx_refuses_a_body_slower_than_the_body_timeout_with_408(world) -> None:
+    _config, core, store, gateway = world
+    payload = json.dumps(body(ALICE, core.app.chain_id, BOB.address, 10, 0)).encode()
+
+    async def scenario() -> tuple[bytes, dict[str, float]]:
+        async with serving_api(core, store, gateway, body_timeout=0.3) as (port, metrics):
+            trickle = [payload[i:i + 1] for i in range(len(payload))]
+            return await raw_post_tx(port, payload, trickle, pause=0.05), api_rejected(metrics)
+
+    line, refused = asyncio.run(scenario())
+    assert line.startswith(b"HTTP/1.1 408"), line
+    assert refused == {"api_rejected:body_timeout": 1}
+    assert gateway.queue.qsize() == 0
+
+
+def test_post_tx_counts_a_client_that_hangs_up_mid_body_without_an_internal_error(
+        world, caplog) -> None:
+    _config, core, store, gateway = world
+
+    async def scenario() -> dict[str, float]:
+        async with serving_api(core, store, gateway) as (port, metrics):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /tx HTTP/1.1\r\nHost: replica\r\nContent-Length: 400\r\n"
+                         b"\r\n{")
+            await writer.drain()
+            writer.close()
+            for _ in range(200):
+                if api_rejected(metrics):
+                    break
+                await asyncio.sleep(0.01)
+            return api_rejected(metrics)
+
+    assert asyncio.run(scenario()) == {"api_rejected:incomplete_body": 1}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

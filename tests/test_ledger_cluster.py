@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from phalanx.bench.trace import load_trace, sign
 from phalanx.cluster import LocalCluster, faucet_genesis
 from phalanx.ledger.block import APPLIED
 from phalanx.ledger.state import Ledger, decode_result
-from phalanx.ledger.tx import tx_id
+from phalanx.ledger.tx import encode_tx, tx_id
 from phalanx.runtime import run
 from phalanx.runtime.cluster_client import open_clients
 
@@ -150,3 +151,70 @@ def test_wallet_transfer_and_verified_balance_from_the_cli(tmp_path):
                 break
         assert balance.stdout.startswith("balance 300  nonce 0"), balance.stdout
         assert "verified: Merkle proof" in balance.stdout and "signed by replicas" in balance.stdout
+
+
+def test_the_same_signed_transfer_posted_to_every_replica_executes_once(tmp_path):
+    # What makes the SDK's resubmission after a lost gateway safe (client/ledger.py): the
+    # same signed bytes sent through several gateways are ordered once or more, and
+    # execute once — the nonce is used once; the tx's record is the committed one.
+    import aiohttp
+
+    from phalanx.client.ledger import LedgerClient
+    from phalanx.client.wallet import Wallet
+    from phalanx.crypto.keys import KeyPair
+
+    alice, bob = Wallet(KeyPair.from_seed(b"a" * 32)), Wallet(KeyPair.from_seed(b"b" * 32))
+    genesis = {alice.address: 1000}
+    tx = alice.sign(Ledger(genesis).chain_id, bob.address, 100, 0)
+    body = {"from": tx.sender.hex(), "to": tx.to.hex(), "amount": tx.amount,
+            "nonce": tx.nonce, "signature": tx.signature.hex()}
+
+    async def scenario(config) -> tuple[Any, ...]:
+        async with aiohttp.ClientSession(trust_env=False) as http, LedgerClient(config) as sdk:
+            def url(replica: int, path: str) -> str:
+                info = config.replica(replica)
+                return f"http://{info.host}:{info.http_port}{path}"
+
+            async def post(replica: int) -> int:
+                async with http.post(url(replica, "/tx"), json=body) as resp:
+                    return resp.status
+
+            statuses = await asyncio.gather(*(post(r) for r in range(config.n)))
+            done = await sdk.wait_committed(tx_id(encode_tx(tx)).hex(), timeout=30)
+            for _ in range(100):  # every replica executes it (at its own pace)
+                records = []
+                for r in range(config.n):
+                    async with http.get(url(r, f"/tx/{done.tx_id}")) as resp:
+                        records.append(await resp.json())
+                if all(rec.get("status") == "committed" for rec in records):
+                    break
+                await asyncio.sleep(0.1)
+            again = await post(1)
+            for _ in range(50):  # until Bob's balance is certified
+                account = await sdk.account(bob.address)
+                if account.balance:
+                    break
+                await asyncio.sleep(0.1)
+            sender = await sdk.account(alice.address)
+            outcomes = []  # of every copy that was ordered, in every block so far
+            async with http.get(url(0, "/status")) as resp:
+                height = (await resp.json())["height"]
+            for h in range(1, height + 1):
+                async with http.get(url(0, f"/block/{h}")) as resp:
+                    block = await resp.json()
+                outcomes += [(o["status"], o["reason"]) for o in block["outcomes"]
+                             if o["tx_id"] == done.tx_id]
+            return statuses, records, done, account.balance, again, sender.balance, outcomes
+
+    with LocalCluster(tmp_path / "c", 4, app="ledger", genesis=genesis) as cluster:
+        cluster.start()
+        statuses, records, done, bob_balance, again, alice_balance, outcomes = run(
+            scenario(cluster.config))
+    assert 202 in statuses and set(statuses) <= {202, 409}, statuses
+    assert done.status == "committed"
+    assert [(r["status"], r["height"]) for r in records] == [("committed", done.height)] * 4
+    assert (bob_balance, alice_balance) == (100, 900)  # debited once
+    assert again == 409  # and posting it once more is refused: its nonce is used
+    # Copies ordered after the first are rejected, not applied.
+    assert outcomes[0] == ("applied", "")
+    assert outcomes[1:] == [("rejected", "bad_nonce")] * (len(outcomes) - 1)

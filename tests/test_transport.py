@@ -597,3 +597,119 @@ def test_client_mux_shares_one_connection_and_fires_retry_timers() -> None:
             await mux.close()
 
     run(main())
+
+
+# --- bounds on client links (phalanx/runtime/client_links.py) ----------------------------
+
+
+@pytest.fixture
+def fast_sweeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    import phalanx.runtime.transport as transport_module
+
+    monkeypatch.setattr(transport_module, "SWEEP_S", 0.05)
+
+
+def test_a_client_link_holding_a_partial_frame_without_progress_is_dropped_and_counted(
+        fast_sweeps: None) -> None:
+    from phalanx.runtime.client_links import ClientLinkLimits
+
+    async def main() -> None:
+        limits = ClientLinkLimits(frame_stall_s=0.3)
+        async with Cluster(client_limits=limits) as c:
+            client = KeyPair.generate()
+            reader, writer, _ = await handshake_as_client(c.ports[0], client, 0, c.public_keys[0])
+            writer.write((1 << 20).to_bytes(4, "big") + b"x" * 1000)  # 1 MiB announced
+            assert await closed_by_peer(reader)
+            writer.close()
+            await until(lambda: c.metrics[0].get("dropped_frame_timeout") == 1)
+            assert c.metrics[0].get("dropped_truncated_frame") == 0
+            await still_healthy(c, 9)
+
+    run(main())
+
+
+def test_a_client_trickling_a_frame_below_the_minimum_rate_is_dropped(fast_sweeps: None
+                                                                      ) -> None:
+    from phalanx.runtime.client_links import ClientLinkLimits
+
+    async def main() -> None:
+        limits = ClientLinkLimits(frame_stall_s=0.3, frame_min_rate=20_000)  # 0.8 s for 10 KB
+        async with Cluster(client_limits=limits) as c:
+            client = KeyPair.generate()
+            reader, writer, _ = await handshake_as_client(c.ports[0], client, 0, c.public_keys[0])
+            writer.write((10_000).to_bytes(4, "big"))
+            for _ in range(100):  # 100 bytes a second, for up to 10 s
+                if reader.at_eof() or c.metrics[0].get("dropped_frame_timeout"):
+                    break
+                writer.write(b"x" * 10)
+                await asyncio.sleep(0.1)
+            await until(lambda: c.metrics[0].get("dropped_frame_timeout") == 1)
+            writer.close()
+
+    run(main())
+
+
+def test_a_large_client_frame_sent_steadily_within_the_deadline_is_delivered(
+        fast_sweeps: None) -> None:
+    from phalanx.runtime.client_links import ClientLinkLimits
+
+    async def main() -> None:
+        limits = ClientLinkLimits(frame_stall_s=0.3, frame_min_rate=100_000)
+        async with Cluster(client_limits=limits) as c:
+            client = KeyPair.generate()
+            _, writer, key = await handshake_as_client(c.ports[0], client, 0, c.public_keys[0])
+            big = Prepare(instance=0, view=0, seq=11, digest=b"d" * 32)
+            frame = FrameEncoder(key, TO_ACCEPTOR).encode_bundle(
+                [encode(big), b"\x00" * 150_000])  # ~150 KB: 1.8 s allowed at 100 KB/s
+            for at in range(0, len(frame), 10_000):  # 200 KB/s, pausing below the stall
+                writer.write(frame[at:at + 10_000])
+                await asyncio.sleep(0.05)
+            await until(lambda: (client.public_key, big) in c.inbox[0])
+            assert c.metrics[0].get("dropped_frame_timeout") == 0
+            writer.close()
+
+    run(main())
+
+
+def test_replica_links_may_hold_a_partial_frame_longer_than_client_links(fast_sweeps: None
+                                                                         ) -> None:
+    from phalanx.runtime.client_links import ClientLinkLimits
+
+    async def main() -> None:
+        async with Cluster(client_limits=ClientLinkLimits(frame_stall_s=0.1)) as c:
+            link = c[1].dialers[0].link
+            assert link is not None and link.transport is not None
+            # Replica 1's link to 0 stalls in the middle of a frame (a slow WAN link).
+            link.transport.write((1 << 20).to_bytes(4, "big") + b"x" * 1000)
+            await asyncio.sleep(1.0)  # ten times the clients' stall limit
+            assert c.metrics[0].get("dropped_frame_timeout") == 0
+            assert c.metrics[0].get("connections_closed") == 0
+            assert c.metrics[1].get("connections_closed") == 0
+
+    run(main())
+
+
+def test_client_links_beyond_the_cap_are_dropped_and_counted_but_a_reconnect_is_not(
+) -> None:
+    from phalanx.runtime.client_links import ClientLinkLimits
+
+    async def main() -> None:
+        async with Cluster(client_limits=ClientLinkLimits(max_clients=2)) as c:
+            clients = [KeyPair.generate() for _ in range(3)]
+            links = [await handshake_as_client(c.ports[0], k, 0, c.public_keys[0])
+                     for k in clients[:2]]
+            await until(lambda: len(c[0].connected_clients) == 2)
+            reader, writer, _ = await handshake_as_client(
+                c.ports[0], clients[2], 0, c.public_keys[0])
+            assert await closed_by_peer(reader)
+            writer.close()
+            assert c.metrics[0].get("dropped_too_many_clients") == 1
+            # A client already counted reconnects (its old link is half-open, say).
+            again = await handshake_as_client(c.ports[0], clients[0], 0, c.public_keys[0])
+            await until(lambda: c.metrics[0].get("connections_closed") >= 2)
+            assert c[0].connected_clients == {clients[0].public_key, clients[1].public_key}
+            assert c.metrics[0].get("dropped_too_many_clients") == 1
+            for _, w, _ in [*links, again]:
+                w.close()
+
+    run(main())

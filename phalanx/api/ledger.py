@@ -21,7 +21,8 @@
   replica skipped (state transfer) is fetched from a peer and served only if it verifies
   (:mod:`phalanx.api.block_fetch`), marked ``fetched_from``.
 
-Limits: request bodies above :data:`MAX_TX_BODY` get 413; each client address gets a
+Limits: request bodies above :data:`MAX_TX_BODY` get 413, bodies slower than
+``body_timeout`` 408 (:func:`phalanx.api.limits.read_body`); each client address gets a
 token bucket (``rate`` per second, ``burst``), beyond which it gets 429. Every refusal
 is counted in ``phalanx_api_rejected{type=<reason>}``.
 """
@@ -37,6 +38,7 @@ from typing import Any
 
 from aiohttp import web
 
+from phalanx.api.limits import BODY_TIMEOUT_S, BodyIncomplete, BodyTimeout, read_body
 from phalanx.config import ClusterConfig
 from phalanx.crypto.ed25519 import Ed25519ClientCrypto
 from phalanx.crypto.keys import KeyPair
@@ -308,13 +310,14 @@ class LedgerApi:
 
     def __init__(self, host: ReplicaHost, store: Any, gateway: Gateway | None,
                  metrics: Metrics, *, rate: float = 200.0, burst: float = 400.0,
-                 blocks: Any = None) -> None:
+                 blocks: Any = None, body_timeout: float = BODY_TIMEOUT_S) -> None:
         self.host = host
         self.store = store
         self.gateway = gateway
         self.metrics = metrics
         self.blocks = blocks  # a BlockFetcher for skipped blocks, or None
         self.buckets = TokenBuckets(rate, burst)
+        self.body_timeout = body_timeout
 
     def install(self, app: web.Application) -> None:
         app.router.add_post("/tx", self.post_tx)
@@ -361,7 +364,13 @@ class LedgerApi:
             return refused
         if request.content_length is not None and request.content_length > MAX_TX_BODY:
             return self._refuse(413, "body_too_large", f"at most {MAX_TX_BODY} bytes")
-        body = await request.content.read(MAX_TX_BODY + 1)
+        try:
+            body = await read_body(request, MAX_TX_BODY, self.body_timeout)
+        except BodyTimeout as exc:
+            return self._refuse(408, "body_timeout", str(exc))
+        except BodyIncomplete as exc:
+            # Nobody may be left to read this answer; the refusal is counted all the same.
+            return self._refuse(400, "incomplete_body", str(exc))
         if len(body) > MAX_TX_BODY:
             return self._refuse(413, "body_too_large", f"at most {MAX_TX_BODY} bytes")
         try:

@@ -8,13 +8,20 @@ block of their durable tx index (so at least one correct replica executed it the
 Likewise a transaction is reported refused for good (:class:`TxRefused`) only when f+1
 replicas refuse it for the same final reason; any other refusal is "not accepted yet"
 (:class:`TxNotAccepted`), never a failure (docs/ledger.md, "Refusals").
+
+The replica that admitted a transaction (its *gateway*) may die before the cluster
+ordered it. While waiting, the client notices that no replica has a record of the
+transaction any more and posts the same signed bytes to another replica
+(:data:`RESUBMIT_GRACE_S`). That is safe: a transfer's nonce is used once, so if both
+copies are ordered the second is rejected (``bad_nonce``) and the transaction's record
+stays the first's ("committed", read before rejections).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +43,12 @@ POLL_INTERVAL_S = 0.1
 NOT_ACCEPTED_GRACE_S = 1.0
 """Seconds :meth:`LedgerClient.wait_committed` keeps polling after a gateway reported that
 the cluster did not take a tx (see ``runtime.client.NOT_ACCEPTED_GRACE_S``)."""
+RESUBMIT_GRACE_S = 1.0
+"""Seconds :meth:`LedgerClient.wait_committed` waits, once no replica has a record of a
+transaction it submitted (its gateway died or restarted before the cluster ordered it),
+before it posts the same signed transaction to another replica."""
+SUBMISSIONS_KEPT = 10_000
+"""Submitted transactions a client remembers (to resubmit them while it waits)."""
 
 
 class LedgerError(Exception):
@@ -101,6 +114,12 @@ class VerifiedAccount:
     replica: int  # who answered
 
 
+@dataclass(slots=True)
+class _Submission:
+    body: dict[str, Any]  # the signed transfer, as posted
+    gateway: int  # the replica that admitted it last
+
+
 @dataclass(frozen=True, slots=True)
 class Confirmation:
     tx_id: str
@@ -124,6 +143,7 @@ class LedgerClient:
         self._verify_keys = [VerifyKey(k) for k in config.public_keys]
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._submitted: OrderedDict[str, _Submission] = OrderedDict()
 
     async def __aenter__(self) -> LedgerClient:
         self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False)
@@ -234,11 +254,23 @@ class LedgerClient:
         """POST ``tx``; returns its id (hex). Asks the replicas in turn until one admits
         it: one replica's refusal may be a lagging or a lying one. Raises
         :class:`TxRefused` once f+1 refused it for the same final reason, and
-        :class:`TxNotAccepted` if none admitted it otherwise (see :func:`judge_refusals`)."""
+        :class:`TxNotAccepted` if none admitted it otherwise (see :func:`judge_refusals`).
+        The client remembers the transaction and the replica that admitted it, so that
+        :meth:`wait_committed` can resubmit it should that replica die."""
         body = {"from": tx.sender.hex(), "to": tx.to.hex(), "amount": tx.amount,
                 "nonce": tx.nonce, "signature": tx.signature.hex()}
+        tx_id, replica = await self._post_tx(body, list(range(self.config.n)))
+        self._submitted.pop(tx_id, None)
+        self._submitted[tx_id] = _Submission(body, replica)
+        while len(self._submitted) > SUBMISSIONS_KEPT:
+            self._submitted.popitem(last=False)
+        return tx_id
+
+    async def _post_tx(self, body: dict[str, Any], replicas: list[int]) -> tuple[str, int]:
+        """POST ``body`` to ``replicas`` in turn until one admits it: its tx id and the
+        replica. Raises as :meth:`submit` says if none does."""
         refusals: list[tuple[str, str]] = []
-        for replica in range(self.config.n):
+        for replica in replicas:
             try:
                 status, answer = await self._request("POST", replica, "/tx", body)
             except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -246,7 +278,7 @@ class LedgerClient:
             if not isinstance(answer, dict):
                 answer = {}
             if status == 202 and "tx_id" in answer:
-                return str(answer["tx_id"])
+                return str(answer["tx_id"]), replica
             refusals.append((str(answer.get("error", f"HTTP {status}")),
                              str(answer.get("detail", ""))))
             verdict = judge_refusals(refusals, self.q)
@@ -261,21 +293,30 @@ class LedgerClient:
         same block); TimeoutError otherwise. If a replica's gateway reports that the
         cluster did not take the tx (``refused`` or ``not_accepted``: one replica's word,
         so never more than "not yet"), polling goes on for NOT_ACCEPTED_GRACE_S, in case
-        it executes after all, then :class:`TxNotAccepted` is raised."""
+        it executes after all, then :class:`TxNotAccepted` is raised.
+
+        A tx this client submitted that no replica has a record of for
+        RESUBMIT_GRACE_S (its gateway died, or restarted, before the cluster ordered it)
+        is posted again, the same signed bytes, to another replica (see the module
+        docstring); if no replica admits it again, that counts as "not taken" above."""
         deadline = time.monotonic() + timeout
         not_taken: tuple[str, float] | None = None  # (reason, when first reported)
+        submission = self._submitted.get(tx_id)
+        unknown_since: float | None = None  # when no replica had a record any more
         while True:
             answers = await asyncio.gather(
                 *(self._request("GET", r, f"/tx/{tx_id}") for r in range(self.config.n)),
                 return_exceptions=True,
             )
             votes: dict[tuple[str, int, str], list[int]] = {}
+            recorded = False
             for replica, answer in enumerate(answers):
                 if isinstance(answer, BaseException) or answer[0] != 200:
                     continue
                 body = answer[1]
                 if not isinstance(body, dict):
                     continue
+                recorded = True
                 if body.get("status") in ("committed", "rejected") and "height" in body:
                     key = (body["status"], body["height"], body.get("reason", ""))
                     votes.setdefault(key, []).append(replica)
@@ -283,13 +324,38 @@ class LedgerClient:
                     not_taken = (str(body.get("reason", "")), time.monotonic())
             for (status, height, reason), replicas in votes.items():
                 if len(replicas) >= self.q.weak:
+                    self._submitted.pop(tx_id, None)
                     return Confirmation(tx_id, status, height, reason, tuple(replicas))
-            if not_taken is not None and time.monotonic() > not_taken[1] + NOT_ACCEPTED_GRACE_S:
+            now = time.monotonic()
+            if submission is not None and not recorded and not_taken is None:
+                unknown_since = unknown_since or now
+                if now - unknown_since >= RESUBMIT_GRACE_S:
+                    unknown_since = None
+                    unreachable = {r for r, a in enumerate(answers)
+                                   if isinstance(a, BaseException)}
+                    not_taken = await self._resubmit(submission, unreachable)
+            else:
+                unknown_since = None
+            if not_taken is not None and now > not_taken[1] + NOT_ACCEPTED_GRACE_S:
                 raise TxNotAccepted(not_taken[0])
-            if time.monotonic() > deadline:
+            if now > deadline:
                 raise TimeoutError(f"tx {tx_id} not confirmed by f+1={self.q.weak} replicas "
                                    f"within {timeout} s")
             await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def _resubmit(self, submission: _Submission, unreachable: set[int]
+                        ) -> tuple[str, float] | None:
+        """Post a lost submission to the replicas after its gateway (reachable ones
+        first); None once one admits it, else the reason it was not taken, and when."""
+        n = self.config.n
+        after = [(submission.gateway + k) % n for k in range(1, n)]
+        order = [r for r in after if r not in unreachable] + [
+            r for r in after if r in unreachable]
+        try:
+            _, submission.gateway = await self._post_tx(submission.body, order)
+        except LedgerError as exc:
+            return (getattr(exc, "reason", "no_replica_answered"), time.monotonic())
+        return None
 
     async def transfer(self, wallet: Any, to: bytes, amount: int, *,
                        timeout: float = 30.0) -> Confirmation:

@@ -82,8 +82,9 @@ def _add_hostile(sub: Any) -> None:
                    help="MiB of it each such link sends before stalling")
     h.add_argument("--rss-limit-mib", type=float, default=128.0,
                    help="a replica's anonymous RSS may exceed its baseline by this much")
-    h.add_argument("--hold", type=float, default=8.0,
-                   help="seconds the slow-loris connections hold on")
+    h.add_argument("--hold", type=float, default=15.0,
+                   help="seconds the slow-loris connections hold on at most (the replicas "
+                        "cut them first: the HTTP head and client frame deadlines are 10 s)")
     h.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     h.add_argument("--json", default=None, help="write the report here")
     h.set_defaults(reliability=_hostile)

@@ -13,8 +13,9 @@ The run (``phalanx reliability hostile``):
    *uncounted* finding (garbage dropped silently). Meanwhile ``/status`` of every
    replica is sampled once a second (RSS, liveness);
 3. findings: a replica that exited, ``core_exceptions`` or ``handler_exceptions``
-   growing, an HTTP 5xx, anonymous RSS above its baseline by more than ``rss_limit_mib``, a phase
-   in which the load committed nothing, an honest ``/status`` unanswered during the
+   growing, an HTTP 5xx (but 503, the API's counted refusal under load: the connection
+   cap), anonymous RSS above its baseline by more than ``rss_limit_mib``, a phase in
+   which the load committed nothing, an honest ``/status`` unanswered during the
    slow-loris attacks, and every uncounted category.
 """
 
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phalanx.api.limits import MAX_CONNECTIONS
 from phalanx.cluster import ClusterError, LocalCluster
 from phalanx.reliability import http_attacks as http
 from phalanx.reliability import wallets as wallet_plan
@@ -66,6 +68,7 @@ WIRE_SHARES = {  # of the frame budget
 HTTP_SHARES = {  # of the request budget
     "tx_fuzz": 0.40, "queries": 0.20, "tx_replay": 0.08, "bad_signature": 0.08,
     "oversize": 0.04, "unknown": 0.08, "raw_malformed": 0.04, "rate": 0.08,
+    "connection_flood": 0.02,
 }
 SETTLE_TIMEOUT_S = 20.0
 SAMPLE_S = 1.0
@@ -85,7 +88,9 @@ class HostileSpec:
     fat_slowloris: int = 20  # authenticated links holding a partial 16 MiB frame
     partial_mib: float = 1.0  # bytes of it each sends before stalling
     rss_limit_mib: float = 128.0
-    hold_s: float = 8.0  # how long the slow-loris connections hold on
+    # How long the slow-loris connections hold on at most: by default beyond the HTTP
+    # head deadline and the client frame deadline (10 s each), so the replicas cut them.
+    hold_s: float = 15.0
 
     def validate(self) -> None:
         if self.n < 4 or self.frames < 0 or self.http_requests < 0 or self.concurrency < 1:
@@ -266,8 +271,8 @@ class HostileInput:
                 {"dropped_hs_timeout"},
                 lambda units: wire.slowloris_handshake(ctx, units), spec.slowloris, split=False)
             await self._phase(
-                cluster, "fat_slowloris", "wire", "dropped_truncated_frame",
-                {"dropped_truncated_frame"},
+                cluster, "fat_slowloris", "wire", "frame_timeout|truncated_frame",
+                {"dropped_frame_timeout", "dropped_truncated_frame"},
                 lambda units: wire.slowloris_authenticated(
                     ctx, units, int(spec.partial_mib * (1 << 20)), hold_s=spec.hold_s),
                 spec.fat_slowloris, split=False)
@@ -280,13 +285,15 @@ class HostileInput:
                 "unknown": lambda u: http.unknown(web, u),
                 "raw_malformed": lambda u: http.raw_malformed(web, u),
                 "rate": lambda u: http.rate(web, u),
+                "connection_flood": lambda u: http.connection_flood(web, u, MAX_CONNECTIONS),
             }
             for name, share in HTTP_SHARES.items():
                 budget = max(1, round(spec.http_requests * share))
                 if name == "rate":  # beyond one address's burst (400), or nothing is refused
                     budget = max(budget, 1000)
                 await self._phase(cluster, name, "http", "api_rejected{type=*}", {API},
-                                  http_attacks[name], budget, split=name != "rate")
+                                  http_attacks[name], budget,
+                                  split=name not in ("rate", "connection_flood"))
             await self._slowloris_http(cluster, web)
         finally:
             await web.close()
@@ -370,7 +377,8 @@ class HostileInput:
                     return None
 
             before = await asyncio.to_thread(lambda: total(read_counters(cluster)))
-            phase = Phase("slowloris_http", "http", "a counter (none exists)")
+            phase = Phase("slowloris_http", "http", "api_rejected{type=header_timeout|"
+                                                    "incomplete_request}")
             phase.started = time.time()
             sent, probes = await http.slowloris(web, self.spec.slowloris, self.spec.hold_s,
                                                 probe=probe)
@@ -415,12 +423,12 @@ class HostileInput:
             if p.ended - p.started >= 2.0 and p.acks == 0:
                 self.findings.add("stalled", f"{p.name}: the load committed nothing in "
                                   f"{p.ended - p.started:.1f} s")
-            server_errors = sum(c for s, c in p.statuses.items() if s >= 500)
+            server_errors = sum(c for s, c in p.statuses.items() if _server_error(s))
             if server_errors:
                 self.findings.add("http_5xx", f"{p.name}: {server_errors} answers >= 500: "
                                   f"{p.statuses}")
             refused = p.units if p.kind == "wire" else sum(
-                c for s, c in p.statuses.items() if 400 <= s < 500 or s == 0)
+                c for s, c in p.statuses.items() if 400 <= s < 500 or s in (0, 503))
             if p.counted < refused:
                 self.findings.add("uncounted", f"{p.name}: {refused:,} units refused, "
                                   f"counters rose by {p.counted:,.0f} ({p.expected})")
@@ -450,7 +458,7 @@ class HostileInput:
                 "connections": sum(p.connections for p in wire_phases),
                 "http_requests": sum(p.units for p in http_phases),
                 "http_5xx": sum(c for p in http_phases for s, c in p.statuses.items()
-                                if s >= 500),
+                                if _server_error(s)),
                 "replicas_alive_at_end": sum(alive),
             },
             "rss_mib": {
@@ -463,6 +471,12 @@ class HostileInput:
                      "latency_s": percentiles(record.latencies)},
             "phases": [asdict(p) for p in self.phases],
         }
+
+
+def _server_error(status: int) -> bool:
+    """A 5xx that is a failure, not a refusal: 503 is the API's answer to load (the
+    connection cap, a full gateway queue), counted in api_rejected like a 4xx."""
+    return status >= 500 and status != 503
 
 
 def _is_counter(name: str) -> bool:

@@ -17,8 +17,10 @@ first few hundred requests (that limit is an attack of its own: ``rate``).
 - ``unknown``: paths and methods the API does not have;
 - ``raw_malformed``: bytes that are not HTTP at all, broken request lines and headers,
   oversized header lines, bad chunked encoding (over a raw socket);
-- ``slowloris``: connections that send a request's headers a byte at a time and never
-  finish, all at once;
+- ``slowloris``: connections that send a request's head a byte at a time and never
+  finish, all at once (the server must cut them: 408);
+- ``connection_flood``: ``units`` connections beyond one replica's connection cap, all
+  open at once (the ones beyond the cap must get 503, the others are served);
 - ``rate``: one address far above its rate limit.
 """
 
@@ -269,9 +271,11 @@ async def raw_malformed(ctx: HttpContext, units: int) -> HttpSent:
 async def slowloris(ctx: HttpContext, units: int, hold_s: float,
                     probe: Callable[[], Awaitable[float | None]] | None = None
                     ) -> tuple[HttpSent, list[float | None]]:
-    """``units`` connections at once, each trickling a request's headers for ``hold_s``
-    seconds; meanwhile ``probe()`` (an honest /status request, its latency) runs once a
-    second. Returns the statuses (0: the server kept waiting) and the probes."""
+    """``units`` connections at once, each trickling a request's head a byte per 0.5 s
+    until the server answers or closes, for at most ``hold_s`` seconds; meanwhile
+    ``probe()`` (an honest /status request, its latency) runs once a second. Returns the
+    statuses (the server's answer, e.g. 408; 0: none — it kept waiting, or closed
+    silently) and the probes."""
     head = b"POST /tx HTTP/1.1\r\nHost: replica\r\nContent-Type: application/json\r\n"
 
     async def one(index: int) -> int:
@@ -280,22 +284,23 @@ async def slowloris(ctx: HttpContext, units: int, hold_s: float,
             reader, writer = await asyncio.open_connection(info.host, info.http_port)
         except OSError:
             return -1
+        answer = asyncio.create_task(reader.readline())  # the server's cut, if it comes
         try:
             loop = asyncio.get_running_loop()
             end = loop.time() + hold_s
             at = 0
-            while loop.time() < end and not reader.at_eof():
+            while loop.time() < end and not answer.done():
                 writer.write(head[at % len(head):at % len(head) + 1])
                 at += 1
-                await asyncio.sleep(0.5)
-            if reader.at_eof():
-                line = await reader.readline()
-                parts = line.split()
-                return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-            return 0
+                await asyncio.wait([answer], timeout=0.5)
+            if not answer.done():
+                return 0
+            parts = answer.result().split()
+            return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         except (OSError, ValueError):
             return 0
         finally:
+            answer.cancel()
             writer.close()
 
     probes: list[float | None] = []
@@ -316,6 +321,39 @@ async def slowloris(ctx: HttpContext, units: int, hold_s: float,
     for status in results:
         sent.answer(status)
     return sent, probes
+
+
+async def connection_flood(ctx: HttpContext, units: int, cap: int) -> HttpSent:
+    """``cap + units`` connections to one replica at once, each asking ``GET /status``
+    once all are open: at least ``units`` of them must be refused (503), the others
+    answered."""
+    info = ctx.config.replica(ctx.rng.randrange(ctx.config.n))
+    request = b"GET /status HTTP/1.1\r\nHost: replica\r\nConnection: close\r\n\r\n"
+    opened = await asyncio.gather(
+        *(asyncio.open_connection(info.host, info.http_port,
+                                  local_addr=(f"127.0.0.{2 + i % SOURCE_ADDRESSES}", 0))
+          for i in range(cap + units)),
+        return_exceptions=True)
+    await asyncio.sleep(0.5)  # all are in: the cap is full
+
+    async def ask(connection: Any) -> int:
+        if isinstance(connection, BaseException):
+            return 0
+        reader, writer = connection
+        try:
+            writer.write(request)
+            line = await asyncio.wait_for(reader.readline(), 10)
+            parts = line.split()
+            return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        except (OSError, TimeoutError, ValueError):
+            return 0
+        finally:
+            writer.close()
+
+    sent = HttpSent()
+    for status in await asyncio.gather(*(ask(c) for c in opened)):
+        sent.answer(status)
+    return sent
 
 
 async def rate(ctx: HttpContext, units: int) -> HttpSent:

@@ -483,14 +483,15 @@ async def break_link(ctx: WireContext, units: int) -> Sent:
 async def slowloris_authenticated(ctx: WireContext, units: int, partial_bytes: int,
                                   hold_s: float) -> Sent:
     """``units`` authenticated links at once, each sending ``partial_bytes`` of a frame
-    that announces 16 MiB, holding it for ``hold_s`` seconds, then hanging up (a
-    truncated frame each). While they hold, the replicas keep the partial frames."""
+    that announces 16 MiB and holding it until the replica drops the link (its frame
+    deadline) or ``hold_s`` seconds pass, then hanging up (a truncated frame each).
+    While they hold, the replicas keep the partial frames."""
     sessions = [await Session.open(ctx, ctx.target()) for _ in range(units)]
     for session in sessions:
         session.send_raw(struct.pack(">I", 16 << 20) + os.urandom(partial_bytes))
         with contextlib.suppress(OSError):
             await session.writer.drain()
-    await asyncio.sleep(hold_s)
+    await asyncio.gather(*(_closed_by_peer(s.reader, hold_s) for s in sessions))
     for session in sessions:
         with contextlib.suppress(OSError):
             session.writer.write_eof()

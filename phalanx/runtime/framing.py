@@ -208,6 +208,20 @@ class FrameDecoder:
         """Bytes received but not yet returned as frames."""
         return len(self._buf) - self._pos
 
+    @property
+    def frames_decoded(self) -> int:
+        """Authenticated frames returned so far (since :meth:`set_key`)."""
+        return self._counter
+
+    @property
+    def pending_frame_size(self) -> int | None:
+        """Bytes on the wire of the frame being received (header, payload, tag), once
+        its length header is in; None before."""
+        if self.buffered < LENGTH_SIZE:
+            return None
+        length: int = _LENGTH.unpack_from(self._buf, self._pos)[0]
+        return LENGTH_SIZE + length + self._tag_size
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add a chunk of the stream."""
         if not data:

@@ -41,6 +41,7 @@ import msgspec
 from phalanx.core.address import Address
 from phalanx.crypto.keys import KeyPair, PairwiseKeys, pairwise_key
 from phalanx.measure.accounting import Accounting
+from phalanx.runtime.client_links import SWEEP_S, ClientLinkLimits, FrameDeadlines
 from phalanx.runtime.framing import (
     DEFAULT_MAX_FRAME,
     FRAME_OVERHEAD,
@@ -682,6 +683,7 @@ class Transport(Endpoint):
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
         client_key_cache_size: int = 65_536,
+        client_limits: ClientLinkLimits | None = None,
     ) -> None:
         # A bare replica id (and addresses keyed by replica id) name single-process
         # replicas: the form tests and single-role tools use.
@@ -709,6 +711,9 @@ class Transport(Endpoint):
         self._client_keys = PairwiseKeys(keypair, client_key_cache_size)
         self._incoming: dict[Address, Link] = {}
         self._clients: dict[bytes, Link] = {}
+        self.client_limits = client_limits or ClientLinkLimits()
+        self._frame_deadlines: FrameDeadlines[Link] = FrameDeadlines(self.client_limits)
+        self._client_sweep: asyncio.TimerHandle | None = None
         self._server: asyncio.Server | None = None
         # Where an int destination goes: that replica's process of our role and partition.
         self._same_role = [Address(r, me.role, me.partition)
@@ -745,6 +750,7 @@ class Transport(Endpoint):
         else:
             self._server = await self.loop.create_server(lambda: Link(self), host, port)
         self.start_dialing()
+        self._sweep_client_links()
 
     def accept_hello(self, hello: Hello) -> tuple[PeerId, bytes]:
         if hello.target != self.me:
@@ -763,6 +769,10 @@ class Transport(Endpoint):
             raise HandshakeError("bad_client_key", str(e)) from None
 
     def link_open(self, link: Link) -> None:
+        if (link.peer_is_client and link.peer not in self._clients
+                and len(self._clients) >= self.client_limits.max_clients):
+            link._abort("too_many_clients", f"{len(self._clients)} client links open")
+            return
         if not link.initiator:
             # A newer authenticated link from the same peer supersedes the old one (the
             # peer restarted, or its old connection is half-open).
@@ -816,8 +826,18 @@ class Transport(Endpoint):
         """Public keys of the clients with an open link."""
         return set(self._clients)
 
+    def _sweep_client_links(self) -> None:
+        """Drop the client links whose started frame stalled or crawls (see
+        :mod:`phalanx.runtime.client_links`); again in ``SWEEP_S``."""
+        links = [(link, link._decoder) for link in self._clients.values()]
+        for link, why in self._frame_deadlines.overdue(links, self.loop.time()):
+            link._abort("frame_timeout", why)
+        self._client_sweep = self.loop.call_later(SWEEP_S, self._sweep_client_links)
+
     async def close(self) -> None:
         """Stop listening, stop dialing, close every link."""
+        if self._client_sweep is not None:
+            self._client_sweep.cancel()
         if self._server is not None:
             self._server.close()
         await super().close()
