@@ -677,7 +677,7 @@ def test_replica_links_may_hold_a_partial_frame_longer_than_client_links(fast_sw
 
     async def main() -> None:
         async with Cluster(client_limits=ClientLinkLimits(frame_stall_s=0.1)) as c:
-            link = c[1].dialers[0].link
+            link = c[1].dialers[Address(0)].link
             assert link is not None and link.transport is not None
             # Replica 1's link to 0 stalls in the middle of a frame (a slow WAN link).
             link.transport.write((1 << 20).to_bytes(4, "big") + b"x" * 1000)
