@@ -1,5 +1,6 @@
 """The sequencer under the fuzzer: crashes, restarts, partitions, loss — no Byzantine
-replica (it tolerates none), so no strategies."""
+replica (it tolerates none), so no strategies. Half the seeds run replicas of several
+processes (two witnesses each), which crash and restart with their replica."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from sequencer.spec import make_replica
 
 def random_options(rng: random.Random) -> SequencerOptions:
     return SequencerOptions(timeout=0.5, max_batch=rng.choice((1, 4, 16)),
-                            state_digest_every_batch=True)
+                            witnesses=rng.choice((0, 2)), state_digest_every_batch=True)
 
 
 
