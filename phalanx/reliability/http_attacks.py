@@ -247,9 +247,15 @@ async def _raw(ctx: HttpContext, data: bytes) -> int:
             asyncio.open_connection(info.host, info.http_port), 5)
     except (OSError, TimeoutError):
         return 0
+    return await _status_of(reader, writer, data, 5)
+
+
+async def _status_of(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     request: bytes, timeout: float) -> int:
+    """Write ``request``, read the status code of the answer (0: none) and hang up."""
     try:
-        writer.write(data)
-        line = await asyncio.wait_for(reader.readline(), 5)
+        writer.write(request)
+        line = await asyncio.wait_for(reader.readline(), timeout)
         parts = line.split()
         return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
     except (OSError, TimeoutError, ValueError):
@@ -340,15 +346,7 @@ async def connection_flood(ctx: HttpContext, units: int, cap: int) -> HttpSent:
         if isinstance(connection, BaseException):
             return 0
         reader, writer = connection
-        try:
-            writer.write(request)
-            line = await asyncio.wait_for(reader.readline(), 10)
-            parts = line.split()
-            return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-        except (OSError, TimeoutError, ValueError):
-            return 0
-        finally:
-            writer.close()
+        return await _status_of(reader, writer, request, 10)
 
     sent = HttpSent()
     for status in await asyncio.gather(*(ask(c) for c in opened)):
