@@ -206,6 +206,18 @@ def test_bounded_fuzz_n7_with_two_byzantine_replicas():
     assert summary.violations == 0, summary.failing
 
 
+def test_colluding_vote_all_replicas_do_not_echo_each_others_votes_forever():
+    """vote_all votes once for each value it sees. Two of them used to answer each
+    other's votes with votes, without end: fuzz seed 60004 (n=10, three Byzantine, two
+    of them vote_all) ran into the 300,000-event cap after 0.1 simulated seconds, so the
+    seed was counted as truncated and nothing after its first 0.1 s was checked."""
+    config = FuzzConfig(n=7, byzantine=2, strategies=("vote_all",), max_steps=100_000)
+    summary = sweep(config, range(2))
+    assert summary.by_strategy["vote_all"] == 4
+    assert summary.truncated == 0
+    assert summary.violations == 0, summary.failing
+
+
 @pytest.mark.parametrize(("bug", "within"), sorted(PLANTED.items()))
 def test_fuzzer_finds_planted_bug(bug, within):
     config = FuzzConfig(planted_bug=bug, strategies=("borgesian",))
