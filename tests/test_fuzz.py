@@ -8,6 +8,7 @@ replays exactly with ``phalanx fuzz --seed N``.
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 from contextlib import redirect_stdout
@@ -306,6 +307,19 @@ def test_phalanx_fuzz_cli_summary_exit_status_and_exact_replay():
     assert first == replay()
     assert "violations=1 (validity)" in first
 
+
+
+def test_phalanx_fuzz_names_the_seeds_it_truncated(tmp_path):
+    """A seed cut by --steps was checked only up to the cap: the summary says which, so
+    that it can be replayed (the count alone left seed 60004's storm to be hunted for)."""
+    out = io.StringIO()
+    report = tmp_path / "fuzz.json"
+    with redirect_stdout(out):
+        assert main(["fuzz", "--seeds", "2", "--first", "100", "--steps", "50",
+                     "--json", str(report)]) == 0
+    assert "truncated seeds (checked up to --steps 50 events only): 100 101" in out.getvalue()
+    assert "--steps 50" in out.getvalue().split("replay:")[1]
+    assert json.loads(report.read_text())["truncated_seeds"] == [100, 101]
 
 # -- regressions of what the fuzzer found -------------------------------------------------
 

@@ -518,6 +518,9 @@ class Summary:
     by_property: Counter[str] = field(default_factory=Counter)
     by_strategy: Counter[str] = field(default_factory=Counter)
     failing: list[int] = field(default_factory=list)
+    truncated_seeds: list[int] = field(default_factory=list)
+    """Seeds cut by ``max_steps``: checked only up to the cap (named, so that a seed
+    that storms, like two Byzantine replicas echoing each other, can be replayed)."""
     seconds: float = 0.0
 
     def line(self, config: FuzzConfig) -> str:
@@ -549,6 +552,8 @@ def sweep(
         summary.seeds += 1
         summary.steps += outcome.events
         summary.truncated += outcome.truncated
+        if outcome.truncated:
+            summary.truncated_seeds.append(seed)
         for _, strategy in plan.byzantine:
             summary.by_strategy[strategy] += 1
         if outcome.failed:
