@@ -349,7 +349,8 @@ def run_plan(
         outcome.violation = "hang"
         outcome.detail = (
             f"seed={plan.seed}: no progress for {config.wall_limit:.0f}s of wall-clock time at "
-            f"t={sim.now:.6f}s, event #{sim.events_processed} (a core loops on some input)"
+            f"t={sim.now:.6f}s, event #{sim.events_processed} (a core, or a Byzantine "
+            "behaviour around it, loops on some input)"
         )
     except SafetyViolation as exc:
         outcome.violation, outcome.detail = exc.property_name, str(exc)
