@@ -229,10 +229,10 @@ def vote_all(replica: int, seed: int, disabled: Switches, log: Log | None) -> Be
             ]
             return [(r, vote) for r in peers for vote in out]
         if isinstance(msg, Checkpoint) and msg.replica != me:
-            value = ("checkpoint", msg.instance, msg.seq, msg.state_digest)
-            if value in voted:
+            signed = ("checkpoint", msg.instance, msg.seq, msg.state_digest)
+            if signed in voted:
                 return []
-            voted.add(value)
+            voted.add(signed)
             crypto = sim.byzantine_crypto(me)
             cp = Checkpoint(msg.instance, msg.seq, msg.state_digest, me)
             cp = replace_struct(cp, sig=crypto.sign(cp.signed_bytes()))
