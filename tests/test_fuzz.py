@@ -8,6 +8,7 @@ replays exactly with ``phalanx fuzz --seed N``.
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 from contextlib import redirect_stdout
@@ -206,6 +207,18 @@ def test_bounded_fuzz_n7_with_two_byzantine_replicas():
     assert summary.violations == 0, summary.failing
 
 
+def test_colluding_vote_all_replicas_do_not_echo_each_others_votes_forever():
+    """vote_all votes once for each value it sees. Two of them used to answer each
+    other's votes with votes, without end: fuzz seed 60004 (n=10, three Byzantine, two
+    of them vote_all) ran into the 300,000-event cap after 0.1 simulated seconds, so the
+    seed was counted as truncated and nothing after its first 0.1 s was checked."""
+    config = FuzzConfig(n=7, byzantine=2, strategies=("vote_all",), max_steps=100_000)
+    summary = sweep(config, range(2))
+    assert summary.by_strategy["vote_all"] == 4
+    assert summary.truncated == 0
+    assert summary.violations == 0, summary.failing
+
+
 @pytest.mark.parametrize(("bug", "within"), sorted(PLANTED.items()))
 def test_fuzzer_finds_planted_bug(bug, within):
     config = FuzzConfig(planted_bug=bug, strategies=("borgesian",))
@@ -295,6 +308,19 @@ def test_phalanx_fuzz_cli_summary_exit_status_and_exact_replay():
     assert "violations=1 (validity)" in first
 
 
+
+def test_phalanx_fuzz_names_the_seeds_it_truncated(tmp_path):
+    """A seed cut by --steps was checked only up to the cap: the summary says which, so
+    that it can be replayed (the count alone left seed 60004's storm to be hunted for)."""
+    out = io.StringIO()
+    report = tmp_path / "fuzz.json"
+    with redirect_stdout(out):
+        assert main(["fuzz", "--seeds", "2", "--first", "100", "--steps", "50",
+                     "--json", str(report)]) == 0
+    assert "truncated seeds (checked up to --steps 50 events only): 100 101" in out.getvalue()
+    assert "--steps 50" in out.getvalue().split("replay:")[1]
+    assert json.loads(report.read_text())["truncated_seeds"] == [100, 101]
+
 # -- regressions of what the fuzzer found -------------------------------------------------
 
 
@@ -329,3 +355,58 @@ def test_seed_105200_lagging_replica_converges():
     # Pinned to its strategy: the plan stays the seed's original whatever the weights.
     outcome, _ = run_plan(make_plan(FuzzConfig(strategies=("borgesian",)), 105200))
     assert not outcome.failed, outcome.detail
+
+
+FAR = 1 << 62
+"""A slot far outside any window (the Borgesian replica's "far slot" mutation)."""
+
+
+def _attackers_with_a_colluder():
+    """n=7 (f=2): hide_commit at 1, splice_new_view at 3, and replica 2 a colluder
+    whose messages the test writes; no run, the attackers' hooks are called directly."""
+    from phalanx.byzantine.pbft_attacks import HideCommit, SpliceNewView
+
+    sim = cluster(seed=1, n=7)
+    hide, splice = HideCommit(1, 1), SpliceNewView(3, 1)
+    for replica, behaviour in ((1, hide), (2, Behaviour()), (3, splice)):
+        sim.set_byzantine(replica, behaviour)
+    hide.attach(sim)
+    splice.attach(sim)
+    return sim, hide, splice
+
+
+def test_hide_commit_ignores_pre_prepares_outside_the_watermarks():
+    """Seed 83139 (n=8, a Borgesian primary and hide_commit, checkpoints every 3 slots,
+    window 9) was reported as a 'hang': hide_commit had voted for the Borgesian
+    primary's pre-prepare of a far slot — which every correct replica drops as outside
+    its watermarks — and, hiding it, built one null PRE-PREPARE per slot up to it."""
+    from phalanx.core.hashing import digest
+    from phalanx.protocols.pbft.messages import PrePrepare
+
+    sim, hide, _ = _attackers_with_a_colluder()
+    far = PrePrepare(0, 0, FAR, digest(b"x"), b"x")
+    near = PrePrepare(0, 0, 3, digest(b"x"), b"x")
+    hide.on_deliver(sim, 0, far)
+    hide.on_deliver(sim, 0, near)
+    assert sorted(hide.voted) == [3]
+
+
+def test_view_change_attacks_use_only_view_changes_correct_replicas_accept():
+    """A colluder's VIEW-CHANGE with a P entry at a far slot is signed by its sender, but
+    every correct replica refuses it (outside its window); the attacks must not build
+    on it either: their new-view decision would walk every slot up to it."""
+    from phalanx.protocols.pbft.instance import GENESIS_DIGEST
+    from phalanx.protocols.pbft.messages import SlotSummary
+
+    sim, hide, splice = _attackers_with_a_colluder()
+    crypto = sim.byzantine_crypto(2)
+
+    def signed(prepared: list[SlotSummary]) -> ViewChange:
+        vc = ViewChange(0, 2, 2, 0, GENESIS_DIGEST, [], prepared, [])
+        return msgspec.structs.replace(vc, sig=crypto.sign(vc.signed_bytes()))
+
+    for attacker in (hide, splice):
+        attacker.on_deliver(sim, 2, signed([SlotSummary(FAR, b"d" * 32, 1)]))
+        assert 2 not in attacker.view_changes.get(2, {})
+        attacker.on_deliver(sim, 2, signed([SlotSummary(3, b"d" * 32, 1)]))
+        assert 2 in attacker.view_changes[2]  # a well-formed one is used

@@ -630,3 +630,26 @@ def test_a_cached_reply_carries_the_current_view():
     out = replica.on_client_message(request.reply_to, request)
     replies = [e.msg for e in out if isinstance(getattr(e, "msg", None), Reply)]
     assert [(r.view, r.result) for r in replies] == [(2, b"done")]
+
+
+@pytest.mark.parametrize("sender", [(0, "witness", 0), (0, "replica", 1), (2, "leader", 3)])
+@pytest.mark.parametrize("kind", ["preprepare", "fetch_state", "relayed_request"])
+def test_a_pbft_replica_hears_only_replica_processes_partition_zero(sender, kind):
+    """A PBFT replica is one process: a message from any other role or partition — even
+    one that authenticates as a real replica (its key is every process's of it) — is
+    refused before the instance or the host sees it: no vote, no snapshot sent, no
+    request relayed."""
+    from phalanx.core.address import Address
+    from phalanx.core.messages import Request
+    from phalanx.host import FetchState
+    from phalanx.protocols.pbft.replica import PbftReplica
+    from phalanx.statemachine.kv import KVStore
+
+    replica = PbftReplica(1, Q, oracle().node_crypto(1), KVStore, CONFIG)
+    replica.start()
+    msg = {"preprepare": pp(1), "fetch_state": FetchState(0),
+           "relayed_request": Request(b"c" * 32, 1, b"op")}[kind]
+    address = Address(*sender)
+    out = replica.on_message(address, msg)
+    assert out == [Dropped("unknown_sender", address.replica)]
+    assert not replica.pending and replica.instance.max_seen == 0

@@ -56,3 +56,23 @@ def test_for_n_takes_the_largest_tolerated_f(n, f):
 def test_primary_rotates_through_every_replica():
     q = Quorums(5, 1)
     assert [q.primary(v) for v in range(7)] == [0, 1, 2, 3, 4, 0, 1]
+
+
+@pytest.mark.parametrize("n", [7, 10, 13])
+def test_byzantine_quorum_sizes_survive_a_copy_of_the_fault_model(n):
+    """The quorum rule hangs on what the fault model says, not on which object it is: a
+    pickled or deep-copied Quorums (a process boundary, a copied config) kept the
+    Byzantine model's name and numbers but got majority quorums — n=7, f=2: 4 instead of
+    5, two of which share one replica, possibly a faulty one."""
+    import copy
+    import pickle
+
+    from phalanx.core.quorum import BYZANTINE, CRASH
+
+    f = BYZANTINE.max_faults(n)
+    original = Quorums(n, f)
+    for q in (pickle.loads(pickle.dumps(original)), copy.deepcopy(original),
+              Quorums(n, f, copy.copy(BYZANTINE))):
+        assert q.strong == original.strong
+        assert 2 * q.strong - n >= f + 1
+    assert Quorums(n, 2, copy.deepcopy(CRASH)).strong == n // 2 + 1

@@ -96,6 +96,10 @@ def run_fuzz(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if summary.failing:
         print(f"failing seeds: {' '.join(map(str, summary.failing))} "
               f"(replay: phalanx fuzz --seed N{_flags(config)})", file=out)
+    if summary.truncated_seeds:
+        print(f"truncated seeds (checked up to --steps {config.max_steps} events only): "
+              f"{' '.join(map(str, summary.truncated_seeds))} "
+              f"(replay: phalanx fuzz --seed N{_flags(config)})", file=out)
     print(summary.line(config), file=out, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({
@@ -104,7 +108,8 @@ def run_fuzz(args: argparse.Namespace, out: TextIO | None = None) -> int:
             "planted_bug": config.planted_bug, "seeds": summary.seeds, "first": args.first,
             "steps": summary.steps, "violations": summary.violations,
             "by_property": dict(summary.by_property), "by_strategy": dict(summary.by_strategy),
-            "truncated": summary.truncated, "failing": summary.failing,
+            "truncated": summary.truncated, "truncated_seeds": summary.truncated_seeds,
+            "failing": summary.failing,
             "seconds": round(summary.seconds, 1),
         }, indent=2, sort_keys=True) + "\n")
     return 1 if summary.violations else 0

@@ -349,7 +349,8 @@ def run_plan(
         outcome.violation = "hang"
         outcome.detail = (
             f"seed={plan.seed}: no progress for {config.wall_limit:.0f}s of wall-clock time at "
-            f"t={sim.now:.6f}s, event #{sim.events_processed} (a core loops on some input)"
+            f"t={sim.now:.6f}s, event #{sim.events_processed} (a core, or a Byzantine "
+            "behaviour around it, loops on some input)"
         )
     except SafetyViolation as exc:
         outcome.violation, outcome.detail = exc.property_name, str(exc)
@@ -521,6 +522,9 @@ class Summary:
     by_property: Counter[str] = field(default_factory=Counter)
     by_strategy: Counter[str] = field(default_factory=Counter)
     failing: list[int] = field(default_factory=list)
+    truncated_seeds: list[int] = field(default_factory=list)
+    """Seeds cut by ``max_steps``: checked only up to the cap (named, so that a seed
+    that storms, like two Byzantine replicas echoing each other, can be replayed)."""
     seconds: float = 0.0
 
     def line(self, config: FuzzConfig) -> str:
@@ -552,6 +556,8 @@ def sweep(
         summary.seeds += 1
         summary.steps += outcome.events
         summary.truncated += outcome.truncated
+        if outcome.truncated:
+            summary.truncated_seeds.append(seed)
         for _, strategy in plan.byzantine:
             summary.by_strategy[strategy] += 1
         if outcome.failed:

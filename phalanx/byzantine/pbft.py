@@ -215,15 +215,28 @@ def equivocate(replica: int, seed: int, disabled: Switches, log: Log | None) -> 
 
 
 def vote_all(replica: int, seed: int, disabled: Switches, log: Log | None) -> Behaviour:
+    # Each value is voted for once: conflicting values all get votes, but two vote_all
+    # replicas must not answer each other's votes with votes forever (fuzz seed 60004,
+    # n=10: 300,000 events in 0.1 simulated seconds, so the seed checked nothing after).
+    voted: set[tuple[Any, ...]] = set()
+
     def votes(sim: Simulation, me: int, msg: Any) -> list[tuple[NodeId, Any]]:
         peers = [r for r in range(sim.n) if r != me]
         if isinstance(msg, PrePrepare | Prepare | Commit):
+            value = ("vote", msg.instance, msg.view, msg.seq, msg.digest)
+            if value in voted:
+                return []
+            voted.add(value)
             out: list[Any] = [
                 Prepare(msg.instance, msg.view, msg.seq, msg.digest),
                 Commit(msg.instance, msg.view, msg.seq, msg.digest),
             ]
             return [(r, vote) for r in peers for vote in out]
         if isinstance(msg, Checkpoint) and msg.replica != me:
+            signed = ("checkpoint", msg.instance, msg.seq, msg.state_digest)
+            if signed in voted:
+                return []
+            voted.add(signed)
             crypto = sim.byzantine_crypto(me)
             cp = Checkpoint(msg.instance, msg.seq, msg.state_digest, me)
             cp = replace_struct(cp, sig=crypto.sign(cp.signed_bytes()))

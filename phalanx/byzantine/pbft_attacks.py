@@ -75,6 +75,32 @@ def _instance(sim: Simulation, replica: int) -> PbftInstance | None:
     return getattr(core, "instance", None)
 
 
+def _in_window(vc: ViewChange, window: int) -> bool:
+    """Are ``vc``'s P and Q entries in the window above its checkpoint, at views below the
+    new one, as correct replicas require? (decide_new_view walks every slot up to the
+    highest entry: a colluder's entry at a far slot would keep it walking for good.)"""
+    high = vc.checkpoint_seq + window
+    return all(
+        vc.checkpoint_seq < e.seq <= high and 0 <= e.view < vc.new_view
+        for e in (*vc.prepared, *vc.preprepared)
+    )
+
+
+def _genuine(sim: Simulation, me: int, src: int, vc: ViewChange) -> bool:
+    """A VIEW-CHANGE its sender signed itself and that correct replicas accept (only
+    those can go into a NEW-VIEW that replicas checking signatures accept)."""
+    inst = _instance(sim, me)
+    return (
+        inst is not None
+        and vc.replica == src != me
+        and 0 <= vc.new_view < 1 << 32
+        and _in_window(vc, inst.window)
+        and sim.byzantine_crypto(me).verify(src, vc.signed_bytes(), vc.sig)
+        and inst.checkpoint_proof_valid(vc.checkpoint_seq, vc.checkpoint_digest,
+                                        vc.checkpoint_proof)
+    )
+
+
 def _view_of(msg: Any) -> int | None:
     if isinstance(msg, PrePrepare | Prepare | Commit | NewView):
         return msg.view
@@ -227,24 +253,21 @@ class HideCommit(ActionBehaviour):
         if inst is not None:
             self.instance_id = inst.instance
             self._remember_checkpoint(inst)
-        if isinstance(msg, PrePrepare) and src == q.primary(msg.view) != self.replica:
+        if (
+            isinstance(msg, PrePrepare) and src == q.primary(msg.view) != self.replica
+            and inst is not None and inst.low < msg.seq <= inst.high
+        ):
+            # Only inside the watermarks: correct backups drop the rest, so it cannot
+            # commit, and hiding a far slot (seed 83139: the Borgesian primary's) would
+            # mean a null PRE-PREPARE for every slot up to it.
             self._vote(msg, src)
-        elif isinstance(msg, ViewChange) and self._genuine(sim, src, msg):
+        elif isinstance(msg, ViewChange) and _genuine(sim, self.replica, src, msg):
             self.view_changes.setdefault(msg.new_view, {})[src] = msg
             for old in [v for v in self.view_changes if v < msg.new_view - q.n]:
                 del self.view_changes[old]
             if q.primary(msg.new_view) == self.replica:
                 self._hijack(sim, msg.new_view)
         return None
-
-    def _genuine(self, sim: Simulation, src: int, vc: ViewChange) -> bool:
-        """A VIEW-CHANGE its sender signed itself (only those can go into a NEW-VIEW
-        that replicas checking signatures accept)."""
-        return (
-            vc.replica == src != self.replica
-            and 0 <= vc.new_view < 1 << 32
-            and sim.byzantine_crypto(self.replica).verify(src, vc.signed_bytes(), vc.sig)
-        )
 
     def _vote(self, pp: PrePrepare, primary: int) -> None:
         """PREPARE and COMMIT at once to every other backup: with ours, a backup needs
@@ -378,7 +401,7 @@ class SpliceNewView(ActionBehaviour):
             self.views[src] = max(self.views.get(src, -1), view)
         if isinstance(msg, Prepare) and self._stalling(sim, msg.view):
             return False  # our core must not prepare: its own VIEW-CHANGE then shows none
-        if isinstance(msg, ViewChange) and self._genuine(sim, src, msg):
+        if isinstance(msg, ViewChange) and _genuine(sim, self.replica, src, msg):
             by_replica = self.view_changes.setdefault(msg.new_view, {})
             by_replica[src] = msg
             for old in [v for v in self.view_changes if v < msg.new_view - q.n]:
@@ -452,17 +475,13 @@ class SpliceNewView(ActionBehaviour):
         lie = msgspec.structs.replace(vc, prepared=prepared, sig=b"")
         return _signed(lie, sim.byzantine_crypto(self.replica).sign(lie.signed_bytes()))
 
-    def _genuine(self, sim: Simulation, src: int, vc: ViewChange) -> bool:
-        return (
-            vc.replica == src != self.replica
-            and 0 <= vc.new_view < 1 << 32
-            and sim.byzantine_crypto(self.replica).verify(src, vc.signed_bytes(), vc.sig)
-        )
-
     def _splice(self, sim: Simulation, nv: NewView) -> None:
         q = self.quorums
-        if q is None or nv.view in self.spliced:
-            return
+        inst = _instance(sim, self.replica)
+        if q is None or inst is None or nv.view in self.spliced or not all(
+            _in_window(vc, inst.window) for vc in nv.view_changes
+        ):
+            return  # a NEW-VIEW correct replicas refuse (or we cannot read): no splice
         honest = decide_new_view(nv.view_changes, q)
         if honest is None:
             return

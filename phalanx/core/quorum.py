@@ -27,6 +27,11 @@ class Resilience:
 
     name: str
     replicas_per_fault: int  # 3: Byzantine; 2: with a trusted component
+    equivocation: bool = False
+    """Can a faulty replica tell different replicas different things? Then two quorums
+    must share f+1 replicas (one of them correct); otherwise one replica is enough.
+    (A field, not the identity of :data:`BYZANTINE`: a copied or unpickled fault model
+    must keep its quorum sizes.)"""
 
     def max_faults(self, n: int) -> int:
         """The largest f that ``n`` replicas tolerate (0 for n < 1)."""
@@ -37,7 +42,7 @@ class Resilience:
         return self.replicas_per_fault * f + 1
 
 
-BYZANTINE = Resilience("byzantine", 3)
+BYZANTINE = Resilience("byzantine", 3, equivocation=True)
 """n >= 3f+1: Byzantine replicas that may equivocate."""
 TRUSTED = Resilience("trusted component", 2)
 """n >= 2f+1: Byzantine replicas whose trusted component stops equivocation."""
@@ -73,7 +78,7 @@ class Quorums:
         """The quorum: any two intersect in a correct replica (Byzantine:
         ceil((n+f+1)/2), 2f+1 when n = 3f+1), or in one replica with a trusted
         component (a majority, f+1 when n = 2f+1); n - f replicas always form one."""
-        if self.resilience is BYZANTINE:
+        if self.resilience.equivocation:
             return (self.n + self.f + 2) // 2
         return self.n // 2 + 1
 

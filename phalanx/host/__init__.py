@@ -11,10 +11,13 @@ What a protocol provides
   :meth:`ReplicaHost.enqueue` for the ones it will order; it chooses how requests travel
   (to a leader, to every replica) and how they are batched.
 - **Decisions, in its own order.** For each decided batch it calls
-  :meth:`ReplicaHost.execute` with the batch's position (``instance``, ``seq``: a
-  total-order protocol's slot; a protocol without a total order numbers its local
-  executions) and the requests, decoded and validated (:meth:`ReplicaHost.valid_in_batch`
-  is the state-independent check a backup applies to a proposed batch).
+  :meth:`ReplicaHost.execute` with the batch's position (``instance``, ``seq``: what
+  the protocol decides exactly one value for — a total-order protocol's slot, leaderless
+  SMR's consensus instance — never a replica's own count of its executions, which
+  differs between replicas: :class:`~phalanx.safety.AgreementChecker` holds every
+  correct replica to one value per position) and the requests, decoded and validated
+  (:meth:`ReplicaHost.valid_in_batch` is the state-independent check a backup applies
+  to a proposed batch).
 - **Checkpoints.** At the positions it checkpoints it calls :meth:`ReplicaHost.checkpoint`
   (a snapshot and the digest its replicas sign), and :meth:`ReplicaHost.stable` once it
   proved one stable; it implements :class:`StableCheckpoints` so that the host can serve
