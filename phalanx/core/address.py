@@ -40,7 +40,7 @@ class Address(msgspec.Struct, frozen=True, array_like=True, order=True):
 
     def check(self) -> Address:
         """``self`` if well formed, else ValueError saying why (for addresses read from
-        files, command lines and the wire)."""
+        files and command lines)."""
         if self.replica < 0:
             raise ValueError(f"replica id must be >= 0, got {self.replica}")
         if self.partition < 0:
@@ -49,17 +49,3 @@ class Address(msgspec.Struct, frozen=True, array_like=True, order=True):
             raise ValueError(f"role must be lowercase letters, digits and _ (starting "
                              f"with a letter, at most {MAX_ROLE_LENGTH}), got {self.role!r}")
         return self
-
-
-def parse_address(text: str) -> Address:
-    """``"2"`` -> ``Address(2)``; ``"2/preparer/1"`` -> ``Address(2, "preparer", 1)``
-    (the form :meth:`Address.__str__` writes); ValueError otherwise."""
-    parts = text.split("/")
-    try:
-        if len(parts) == 1:
-            return Address(int(parts[0])).check()
-        if len(parts) == 3:
-            return Address(int(parts[0]), parts[1], int(parts[2])).check()
-    except ValueError as e:
-        raise ValueError(f"bad address {text!r}: {e}") from None
-    raise ValueError(f"bad address {text!r}: expected REPLICA or REPLICA/ROLE/PARTITION")
