@@ -9,11 +9,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from phalanx.cluster import LocalCluster
+from phalanx.cluster import ClusterError, LocalCluster
 
 
 class HarnessError(RuntimeError):
@@ -164,3 +164,35 @@ def ack_rate_gaps(ack_times: Iterable[float], windows: list[tuple[float, float]]
         closing = times[hi:hi + 1]  # the first acknowledgement at or after the end
         edges = np.concatenate(([start], times[lo:hi], closing))
         yield float(np.max(np.diff(edges))) if len(edges) > 1 else None
+
+
+def print_findings(findings: dict[str, Any], console: Any, most: int) -> None:
+    """Each kind of finding with its count and up to ``most`` examples."""
+    for kind, found in findings.items():
+        console.print(f"  [red]{kind}[/red]: {found['count']}", highlight=False)
+        for example in found["examples"][:most]:
+            console.print(f"    {example}", highlight=False, markup=False, soft_wrap=True)
+
+
+def run_report(
+    title: str,
+    run: Callable[[Callable[[str], None]], dict[str, Any]],
+    json_path: str | None,
+    console: Any,
+    summarize: Callable[[dict[str, Any], Any], None],
+    also: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    """A harness's CLI command: ``run(say)`` with its progress lines on ``console``, the
+    report written to ``json_path`` (and given to ``also``), then summarized. Returns 0
+    iff every check passed, 1 with findings, 2 if the harness could not run."""
+    try:
+        report = run(lambda line: console.print(line, highlight=False, markup=False))
+    except (HarnessError, ClusterError, TimeoutError) as exc:
+        console.print(f"[red]{title} could not run: {exc}[/red]", soft_wrap=True)
+        return 2
+    if json_path:
+        write_json(json_path, report)
+    if also is not None:
+        also(report)
+    summarize(report, console)
+    return 0 if report["ok"] else 1

@@ -54,15 +54,15 @@ from phalanx.reliability.checks import (
     read_journal,
 )
 from phalanx.reliability.common import (
-    HarnessError,
     LoadProcess,
     ack_rate_gaps,
     executed,
     percentiles,
     primary_of,
+    print_findings,
+    run_report,
     settle,
     statuses,
-    write_json,
 )
 from phalanx.storage import failpoints
 
@@ -548,21 +548,10 @@ def summarize(report: dict[str, Any], console: Any) -> None:
                       "root or block, every transfer accounted for[/green]")
     else:
         console.print("[red]crash torture FAILED[/red]")
-        for kind, found in report["findings"].items():
-            console.print(f"  [red]{kind}[/red]: {found['count']}", highlight=False)
-            for example in found["examples"][:5]:
-                console.print(f"    {example}", highlight=False, soft_wrap=True)
+        print_findings(report["findings"], console, most=5)
 
 
 def run_crash_command(spec: CrashSpec, json_path: str | None, console: Any) -> int:
     """``phalanx reliability crash``: 0 iff every check passed (1 with findings)."""
-    try:
-        report = CrashTorture(spec, say=lambda line: console.print(
-            line, highlight=False, markup=False)).run()
-    except (HarnessError, ClusterError, TimeoutError) as exc:
-        console.print(f"[red]crash torture could not run: {exc}[/red]", soft_wrap=True)
-        return 2
-    if json_path:
-        write_json(json_path, report)
-    summarize(report, console)
-    return 0 if report["ok"] else 1
+    return run_report("crash torture", lambda say: CrashTorture(spec, say=say).run(),
+                      json_path, console, summarize)

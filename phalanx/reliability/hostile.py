@@ -35,17 +35,17 @@ from pathlib import Path
 from typing import Any
 
 from phalanx.api.limits import MAX_CONNECTIONS
-from phalanx.cluster import ClusterError, LocalCluster
+from phalanx.cluster import LocalCluster
 from phalanx.reliability import http_attacks as http
 from phalanx.reliability import wallets as wallet_plan
 from phalanx.reliability import wire
 from phalanx.reliability.checks import Findings, read_journal
 from phalanx.reliability.common import (
-    HarnessError,
     LoadProcess,
     percentiles,
+    print_findings,
     process_memory,
-    write_json,
+    run_report,
 )
 from phalanx.runtime import run
 
@@ -505,20 +505,10 @@ def summarize(report: dict[str, Any], console: Any) -> None:
                       "drop counted, the load kept committing[/green]")
     else:
         console.print("[red]hostile input: findings[/red]")
-        for kind, found in report["findings"].items():
-            console.print(f"  [red]{kind}[/red]: {found['count']}", highlight=False)
-            for example in found["examples"][:8]:
-                console.print(f"    {example}", highlight=False, markup=False, soft_wrap=True)
+        print_findings(report["findings"], console, most=8)
 
 
 def run_hostile_command(spec: HostileSpec, json_path: str | None, console: Any) -> int:
-    try:
-        report = HostileInput(spec, say=lambda line: console.print(
-            line, highlight=False, markup=False)).run()
-    except (HarnessError, ClusterError, TimeoutError) as exc:
-        console.print(f"[red]hostile input could not run: {exc}[/red]", soft_wrap=True)
-        return 2
-    if json_path:
-        write_json(json_path, report)
-    summarize(report, console)
-    return 0 if report["ok"] else 1
+    """``phalanx reliability hostile``: 0 iff every check passed (1 with findings)."""
+    return run_report("hostile input", lambda say: HostileInput(spec, say=say).run(),
+                      json_path, console, summarize)

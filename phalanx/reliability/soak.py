@@ -48,9 +48,9 @@ from phalanx.reliability.common import (
     executed,
     primary_of,
     process_memory,
+    run_report,
     settle,
     statuses,
-    write_json,
 )
 
 MIB = 1 << 20
@@ -589,15 +589,6 @@ def summarize(report: dict[str, Any], console: Any) -> None:
 
 def run_soak_command(spec: SoakSpec, json_path: str | None, png_path: str | None,
                      console: Any) -> int:
-    try:
-        report = Soak(spec, say=lambda line: console.print(
-            line, highlight=False, markup=False)).run()
-    except (HarnessError, ClusterError, TimeoutError) as exc:
-        console.print(f"[red]soak could not run: {exc}[/red]", soft_wrap=True)
-        return 2
-    if json_path:
-        write_json(json_path, report)
-    if png_path:
-        plot(report, png_path)
-    summarize(report, console)
-    return 0 if report["ok"] else 1
+    return run_report("soak", lambda say: Soak(spec, say=say).run(), json_path, console,
+                      summarize, also=(lambda report: plot(report, png_path)) if png_path
+                      else None)
